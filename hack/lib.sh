@@ -1,0 +1,79 @@
+# shellcheck shell=bash
+# Shared helpers for the hack/ scripts. Source it; it does not run anything.
+#
+# Tool versions live here, in one place: hack/build-tools.sh builds them,
+# hack/cluster-up.sh runs them, docs/local-cluster.md explains them.
+
+ETCD_VERSION=v3.6.16
+KUBE_VERSION=v1.36.3
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.22.0
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Built tools live outside the repo, keyed by version, so every worktree and
+# every `cargo clean` shares one build.
+PREMIUM_CACHE="${PREMIUM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/premium-operator}"
+CLUSTER_DIR="${REPO_ROOT}/target/cluster"
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# tool_version NAME -> the version the tool is built at.
+tool_version() {
+  case "$1" in
+    etcd) echo "$ETCD_VERSION" ;;
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) echo "$KUBE_VERSION" ;;
+    kwok) echo "$KWOK_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    *) die "unknown tool: $1" ;;
+  esac
+}
+
+# tool_path NAME -> where the built binary lives (it may not exist yet).
+tool_path() {
+  echo "${PREMIUM_CACHE}/bin/$1-$(tool_version "$1")/$1"
+}
+
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+
+# pid_is_ours PIDFILE -> true when the pid in PIDFILE is alive and its command
+# line mentions our cluster directory (guards against a recycled pid).
+pid_is_ours() {
+  local pidfile=$1 pid
+  [[ -f $pidfile ]] || return 1
+  pid=$(<"$pidfile")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$CLUSTER_DIR"
+}
+
+# stop_pidfile PIDFILE [GRACE_SECONDS]: TERM, wait, then KILL; only our own pid.
+stop_pidfile() {
+  local pidfile=$1 grace=${2:-10} pid i
+  if pid_is_ours "$pidfile"; then
+    pid=$(<"$pidfile")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+      [[ -e /proc/$pid ]] || break
+      # A zombie child of ours counts as gone.
+      [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]] && break
+      sleep 0.1
+    done
+    if [[ -e /proc/$pid ]] && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; then
+      log "$(basename "$pidfile" .pid) (pid $pid) ignored TERM for ${grace}s; sending KILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+# The components in start order; they are stopped in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+# stop_all_components: stop every component whose pid file we wrote.
+stop_all_components() {
+  local i
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    stop_pidfile "${CLUSTER_DIR}/pids/${COMPONENTS[i]}.pid"
+  done
+}
