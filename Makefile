@@ -1,0 +1,39 @@
+# premium-operator: the two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build test unit crds crds-check fmt lint tools cluster-up cluster-down demo demo-down clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+## test: fmt check, clippy -D warnings, every unit and integration test on the local control plane, CRD sync.
+test:
+	bash hack/test.sh
+
+## unit: the tests that need no cluster.
+unit:
+	$(CARGO) test --lib --bins
+
+## crds: regenerate crds/ from the Rust types.
+crds:
+	$(CARGO) run --quiet -- crd > crds/premium.dev_crds.yaml
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## tools: build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm into the cache.
+tools:
+	bash hack/build-tools.sh
+
+cluster-up:
+	bash hack/cluster-up.sh
+
+cluster-down:
+	bash hack/cluster-down.sh

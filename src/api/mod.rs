@@ -1,0 +1,30 @@
+//! The custom resources: types only, with the schema users see in `kubectl explain`.
+
+pub mod conditions;
+pub mod duration;
+pub mod feature;
+pub mod policy;
+
+pub use feature::*;
+pub use policy::*;
+
+/// API group of both kinds.
+pub const GROUP: &str = "premium.dev";
+/// API version of both kinds.
+pub const VERSION: &str = "v1alpha1";
+
+/// Go-style durations as users write them (`500ms`, `90s`, `2m`, `1h30m`).
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+/// A Kubernetes name that is also a DNS label (RFC 1123).
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// Envoy `retry_on` conditions, comma-separated.
+pub const RETRY_ON_PATTERN: &str = r"^(5xx|gateway-error|reset|reset-before-request|connect-failure|envoy-ratelimited|retriable-4xx|refused-stream|retriable-status-codes|retriable-headers|http3-post-connect-failure)(,(5xx|gateway-error|reset|reset-before-request|connect-failure|envoy-ratelimited|retriable-4xx|refused-stream|retriable-status-codes|retriable-headers|http3-post-connect-failure))*$";
+
+/// Label on every object the operator creates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "premium-operator";
+/// Label naming the feature an object belongs to.
+pub const FEATURE_LABEL: &str = "premium.dev/feature";
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "premium-operator";

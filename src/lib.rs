@@ -1,0 +1,5 @@
+//! premium-operator: runs a platform's premium features as one self-healing system.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
