@@ -4,7 +4,9 @@ use std::time::Duration;
 
 /// A duration string that does not follow the API's format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: use a number with a unit of ms, s, m or h, such as 500ms, 90s, 2m or 1h30m")]
+#[error(
+    "invalid duration {input:?}: use a number with a unit of ms, s, m or h, such as 500ms, 90s, 2m or 1h30m"
+)]
 pub struct DurationError {
     pub input: String,
 }
@@ -70,7 +72,19 @@ mod tests {
 
     #[test]
     fn refuses_bad_forms() {
-        for bad in ["", "5", "s", "5x", "-5s", "1.s", ".5s", "1..2s", "5 s", "1d", "99999999h"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "-5s",
+            "1.s",
+            ".5s",
+            "1..2s",
+            "5 s",
+            "1d",
+            "99999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -217,7 +217,19 @@ pub struct BlockedBy {
 }
 
 /// The lifecycle phase of a feature.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
 pub enum Phase {
     /// Seen but not yet reconciled.
     Pending,

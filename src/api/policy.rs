@@ -24,11 +24,34 @@ use super::{DURATION_PATTERN, RETRY_ON_PATTERN};
     derive = "PartialEq",
     derive = "Default",
     doc = "Settings for the PremiumFeatures a policy selects in its namespace: Envoy circuit breakers, outlier detection, timeouts and retries, pool defaults and a shared replica budget, start-up throttling and automatic recovery.",
-    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority", description = "Higher wins field by field"),
-    printcolumn(name = "Features", type_ = "integer", json_path = ".status.matchedFeatures", description = "Features selected"),
-    printcolumn(name = "Budget", type_ = "string", json_path = ".status.budget.allocated", description = "Replica maxima granted under the budget"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Priority",
+        type_ = "integer",
+        json_path = ".spec.priority",
+        description = "Higher wins field by field"
+    ),
+    printcolumn(
+        name = "Features",
+        type_ = "integer",
+        json_path = ".status.matchedFeatures",
+        description = "Features selected"
+    ),
+    printcolumn(
+        name = "Budget",
+        type_ = "string",
+        json_path = ".status.budget.allocated",
+        description = "Replica maxima granted under the budget"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PremiumPolicySpec {

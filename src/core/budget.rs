@@ -6,7 +6,7 @@
 //! nothing. Arithmetic is widened (u64/u128) so `u32::MAX` inputs cannot
 //! overflow.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 /// One feature's claim on the budget.
@@ -160,7 +160,7 @@ fn water_fill(pools: &[PoolRequest], spare: u64) -> Vec<u64> {
             break;
         }
         // headroom <= share <= spare, and headroom fits u64.
-        granted[i] += pools[i].max as u64 - pools[i].min as u64;
+        granted[i] += u64::from(pools[i].max - pools[i].min);
         spare -= headroom(i);
         total_weight -= weight(i);
     }
@@ -196,6 +196,296 @@ fn water_fill(pools: &[PoolRequest], spare: u64) -> Vec<u64> {
     granted
 }
 
-/// Keeps the unused import of `Ordering` honest for readers of `sort_by`.
-#[allow(dead_code)]
-fn _ordering(_: Ordering) {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pool(name: &str, min: u32, max: u32, weight: u32, level: u32) -> PoolRequest {
+        PoolRequest {
+            name: name.to_owned(),
+            min,
+            max,
+            weight,
+            level,
+        }
+    }
+
+    fn grants(allocation: &BudgetAllocation) -> Vec<(&str, u32)> {
+        allocation
+            .max_replicas
+            .iter()
+            .map(|(name, max)| (name.as_str(), *max))
+            .collect()
+    }
+
+    fn portal() -> Vec<PoolRequest> {
+        vec![
+            pool("aika", 1, 6, 2, 2),
+            pool("catalog", 1, 4, 1, 0),
+            pool("skill-exchange", 1, 4, 1, 1),
+            pool("soundcheck", 2, 10, 1, 1),
+        ]
+    }
+
+    #[test]
+    fn no_budget_grants_every_max() {
+        let allocation = allocate(None, &portal());
+        assert_eq!(
+            grants(&allocation),
+            [
+                ("aika", 6),
+                ("catalog", 4),
+                ("skill-exchange", 4),
+                ("soundcheck", 10)
+            ]
+        );
+        assert_eq!((allocation.requested, allocation.allocated), (24, 24));
+        assert!(!allocation.exceeded && allocation.waiting.is_empty());
+    }
+
+    #[test]
+    fn budget_of_twenty_is_water_filled() {
+        // Mins 5, spare 15 over weights 2+1+1+1: aika's share 6 exceeds its
+        // headroom 5, so it fills up; 10 left for weights 1+1+1 (3.33 each)
+        // fill catalog and skill-exchange (headroom 3); soundcheck takes the
+        // last 4.
+        let allocation = allocate(Some(20), &portal());
+        assert_eq!(
+            grants(&allocation),
+            [
+                ("aika", 6),
+                ("catalog", 4),
+                ("skill-exchange", 4),
+                ("soundcheck", 6)
+            ]
+        );
+        assert_eq!((allocation.requested, allocation.allocated), (24, 20));
+        assert!(!allocation.exceeded);
+    }
+
+    #[test]
+    fn weights_split_the_spare() {
+        // Mins 5, spare 7 over weights 2+1+1+1: 2.8, 1.4, 1.4, 1.4.
+        // Floors 2, 1, 1, 1 leave 2 units: aika (remainder .8), then of the
+        // .4 ties (all weight 1) catalog by name.
+        let allocation = allocate(Some(12), &portal());
+        assert_eq!(
+            grants(&allocation),
+            [
+                ("aika", 4),
+                ("catalog", 3),
+                ("skill-exchange", 2),
+                ("soundcheck", 3)
+            ]
+        );
+        assert_eq!(allocation.allocated, 12);
+    }
+
+    #[test]
+    fn remainder_ties_go_to_the_heavier_weight() {
+        // Spare 2 over weights 1+4+1: 0.33, 1.33, 0.33, equal remainders;
+        // the leftover unit goes to the heavier b.
+        let requests = [
+            pool("a", 0, 10, 1, 0),
+            pool("b", 0, 10, 4, 0),
+            pool("c", 0, 10, 1, 0),
+        ];
+        let allocation = allocate(Some(2), &requests);
+        assert_eq!(grants(&allocation), [("a", 0), ("b", 2), ("c", 0)]);
+    }
+
+    #[test]
+    fn budget_exactly_the_mins_grants_the_mins() {
+        let allocation = allocate(Some(5), &portal());
+        assert_eq!(
+            grants(&allocation),
+            [
+                ("aika", 1),
+                ("catalog", 1),
+                ("skill-exchange", 1),
+                ("soundcheck", 2)
+            ]
+        );
+        assert!(!allocation.exceeded);
+    }
+
+    #[test]
+    fn mins_over_budget_admit_by_level_then_weight_then_name() {
+        // Priority: catalog (0), skill-exchange and soundcheck (1, weight 1,
+        // by name), aika (2). Budget 3: catalog 1 + skill-exchange 1 fit,
+        // soundcheck's 2 does not, so admission stops there.
+        let allocation = allocate(Some(3), &portal());
+        assert!(allocation.exceeded);
+        assert_eq!(allocation.waiting, ["soundcheck", "aika"]);
+        // The one spare replica goes by remainder tie to the name first.
+        assert_eq!(grants(&allocation), [("catalog", 2), ("skill-exchange", 1)]);
+        assert_eq!((allocation.requested, allocation.allocated), (24, 3));
+    }
+
+    #[test]
+    fn heavier_weight_is_admitted_first_within_a_level() {
+        let allocation = allocate(Some(2), &[pool("a", 2, 4, 1, 0), pool("b", 2, 4, 5, 0)]);
+        assert_eq!(grants(&allocation), [("b", 2)]);
+        assert_eq!(allocation.waiting, ["a"]);
+    }
+
+    #[test]
+    fn inputs_are_sanitized() {
+        let allocation = allocate(
+            Some(100),
+            &[
+                pool("a", 5, 2, 0, 0), // max raised to 5, weight 0 -> 1
+                pool("b", 1, 3, 1, 0),
+                pool("b", 0, 50, 9, 0), // duplicate name: smaller min sorts first
+            ],
+        );
+        assert_eq!(grants(&allocation), [("a", 5), ("b", 50)]);
+        assert_eq!(allocation.requested, 55);
+    }
+
+    #[test]
+    fn zero_budget_with_zero_mins_admits_everyone_at_zero() {
+        let allocation = allocate(Some(0), &[pool("a", 0, 3, 1, 0)]);
+        assert_eq!(grants(&allocation), [("a", 0)]);
+        assert!(!allocation.exceeded);
+    }
+
+    #[test]
+    fn huge_values_saturate() {
+        let requests = [
+            pool("a", u32::MAX, u32::MAX, u32::MAX, u32::MAX),
+            pool("b", 0, u32::MAX, u32::MAX, 0),
+            pool("c", 1, u32::MAX, 1, 0),
+        ];
+        let unbounded = allocate(None, &requests);
+        assert_eq!(
+            (unbounded.requested, unbounded.allocated),
+            (u32::MAX, u32::MAX)
+        );
+        let bounded = allocate(Some(u32::MAX), &requests);
+        // b and c (level 0) fit; a's min does not fit after c's 1. The spare
+        // M - 1 splits M : 1, so b's floor is M - 2 (remainder 2/(M+1)) and
+        // the leftover unit goes to c (remainder (M-1)/(M+1)).
+        assert_eq!(bounded.waiting, ["a"]);
+        assert_eq!(bounded.allocated, u32::MAX);
+        assert_eq!(grants(&bounded), [("b", u32::MAX - 2), ("c", 2)]);
+    }
+
+    #[test]
+    fn empty_requests() {
+        let allocation = allocate(Some(10), &[]);
+        assert!(allocation.max_replicas.is_empty());
+        assert_eq!((allocation.requested, allocation.allocated), (0, 0));
+    }
+
+    // ---- property tests ----
+
+    fn arb_requests(limit: u32) -> impl Strategy<Value = Vec<PoolRequest>> {
+        prop::collection::vec(
+            (0..12u8, 0..=limit, 0..=limit, 0..=limit.min(8), 0..4u32).prop_map(
+                |(n, min, max, weight, level)| pool(&format!("f{n}"), min, max, weight, level),
+            ),
+            0..10,
+        )
+    }
+
+    fn arb_any_requests() -> impl Strategy<Value = Vec<PoolRequest>> {
+        prop::collection::vec(
+            (
+                0..6u8,
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+            )
+                .prop_map(|(n, min, max, weight, level)| {
+                    pool(&format!("f{n}"), min, max, weight, level)
+                }),
+            0..8,
+        )
+    }
+
+    /// The sanitized pool each admitted name came from.
+    fn sanitized(requests: &[PoolRequest], name: &str) -> Option<PoolRequest> {
+        sanitize(requests).into_iter().find(|p| p.name == name)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn stays_within_budget_and_bounds(budget in 0..60u32, requests in arb_requests(20)) {
+            let allocation = allocate(Some(budget), &requests);
+            let granted: u64 = allocation.max_replicas.values().map(|&m| u64::from(m)).sum();
+            prop_assert!(granted <= u64::from(budget));
+            prop_assert_eq!(u64::from(allocation.allocated), granted);
+            let mut admitted_mins = 0u64;
+            for (name, &max) in &allocation.max_replicas {
+                let pool = sanitized(&requests, name).expect("admitted names come from the requests");
+                prop_assert!(pool.min <= max && max <= pool.max);
+                admitted_mins += u64::from(pool.min);
+            }
+            prop_assert!(admitted_mins <= u64::from(budget));
+            prop_assert_eq!(allocation.exceeded, !allocation.waiting.is_empty());
+            // Every sanitized pool is either admitted or waiting.
+            let names = sanitize(&requests).len();
+            prop_assert_eq!(allocation.max_replicas.len() + allocation.waiting.len(), names);
+            // Water-filling wastes nothing: the spare is used up unless
+            // every admitted pool is at its max.
+            let all_capped = allocation
+                .max_replicas
+                .iter()
+                .all(|(name, &max)| sanitized(&requests, name).is_some_and(|p| p.max == max));
+            prop_assert!(all_capped || granted == u64::from(budget));
+        }
+
+        #[test]
+        fn order_does_not_matter(
+            budget in prop::option::of(0..60u32),
+            requests in arb_requests(20),
+            seed in any::<u64>(),
+        ) {
+            let mut shuffled = requests.clone();
+            let mut state = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            prop_assert_eq!(allocate(budget, &requests), allocate(budget, &shuffled));
+        }
+
+        #[test]
+        fn ample_budget_grants_every_max(requests in arb_requests(20), extra in 0..10u32) {
+            let unbounded = allocate(None, &requests);
+            let budget = unbounded.requested + extra;
+            let allocation = allocate(Some(budget), &requests);
+            prop_assert!(allocation.waiting.is_empty() && !allocation.exceeded);
+            prop_assert_eq!(allocation.max_replicas, unbounded.max_replicas);
+            prop_assert_eq!(allocation.allocated, unbounded.requested);
+        }
+
+        #[test]
+        fn weights_two_to_one(spare in 0..10_000u32, min in 0..100u32) {
+            let allocation = allocate(
+                Some(2 * min + spare),
+                &[pool("heavy", min, u32::MAX, 2, 0), pool("light", min, u32::MAX, 1, 0)],
+            );
+            let heavy = i64::from(allocation.max_replicas["heavy"] - min);
+            let light = i64::from(allocation.max_replicas["light"] - min);
+            prop_assert_eq!(heavy + light, i64::from(spare));
+            prop_assert!((heavy - 2 * light).abs() <= 2, "{} vs {}", heavy, light);
+        }
+
+        #[test]
+        fn never_panics(budget in prop::option::of(any::<u32>()), requests in arb_any_requests()) {
+            let allocation = allocate(budget, &requests);
+            if let Some(budget) = budget {
+                let granted: u64 = allocation.max_replicas.values().map(|&m| u64::from(m)).sum();
+                prop_assert!(granted <= u64::from(budget));
+            }
+        }
+    }
+}

@@ -280,8 +280,9 @@ pub fn analyze(
     // Dependents were pushed in key order of the dependent: already sorted
     // and, since targets were deduped per node, free of duplicates.
 
-    let startup_level = startup_levels(&adjacency);
-    let paths = cycle_paths(&keys, &adjacency);
+    let reverse_adjacency = reverse(&adjacency);
+    let startup_level = startup_levels(&adjacency, &reverse_adjacency);
+    let paths = cycle_paths(&keys, &adjacency, &reverse_adjacency);
 
     GraphAnalysis {
         keys,
@@ -295,7 +296,7 @@ pub fn analyze(
     }
 }
 
-/// Reverse adjacency: for each node, the nodes that depend on it.
+/// Reverse adjacency: for each node, the kept edges' dependents of it.
 fn reverse(adjacency: &[Vec<u32>]) -> Vec<Vec<u32>> {
     let mut reverse: Vec<Vec<u32>> = vec![Vec::new(); adjacency.len()];
     for (from, tos) in adjacency.iter().enumerate() {
@@ -308,8 +309,7 @@ fn reverse(adjacency: &[Vec<u32>]) -> Vec<Vec<u32>> {
 
 /// Kahn's algorithm from the leaves: a node gets a level once all its
 /// dependencies have one, so nodes on or behind a cycle never do.
-fn startup_levels(adjacency: &[Vec<u32>]) -> Vec<Option<u32>> {
-    let dependents = reverse(adjacency);
+fn startup_levels(adjacency: &[Vec<u32>], dependents: &[Vec<u32>]) -> Vec<Option<u32>> {
     let mut unresolved: Vec<usize> = adjacency.iter().map(Vec::len).collect();
     let mut level: Vec<Option<u32>> = vec![None; adjacency.len()];
     let mut ready: VecDeque<usize> = VecDeque::new();
@@ -525,7 +525,11 @@ impl Bfs {
 /// 10,000-member ring is one allocation. Paths beyond the representatives
 /// draw on a budget proportional to the graph size; past it a member gets
 /// a stored cycle through it if there is one, else its SCC's representative.
-fn cycle_paths(keys: &[FeatureKey], adjacency: &[Vec<u32>]) -> CyclePaths {
+fn cycle_paths(
+    keys: &[FeatureKey],
+    adjacency: &[Vec<u32>],
+    reverse_adjacency: &[Vec<u32>],
+) -> CyclePaths {
     let n = adjacency.len();
     let (component, components) = strongly_connected(adjacency);
     let edges: usize = adjacency.iter().map(Vec::len).sum();
@@ -541,7 +545,6 @@ fn cycle_paths(keys: &[FeatureKey], adjacency: &[Vec<u32>]) -> CyclePaths {
     // For each node, the shortest stored simple cycle through it.
     let mut shared: Vec<Option<PathRef>> = vec![None; n];
     let mut bfs = Bfs::new(n);
-    let reverse_adjacency = reverse(adjacency);
 
     for (id, members) in components.iter().enumerate() {
         let id = id as u32;
@@ -563,7 +566,7 @@ fn cycle_paths(keys: &[FeatureKey], adjacency: &[Vec<u32>]) -> CyclePaths {
         let large = members.len() > EXACT_CYCLE_SCC_LIMIT;
         let (to_root, from_root) = if large {
             (
-                bfs.tree(root, &reverse_adjacency, &component, id),
+                bfs.tree(root, reverse_adjacency, &component, id),
                 bfs.tree(root, adjacency, &component, id),
             )
         } else {
@@ -1010,6 +1013,73 @@ mod tests {
             assert_eq!(path.last(), Some(&member));
             assert!(is_path(&nodes, path));
         }
+    }
+
+    #[test]
+    fn crossing_legs_through_the_root_are_loop_erased() {
+        // Found by proptest: with closed walks instead of simple cycles the
+        // paths could not be shared and the budget ran out.
+        let size = 343;
+        let mut nodes = ring(size);
+        for (from, to) in [(257, 39), (0, 221), (38, 142)] {
+            nodes[from].depends_on.push(DependencyEdge {
+                target: key(&format!("f{to:05}")),
+                optional: false,
+            });
+        }
+        let graph = analyze(&nodes, allow_all);
+        for k in graph.keys() {
+            let path = graph.cycle(k).unwrap_or(&[]);
+            assert_eq!((path.first(), path.last()), (Some(k), Some(k)));
+            assert!(is_path(&nodes, path));
+            let mut body = path[..path.len() - 1].to_vec();
+            body.sort();
+            body.dedup();
+            assert_eq!(body.len(), path.len() - 1, "{k} has no simple cycle");
+        }
+    }
+
+    #[test]
+    fn pathological_scc_paths_stay_within_the_memory_budget() {
+        // root -> each of 300 spokes -> one shared 2,000-node chain -> root:
+        // every spoke's only cycle is its own 2,000-long one, 600k keys in
+        // all, so the budget runs out and late spokes fall back to the
+        // representative cycle.
+        let spokes = 300;
+        let chain = 2_000;
+        let spoke = |i: usize| key(&format!("s{i:03}"));
+        let link = |i: usize| key(&format!("c{i:04}"));
+        let edge = |target| DependencyEdge {
+            target,
+            optional: false,
+        };
+        let mut nodes = vec![FeatureNode {
+            key: key("a-root"),
+            depends_on: (0..spokes).map(|i| edge(spoke(i))).collect(),
+        }];
+        nodes.extend((0..spokes).map(|i| FeatureNode {
+            key: spoke(i),
+            depends_on: vec![edge(link(0))],
+        }));
+        nodes.extend((0..chain).map(|i| FeatureNode {
+            key: link(i),
+            depends_on: vec![edge(if i + 1 == chain {
+                key("a-root")
+            } else {
+                link(i + 1)
+            })],
+        }));
+        let graph = analyze(&nodes, allow_all);
+
+        let stored: usize = graph.path_store.iter().map(Vec::len).sum();
+        let size = nodes.len() + 2 * spokes + chain;
+        let representative = 2 * (chain + 2) + 1;
+        assert!(stored <= size * PATH_BUDGET_PER_ELEMENT + PATH_BUDGET_FLOOR + representative);
+        assert!(graph.keys().iter().all(|k| graph.on_cycle(k)));
+        let first = graph.cycle(&spoke(1)).unwrap_or(&[]);
+        assert_eq!(first.first(), Some(&spoke(1)));
+        let last = graph.cycle(&spoke(spokes - 1)).map(<[_]>::to_vec);
+        assert_eq!(last, graph.cycles().first().cloned());
     }
 
     #[test]

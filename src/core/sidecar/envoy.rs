@@ -586,6 +586,8 @@ mod v3 {
     #[derive(Serialize)]
     pub struct Node {
         pub id: String,
+        /// Canonical JSON leaves out an empty string.
+        #[serde(skip_serializing_if = "String::is_empty")]
         pub cluster: String,
     }
 
@@ -947,6 +949,963 @@ mod v3 {
                 format!("{secs}.{millis:03}s")
             };
             serializer.serialize_str(&text)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Validity is checked against Envoy's own v3 API: every file's JSON form is decoded into
+    //! the real protobuf types (unknown fields refused), re-encoded to prove the names and
+    //! values are canonical, and checked against the `validate.rules` constraints Envoy
+    //! enforces when it loads a config. Golden files pin the YAML byte for byte:
+    //! `UPDATE_GOLDEN=1 cargo test golden` rewrites them after an intended change.
+
+    use std::path::Path;
+    use std::sync::LazyLock;
+
+    use proptest::prelude::*;
+    use prost_reflect::{DescriptorPool, DynamicMessage};
+    use serde_json::json;
+
+    use super::*;
+
+    static POOL: LazyLock<DescriptorPool> =
+        LazyLock::new(|| DescriptorPool::decode(xds_api::FILE_DESCRIPTOR_SET).unwrap());
+
+    const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
+    const DISCOVERY_RESPONSE: &str = "envoy.service.discovery.v3.DiscoveryResponse";
+
+    fn upstream(name: &str, namespace: &str, port: Option<u16>) -> Upstream {
+        Upstream {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            port,
+        }
+    }
+
+    /// Every policy field set, as in the design's example.
+    fn full_policy() -> TrafficPolicy {
+        TrafficPolicy {
+            max_connections: Some(1024),
+            max_pending_requests: Some(512),
+            max_requests: Some(2048),
+            max_retries: Some(3),
+            retry_budget: Some(RetryBudget {
+                budget_percent: 20,
+                min_retry_concurrency: 3,
+            }),
+            outlier: Some(OutlierDetection {
+                consecutive_5xx: Some(5),
+                interval_ms: Some(10_000),
+                base_ejection_time_ms: Some(30_000),
+                max_ejection_percent: Some(10),
+            }),
+            connect_timeout_ms: Some(250),
+            request_timeout_ms: Some(15_000),
+            retry: Some(RetryPolicy {
+                attempts: 2,
+                per_try_timeout_ms: Some(5_000),
+                retry_on: "5xx,reset,connect-failure".to_owned(),
+            }),
+        }
+    }
+
+    /// Three dependencies, one in another namespace, one not there yet.
+    fn aika() -> SidecarSpec {
+        SidecarSpec {
+            feature: "aika".to_owned(),
+            namespace: "portal".to_owned(),
+            app_port: 9898,
+            upstreams: vec![
+                upstream("catalog", "portal", Some(8080)),
+                upstream("soundcheck", "tech-health", Some(7007)),
+                upstream("skill-exchange", "portal", None),
+            ],
+            traffic: full_policy(),
+        }
+    }
+
+    /// No dependencies, no policy: Envoy's defaults throughout.
+    fn scorecard() -> SidecarSpec {
+        SidecarSpec {
+            feature: "scorecard".to_owned(),
+            namespace: "default".to_owned(),
+            app_port: 8080,
+            ..SidecarSpec::default()
+        }
+    }
+
+    // ---- validation against Envoy's API ----
+
+    /// Decodes canonical proto3 JSON into the named Envoy message, refusing unknown fields.
+    /// `Any` values (`@type` plus fields) resolve against the same pool with no extra option.
+    fn decode(message: &str, json: &serde_json::Value) -> Result<DynamicMessage, String> {
+        let desc = POOL.get_message_by_name(message).unwrap();
+        DynamicMessage::deserialize(desc, json.clone()).map_err(|e| e.to_string())
+    }
+
+    /// Decodes, then proves the JSON is canonical (Envoy's own names and value forms, no
+    /// default written out) and satisfies Envoy's `validate.rules`.
+    fn assert_envoy_valid(message: &str, json: &serde_json::Value, what: &str) {
+        let decoded = decode(message, json).unwrap_or_else(|e| panic!("{what}: {e}\n{json:#}"));
+        let reencoded = serde_json::to_value(&decoded).unwrap();
+        assert_eq!(&reencoded, json, "{what}: not canonical proto3 JSON");
+        let mut violations = Vec::new();
+        pgv::check(&decoded, what, &mut violations);
+        assert!(violations.is_empty(), "{what}: {violations:#?}");
+    }
+
+    /// Everything Envoy would check when loading the files, plus the cross-file links it only
+    /// discovers at run time.
+    fn assert_valid(spec: &SidecarSpec) {
+        let bootstrap = bootstrap_json(spec);
+        let clusters = clusters_json(spec);
+        let routes = routes_json(spec);
+        assert_envoy_valid(BOOTSTRAP, &bootstrap, FILE_BOOTSTRAP);
+        assert_envoy_valid(DISCOVERY_RESPONSE, &clusters, FILE_CLUSTERS);
+        for (file, json) in &routes {
+            assert_envoy_valid(DISCOVERY_RESPONSE, json, file);
+        }
+
+        // The YAML Envoy reads is the JSON that was validated.
+        let rendered = render(spec);
+        let yaml = |text: &str| serde_yaml::from_str::<serde_json::Value>(text).unwrap();
+        assert_eq!(yaml(&rendered.bootstrap), bootstrap);
+        assert_eq!(yaml(&rendered.clusters), clusters);
+        assert_eq!(rendered.routes.len(), routes.len());
+        for (file, json) in &routes {
+            assert_eq!(&yaml(&rendered.routes[file]), json, "{file}");
+        }
+
+        assert_links(spec, &bootstrap, &clusters, &routes);
+    }
+
+    fn strings<'a>(values: impl IntoIterator<Item = &'a serde_json::Value>) -> Vec<&'a str> {
+        values.into_iter().map(|v| v.as_str().unwrap()).collect()
+    }
+
+    /// Listeners, route files and clusters refer to each other only by names that exist.
+    fn assert_links(
+        spec: &SidecarSpec,
+        bootstrap: &serde_json::Value,
+        clusters: &serde_json::Value,
+        routes: &BTreeMap<String, serde_json::Value>,
+    ) {
+        let listeners = bootstrap["staticResources"]["listeners"]
+            .as_array()
+            .unwrap();
+        assert_eq!(listeners.len(), spec.upstreams.len() + 1);
+        let mut ports: Vec<_> = listeners
+            .iter()
+            .map(|l| &l["address"]["socketAddress"]["portValue"])
+            .collect();
+        ports.dedup();
+        assert_eq!(ports.len(), listeners.len(), "listener ports are unique");
+
+        let cluster_names = strings(
+            clusters["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| &c["name"]),
+        );
+        let mut unique = cluster_names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            cluster_names.len(),
+            "cluster names are unique"
+        );
+
+        let mut referenced_files = Vec::new();
+        for listener in listeners {
+            let hcm = &listener["filterChains"][0]["filters"][0]["typedConfig"];
+            let rds = &hcm["rds"];
+            let route_name = rds["routeConfigName"].as_str().unwrap();
+            let path = rds["configSource"]["pathConfigSource"]["path"]
+                .as_str()
+                .unwrap();
+            let file = path.strip_prefix("/etc/envoy/").unwrap();
+            referenced_files.push(file.to_owned());
+            // Envoy's RDS takes exactly one RouteConfiguration, named as asked.
+            let resources = routes[file]["resources"].as_array().unwrap();
+            assert_eq!(resources.len(), 1, "{file}");
+            assert_eq!(resources[0]["name"], route_name, "{file}");
+            let target = resources[0]["virtualHosts"][0]["routes"][0]["route"]["cluster"]
+                .as_str()
+                .unwrap();
+            assert!(cluster_names.contains(&target), "{file}: {target} missing");
+        }
+        referenced_files.sort();
+        referenced_files.dedup();
+        assert_eq!(
+            referenced_files,
+            routes.keys().cloned().collect::<Vec<_>>(),
+            "every route file is used"
+        );
+    }
+
+    /// A subset of protoc-gen-validate, read from the `validate.rules` options in Envoy's
+    /// descriptors: the rules the sidecar's fields carry (ranges, lengths, required messages
+    /// and oneofs, defined enums, item counts). Patterns and `in` lists are not checked.
+    mod pgv {
+        use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage, Value};
+
+        use super::POOL;
+
+        pub fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<String>) {
+            let rules_ext = POOL.get_extension_by_name("validate.rules").unwrap();
+            let required_ext = POOL.get_extension_by_name("validate.required").unwrap();
+            let desc = msg.descriptor();
+            if desc.full_name() == "google.protobuf.Any" {
+                return check_any(msg, path, out);
+            }
+            for oneof in desc.oneofs().filter(|o| !o.is_synthetic()) {
+                let options = oneof.options();
+                let required = options.has_extension(&required_ext)
+                    && options.get_extension(&required_ext).as_bool() == Some(true);
+                if required && !oneof.fields().any(|f| msg.has_field(&f)) {
+                    out.push(format!("{path}: one of {} is required", oneof.name()));
+                }
+            }
+            for field in desc.fields() {
+                let field_path = format!("{path}.{}", field.json_name());
+                let options = field.options();
+                // A oneof member's rules apply only when it is the member set.
+                let inactive = field.containing_oneof().is_some() && !msg.has_field(&field);
+                if options.has_extension(&rules_ext) && !inactive {
+                    if let Value::Message(rules) = options.get_extension(&rules_ext).as_ref() {
+                        check_field(msg, &field, rules, &field_path, out);
+                    }
+                }
+                if msg.has_field(&field) {
+                    recurse(&msg.get_field(&field), &field_path, out);
+                }
+            }
+        }
+
+        fn recurse(value: &Value, path: &str, out: &mut Vec<String>) {
+            match value {
+                Value::Message(m) => check(m, path, out),
+                Value::List(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        recurse(item, &format!("{path}[{i}]"), out);
+                    }
+                }
+                Value::Map(entries) => {
+                    for (key, item) in entries {
+                        let key = match key {
+                            MapKey::String(s) => s.clone(),
+                            other => format!("{other:?}"),
+                        };
+                        recurse(item, &format!("{path}[{key}]"), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        /// An `Any`'s payload is checked as the message its `@type` names.
+        fn check_any(any: &DynamicMessage, path: &str, out: &mut Vec<String>) {
+            let type_url = any.get_field_by_name("type_url").unwrap();
+            let type_url = type_url.as_str().unwrap();
+            let name = type_url.rsplit('/').next().unwrap();
+            let Some(desc) = POOL.get_message_by_name(name) else {
+                return out.push(format!("{path}: unknown @type {type_url}"));
+            };
+            let bytes = any.get_field_by_name("value").unwrap();
+            let payload = DynamicMessage::decode(desc, bytes.as_bytes().unwrap().clone()).unwrap();
+            check(&payload, &format!("{path}<{name}>"), out);
+        }
+
+        fn check_field(
+            msg: &DynamicMessage,
+            field: &FieldDescriptor,
+            rules: &DynamicMessage,
+            path: &str,
+            out: &mut Vec<String>,
+        ) {
+            let present = msg.has_field(field);
+            let value = msg.get_field(field);
+            if field.is_list() {
+                let items = value.as_list().unwrap();
+                if let Some(Value::Message(r)) = rules.get_field_by_name("repeated").as_deref() {
+                    if let Some(min) = set_u64(r, "min_items") {
+                        if (items.len() as u64) < min {
+                            out.push(format!("{path}: needs at least {min} items"));
+                        }
+                    }
+                    if let Some(Value::Message(item_rules)) =
+                        r.get_field_by_name("items").as_deref()
+                    {
+                        if r.has_field_by_name("items") {
+                            for (i, item) in items.iter().enumerate() {
+                                check_value(
+                                    item,
+                                    true,
+                                    field,
+                                    item_rules,
+                                    &format!("{path}[{i}]"),
+                                    out,
+                                );
+                            }
+                        }
+                    }
+                }
+                return;
+            }
+            if field.is_map() {
+                return;
+            }
+            check_value(&value, present, field, rules, path, out);
+        }
+
+        fn set_u64(rules: &DynamicMessage, name: &str) -> Option<u64> {
+            if !rules.has_field_by_name(name) {
+                return None;
+            }
+            rules.get_field_by_name(name).and_then(|v| v.as_u64())
+        }
+
+        /// Applies the rule kinds set in `rules` to one value.
+        fn check_value(
+            value: &Value,
+            present: bool,
+            field: &FieldDescriptor,
+            rules: &DynamicMessage,
+            path: &str,
+            out: &mut Vec<String>,
+        ) {
+            for (rule_field, rule) in rules.fields() {
+                let Value::Message(rule) = rule else { continue };
+                match rule_field.name() {
+                    "message" | "any" => {
+                        if rule.get_field_by_name("required").and_then(|v| v.as_bool())
+                            == Some(true)
+                            && !present
+                        {
+                            out.push(format!("{path}: required"));
+                        }
+                    }
+                    "duration" => {
+                        if !present {
+                            if rule.get_field_by_name("required").and_then(|v| v.as_bool())
+                                == Some(true)
+                            {
+                                out.push(format!("{path}: required"));
+                            }
+                            continue;
+                        }
+                        let nanos = |m: &DynamicMessage| {
+                            let s = m.get_field_by_name("seconds").unwrap().as_i64().unwrap();
+                            let n = m.get_field_by_name("nanos").unwrap().as_i32().unwrap();
+                            s as f64 * 1e9 + f64::from(n)
+                        };
+                        let actual = nanos(value.as_message().unwrap());
+                        check_range(rule, actual, path, out, |v| v.as_message().map(nanos));
+                    }
+                    "string" => {
+                        // Scalar rules on a wrapper apply to its value, when set.
+                        let s = match value {
+                            Value::String(s) => s.clone(),
+                            Value::Message(m) if present => m
+                                .get_field_by_name("value")
+                                .unwrap()
+                                .as_str()
+                                .unwrap()
+                                .to_owned(),
+                            _ => continue,
+                        };
+                        let len = s.chars().count() as u64;
+                        if set_u64(rule, "min_len").is_some_and(|min| len < min)
+                            || set_u64(rule, "min_bytes").is_some_and(|min| (s.len() as u64) < min)
+                        {
+                            out.push(format!("{path}: {s:?} too short"));
+                        }
+                        if set_u64(rule, "max_len").is_some_and(|max| len > max)
+                            || set_u64(rule, "max_bytes").is_some_and(|max| s.len() as u64 > max)
+                        {
+                            out.push(format!("{path}: {s:?} too long"));
+                        }
+                    }
+                    "enum" => {
+                        let defined_only = rule
+                            .get_field_by_name("defined_only")
+                            .and_then(|v| v.as_bool());
+                        if let (Some(true), Kind::Enum(e), Some(n)) =
+                            (defined_only, field.kind(), value.as_enum_number())
+                        {
+                            if e.get_value(n).is_none() {
+                                out.push(format!("{path}: undefined enum value {n}"));
+                            }
+                        }
+                    }
+                    "uint32" | "uint64" | "int32" | "int64" | "double" | "float" | "sint32"
+                    | "sint64" | "fixed32" | "fixed64" => {
+                        let actual = match value {
+                            Value::Message(m) if present => {
+                                number(&m.get_field_by_name("value").unwrap())
+                            }
+                            Value::Message(_) => continue,
+                            other => number(other),
+                        };
+                        if let Some(actual) = actual {
+                            check_range(rule, actual, path, out, number);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn number(value: &Value) -> Option<f64> {
+            match *value {
+                Value::U32(v) => Some(f64::from(v)),
+                Value::U64(v) => Some(v as f64),
+                Value::I32(v) => Some(f64::from(v)),
+                Value::I64(v) => Some(v as f64),
+                Value::F32(v) => Some(f64::from(v)),
+                Value::F64(v) => Some(v),
+                _ => None,
+            }
+        }
+
+        fn check_range(
+            rule: &DynamicMessage,
+            actual: f64,
+            path: &str,
+            out: &mut Vec<String>,
+            bound: impl Fn(&Value) -> Option<f64>,
+        ) {
+            let checks: [(&str, fn(f64, f64) -> bool); 5] = [
+                ("const", |a, b| a == b),
+                ("lt", |a, b| a < b),
+                ("lte", |a, b| a <= b),
+                ("gt", |a, b| a > b),
+                ("gte", |a, b| a >= b),
+            ];
+            for (name, holds) in checks {
+                if !rule.has_field_by_name(name) {
+                    continue;
+                }
+                let limit = bound(&rule.get_field_by_name(name).unwrap()).unwrap();
+                if !holds(actual, limit) {
+                    out.push(format!("{path}: {actual} violates {name} {limit}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn full_spec_is_valid_envoy_config() {
+        assert_valid(&aika());
+    }
+
+    #[test]
+    fn minimal_spec_is_valid_envoy_config() {
+        assert_valid(&scorecard());
+    }
+
+    #[test]
+    fn decoding_refuses_an_unknown_field_by_name() {
+        let mut clusters = clusters_json(&aika());
+        clusters["resources"][0]["circuitBreakers"]["thresholds"][0]["maxConnectionz"] = json!(1);
+        let err = decode(DISCOVERY_RESPONSE, &clusters).unwrap_err();
+        assert!(err.contains("maxConnectionz"), "{err}");
+
+        // Inside an Any typed config too.
+        let mut bootstrap = bootstrap_json(&aika());
+        bootstrap["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]["typedConfig"]
+            ["statPrefx"] = json!("x");
+        let err = decode(BOOTSTRAP, &bootstrap).unwrap_err();
+        assert!(err.contains("statPrefx"), "{err}");
+
+        // And an unknown @type.
+        let mut routes = routes_json(&aika());
+        let inbound = routes.get_mut(&routes_file(INBOUND_ROUTE)).unwrap();
+        inbound["resources"][0]["@type"] = json!("type.googleapis.com/envoy.config.route.v3.Nope");
+        let err = decode(DISCOVERY_RESPONSE, inbound).unwrap_err();
+        assert!(err.contains("envoy.config.route.v3.Nope"), "{err}");
+    }
+
+    #[test]
+    fn validation_rules_bite() {
+        let mut clusters = clusters_json(&aika());
+        clusters["resources"][1]["connectTimeout"] = json!("0s");
+        clusters["resources"][1]["outlierDetection"]["maxEjectionPercent"] = json!(101);
+        clusters["resources"][1]["loadAssignment"]["clusterName"] = json!("");
+        let decoded = decode(DISCOVERY_RESPONSE, &clusters).unwrap();
+        let mut violations = Vec::new();
+        pgv::check(&decoded, "cds", &mut violations);
+        let text = violations.join("\n");
+        assert_eq!(violations.len(), 3, "{text}");
+        for field in ["connectTimeout", "maxEjectionPercent", "clusterName"] {
+            assert!(text.contains(field), "{field} not flagged:\n{text}");
+        }
+    }
+
+    #[test]
+    fn rds_files_hold_one_route_configuration_each() {
+        let routes = routes_json(&aika());
+        let files: Vec<_> = routes.keys().map(String::as_str).collect();
+        assert_eq!(
+            files,
+            [
+                "rds.dep_portal_catalog.yaml",
+                "rds.dep_portal_skill-exchange.yaml",
+                "rds.dep_tech-health_soundcheck.yaml",
+                "rds.inbound.yaml",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_are_proto3_json_strings() {
+        let text = |ms| serde_json::to_value(v3::Duration::from_ms(ms)).unwrap();
+        assert_eq!(text(0), "0s");
+        assert_eq!(text(250), "0.250s");
+        assert_eq!(text(1_000), "1s");
+        assert_eq!(text(1_500), "1.500s");
+        assert_eq!(text(15_000), "15s");
+        assert_eq!(text(u64::MAX), "315576000000s");
+    }
+
+    #[test]
+    fn unset_policy_leaves_envoy_defaults() {
+        let clusters = clusters_json(&scorecard());
+        let local = &clusters["resources"][0];
+        assert_eq!(local["name"], LOCAL_APP_CLUSTER);
+        for field in [
+            "connectTimeout",
+            "circuitBreakers",
+            "outlierDetection",
+            "type",
+        ] {
+            assert!(local.get(field).is_none(), "{field} written");
+        }
+        let route = &routes_json(&scorecard())["rds.inbound.yaml"]["resources"][0]["virtualHosts"]
+            [0]["routes"][0]["route"];
+        assert_eq!(route, &json!({"cluster": "local_app"}));
+    }
+
+    #[test]
+    fn local_app_sheds_load_without_retry_thresholds() {
+        let clusters = clusters_json(&aika());
+        let thresholds = &clusters["resources"][0]["circuitBreakers"]["thresholds"][0];
+        assert_eq!(
+            thresholds,
+            &json!({"maxConnections": 1024, "maxPendingRequests": 512, "maxRequests": 2048})
+        );
+        let inbound = &routes_json(&aika())["rds.inbound.yaml"]["resources"][0]["virtualHosts"][0]
+            ["routes"][0]["route"];
+        assert!(inbound.get("retryPolicy").is_none());
+        assert_eq!(inbound["timeout"], "15s");
+    }
+
+    #[test]
+    fn absent_dependency_has_a_listener_and_an_empty_cluster() {
+        let spec = aika();
+        let clusters = clusters_json(&spec);
+        let cluster = clusters["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "dep_portal_skill-exchange")
+            .unwrap();
+        assert_eq!(
+            cluster["loadAssignment"],
+            json!({"clusterName": "dep_portal_skill-exchange"})
+        );
+        assert!(cluster.get("type").is_none(), "STATIC, not a DNS cluster");
+
+        // When it appears, only the clusters change.
+        let mut appeared = spec.clone();
+        appeared.upstreams[2].port = Some(80);
+        let (before, after) = (render(&spec), render(&appeared));
+        assert_eq!(before.bootstrap, after.bootstrap);
+        assert_eq!(before.routes, after.routes);
+        assert_ne!(before.clusters, after.clusters);
+        assert!(
+            after
+                .clusters
+                .contains("skill-exchange.portal.svc.cluster.local")
+        );
+        assert_valid(&appeared);
+    }
+
+    #[test]
+    fn policy_change_reloads_without_restart() {
+        let before = render(&aika());
+        let mut spec = aika();
+        spec.traffic.max_connections = Some(10);
+        spec.traffic.outlier = None;
+        spec.traffic.request_timeout_ms = Some(3_000);
+        spec.traffic.retry = None;
+        let after = render(&spec);
+        assert_eq!(before.bootstrap, after.bootstrap);
+        assert_eq!(before.listeners_hash, after.listeners_hash);
+        assert_ne!(before.clusters, after.clusters);
+        assert_ne!(before.routes, after.routes);
+        assert_eq!(
+            before.routes.keys().collect::<Vec<_>>(),
+            after.routes.keys().collect::<Vec<_>>(),
+            "same files, so the bootstrap's paths stay valid"
+        );
+        assert_ne!(before.config_hash, after.config_hash);
+    }
+
+    #[test]
+    fn listener_changes_roll_pods() {
+        let base = render(&aika());
+
+        let mut added = aika();
+        added.upstreams.push(upstream("search", "portal", Some(80)));
+        let added = render(&added);
+        assert_ne!(base.listeners_hash, added.listeners_hash);
+        assert_ne!(base.config_hash, added.config_hash);
+
+        let mut reordered = aika();
+        reordered.upstreams.swap(0, 1);
+        let reordered = render(&reordered);
+        assert_ne!(base.listeners_hash, reordered.listeners_hash);
+
+        // A reorder moves ports, never what a route name means: pods still on the old
+        // bootstrap keep reaching the right dependency through the new files.
+        assert_eq!(base.routes, reordered.routes);
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        let (a, b) = (render(&aika()), render(&aika().clone()));
+        assert_eq!(a, b);
+        assert_eq!(a.listeners_hash.len(), 16);
+        assert!(a.config_hash.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a.listeners_hash, short_hash(a.bootstrap.as_bytes()));
+    }
+
+    #[test]
+    fn files_are_the_configmap_data() {
+        let rendered = render(&aika());
+        let files = rendered.files();
+        assert_eq!(files[FILE_BOOTSTRAP], rendered.bootstrap);
+        assert_eq!(files[FILE_CLUSTERS], rendered.clusters);
+        assert_eq!(files.len(), 2 + rendered.routes.len());
+        // ConfigMap keys: [-._a-zA-Z0-9]+
+        for key in files.keys() {
+            assert!(
+                key.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+            );
+        }
+        assert_eq!(rendered.config_hash, files_hash(&files));
+    }
+
+    #[test]
+    fn env_vars_and_urls() {
+        assert_eq!(
+            upstream_env_var("skill-exchange"),
+            "PREMIUM_SKILL_EXCHANGE_URL"
+        );
+        assert_eq!(upstream_env_var("catalog"), "PREMIUM_CATALOG_URL");
+        assert_eq!(upstream_env_var("a.b-c9"), "PREMIUM_A_B_C9_URL");
+        assert_eq!(upstream_url(0), "http://127.0.0.1:15101");
+        assert_eq!(upstream_url(2), "http://127.0.0.1:15103");
+        assert_eq!(outbound_port(MAX_UPSTREAMS - 1), *RESERVED_PORTS.end());
+        assert_eq!(outbound_port(usize::MAX), u16::MAX);
+        assert!(is_reserved_port(ENVOY_ADMIN_PORT) && is_reserved_port(ENVOY_INBOUND_PORT));
+        assert!(!is_reserved_port(9898));
+    }
+
+    #[test]
+    fn cluster_names_stay_distinct() {
+        let plain = upstream_cluster(&upstream("catalog", "portal", None));
+        assert_eq!(plain, "dep_portal_catalog");
+        // Names Kubernetes would refuse still never collide.
+        let a = upstream_cluster(&upstream("a_b", "c", None));
+        let b = upstream_cluster(&upstream("b", "c_a", None));
+        let c = upstream_cluster(&upstream("a.b", "c", None));
+        assert!(a != b && a != c && b != c, "{a} {b} {c}");
+        assert!(a.starts_with("dep_c_a-b_"));
+    }
+
+    #[test]
+    fn duplicate_dependency_shares_its_cluster() {
+        let mut spec = aika();
+        spec.upstreams.push(spec.upstreams[0].clone());
+        assert_valid(&spec);
+        let clusters = clusters_json(&spec);
+        assert_eq!(clusters["resources"].as_array().unwrap().len(), 4);
+        assert_eq!(routes_json(&spec).len(), 4);
+    }
+
+    #[test]
+    fn out_of_range_values_are_clamped_to_what_envoy_accepts() {
+        let mut spec = aika();
+        spec.traffic.connect_timeout_ms = Some(0);
+        spec.traffic.retry_budget = Some(RetryBudget {
+            budget_percent: 500,
+            min_retry_concurrency: 0,
+        });
+        spec.traffic.outlier = Some(OutlierDetection {
+            consecutive_5xx: Some(0),
+            interval_ms: Some(0),
+            base_ejection_time_ms: Some(u64::MAX),
+            max_ejection_percent: Some(u32::MAX),
+        });
+        spec.traffic.retry = Some(RetryPolicy {
+            attempts: 0,
+            per_try_timeout_ms: Some(0),
+            retry_on: " 5xx , ,reset ".to_owned(),
+        });
+        assert_valid(&spec);
+        let routes = routes_json(&spec);
+        let retry = &routes["rds.dep_portal_catalog.yaml"]["resources"][0]["virtualHosts"][0]["routes"]
+            [0]["route"]["retryPolicy"];
+        assert_eq!(
+            retry,
+            &json!({"retryOn": "5xx,reset", "numRetries": 0, "perTryTimeout": "0s"})
+        );
+    }
+
+    // ---- golden files ----
+
+    /// Compares every rendered file with `testdata/<case>.<file>`; `UPDATE_GOLDEN=1` rewrites
+    /// them (and removes stale ones) instead.
+    fn check_golden(case: &str, spec: &SidecarSpec) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core/sidecar/testdata");
+        let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
+        let files = render(spec).files();
+        let mut problems = Vec::new();
+        for (name, actual) in &files {
+            let path = dir.join(format!("{case}.{name}"));
+            if update {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, actual).unwrap();
+                continue;
+            }
+            match std::fs::read_to_string(&path) {
+                Err(err) => problems.push(format!("{}: {err}", path.display())),
+                Ok(expected) if expected != *actual => {
+                    problems.push(format!(
+                        "{}: {}",
+                        path.display(),
+                        first_difference(&expected, actual)
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_prefix(&format!("{case}.")) else {
+                continue;
+            };
+            if !files.contains_key(name) {
+                if update {
+                    std::fs::remove_file(dir.join(&file)).unwrap();
+                } else {
+                    problems.push(format!("{file}: no longer rendered"));
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "golden files differ:\n{}\nIf the change is intended: UPDATE_GOLDEN=1 cargo test golden, then review the diff.",
+            problems.join("\n")
+        );
+    }
+
+    fn first_difference(expected: &str, actual: &str) -> String {
+        let (mut e, mut a) = (expected.lines(), actual.lines());
+        for line in 1.. {
+            match (e.next(), a.next()) {
+                (Some(x), Some(y)) if x == y => {}
+                (x, y) => {
+                    return format!(
+                        "line {line}\n  expected: {}\n  actual:   {}",
+                        x.unwrap_or("<end of file>"),
+                        y.unwrap_or("<end of file>")
+                    );
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn golden_portal_aika() {
+        check_golden("portal_aika", &aika());
+    }
+
+    #[test]
+    fn golden_default_scorecard() {
+        check_golden("default_scorecard", &scorecard());
+    }
+
+    // ---- properties ----
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-z]([a-z0-9-]{0,20}[a-z0-9])?"
+    }
+
+    fn feature_port() -> impl Strategy<Value = u16> {
+        (1u16..=65535).prop_filter("reserved for the sidecar", |p| !is_reserved_port(*p))
+    }
+
+    fn policy() -> impl Strategy<Value = TrafficPolicy> {
+        let breakers = (
+            proptest::option::of(0u32..100_000),
+            proptest::option::of(0u32..100_000),
+            proptest::option::of(0u32..100_000),
+            proptest::option::of(0u32..100),
+            proptest::option::of((1u32..=100, 0u32..100).prop_map(|(p, m)| RetryBudget {
+                budget_percent: p,
+                min_retry_concurrency: m,
+            })),
+        );
+        let outlier = proptest::option::of(
+            (
+                proptest::option::of(0u32..100),
+                proptest::option::of(1u64..600_000),
+                proptest::option::of(1u64..600_000),
+                proptest::option::of(0u32..=100),
+            )
+                .prop_map(|(c, i, b, m)| OutlierDetection {
+                    consecutive_5xx: c,
+                    interval_ms: i,
+                    base_ejection_time_ms: b,
+                    max_ejection_percent: m,
+                }),
+        );
+        let retry = proptest::option::of(
+            (
+                0u32..10,
+                proptest::option::of(0u64..60_000),
+                proptest::sample::subsequence(RETRY_ON_CONDITIONS.to_vec(), 0..=4),
+            )
+                .prop_map(|(attempts, per_try, on)| RetryPolicy {
+                    attempts,
+                    per_try_timeout_ms: per_try,
+                    retry_on: on.join(","),
+                }),
+        );
+        (
+            breakers,
+            outlier,
+            proptest::option::of(1u64..60_000),
+            proptest::option::of(0u64..600_000),
+            retry,
+        )
+            .prop_map(
+                |((mc, mp, mr, mx, budget), outlier, connect, request, retry)| TrafficPolicy {
+                    max_connections: mc,
+                    max_pending_requests: mp,
+                    max_requests: mr,
+                    max_retries: mx,
+                    retry_budget: budget,
+                    outlier,
+                    connect_timeout_ms: connect,
+                    request_timeout_ms: request,
+                    retry,
+                },
+            )
+    }
+
+    fn spec() -> impl Strategy<Value = SidecarSpec> {
+        let upstreams = proptest::collection::vec(
+            (label(), label(), proptest::option::of(feature_port())).prop_map(
+                |(name, namespace, port)| Upstream {
+                    name,
+                    namespace,
+                    port,
+                },
+            ),
+            0..=6,
+        );
+        (label(), label(), feature_port(), upstreams, policy()).prop_map(
+            |(feature, namespace, app_port, upstreams, traffic)| SidecarSpec {
+                feature,
+                namespace,
+                app_port,
+                upstreams,
+                traffic,
+            },
+        )
+    }
+
+    /// Input the API would refuse: any text, any number.
+    fn garbage_spec() -> impl Strategy<Value = SidecarSpec> {
+        let text = || "\\PC{0,12}";
+        let upstreams = proptest::collection::vec(
+            (text(), text(), any::<Option<u16>>()).prop_map(|(name, namespace, port)| Upstream {
+                name,
+                namespace,
+                port,
+            }),
+            0..=4,
+        );
+        let traffic = (
+            any::<(Option<u32>, Option<u32>, Option<u32>, Option<u32>)>(),
+            any::<Option<(u32, u32)>>(),
+            any::<Option<(Option<u32>, Option<u64>, Option<u64>, Option<u32>)>>(),
+            any::<(Option<u64>, Option<u64>)>(),
+            any::<Option<(u32, Option<u64>, String)>>(),
+        )
+            .prop_map(
+                |((mc, mp, mr, mx), budget, outlier, (connect, request), retry)| TrafficPolicy {
+                    max_connections: mc,
+                    max_pending_requests: mp,
+                    max_requests: mr,
+                    max_retries: mx,
+                    retry_budget: budget.map(|(p, m)| RetryBudget {
+                        budget_percent: p,
+                        min_retry_concurrency: m,
+                    }),
+                    outlier: outlier.map(|(c, i, b, m)| OutlierDetection {
+                        consecutive_5xx: c,
+                        interval_ms: i,
+                        base_ejection_time_ms: b,
+                        max_ejection_percent: m,
+                    }),
+                    connect_timeout_ms: connect,
+                    request_timeout_ms: request,
+                    retry: retry.map(|(attempts, per_try, on)| RetryPolicy {
+                        attempts,
+                        per_try_timeout_ms: per_try,
+                        retry_on: on,
+                    }),
+                },
+            );
+        (text(), text(), any::<u16>(), upstreams, traffic).prop_map(
+            |(feature, namespace, app_port, upstreams, traffic)| SidecarSpec {
+                feature,
+                namespace,
+                app_port,
+                upstreams,
+                traffic,
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_spec_renders_valid_envoy_config(spec in spec()) {
+            assert_valid(&spec);
+        }
+
+        #[test]
+        fn refused_input_still_renders_loadable_config(spec in garbage_spec()) {
+            assert_valid(&spec);
+        }
+
+        #[test]
+        fn policy_never_touches_the_bootstrap(spec in spec(), other in policy()) {
+            let changed = SidecarSpec { traffic: other, ..spec.clone() };
+            prop_assert_eq!(render(&spec).listeners_hash, render(&changed).listeners_hash);
         }
     }
 }

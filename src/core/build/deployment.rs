@@ -1,0 +1,317 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{
+    APP_CONTAINER, FeaturePlan, LISTENERS_HASH_ANNOTATION, RESTARTED_AT_ANNOTATION,
+    SIDECAR_CONTAINER, labels, owned_meta, selector_labels, sidecar_configmap_name,
+};
+use crate::api::PremiumFeature;
+use crate::core::sidecar::{
+    ENVOY_CONFIG_DIR, ENVOY_INBOUND_PORT, FILE_BOOTSTRAP, upstream_env_var, upstream_url,
+};
+
+const CONFIG_VOLUME: &str = "envoy-config";
+/// The official Envoy image's unprivileged user.
+const ENVOY_UID: i64 = 101;
+
+/// The Deployment `<name>`: the app plus Envoy as a native sidecar (an init container with
+/// `restartPolicy: Always`, so it starts first and stops last).
+pub fn deployment(feature: &PremiumFeature, plan: &FeaturePlan) -> Deployment {
+    let name = feature.name_any();
+    let mut annotations = BTreeMap::from([(
+        LISTENERS_HASH_ANNOTATION.to_string(),
+        plan.sidecar.listeners_hash.clone(),
+    )]);
+    if let Some(at) = &plan.restarted_at {
+        annotations.insert(RESTARTED_AT_ANNOTATION.to_string(), at.clone());
+    }
+    Deployment {
+        metadata: owned_meta(feature, name.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(plan.replicas),
+            revision_history_limit: Some(3),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(feature)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(feature)),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    init_containers: Some(vec![sidecar_container(plan)]),
+                    containers: vec![app_container(feature, plan)],
+                    volumes: Some(vec![Volume {
+                        name: CONFIG_VOLUME.into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: sidecar_configmap_name(&name),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn restricted_security_context(run_as_user: Option<i64>) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        run_as_user,
+        ..Default::default()
+    }
+}
+
+fn app_container(feature: &PremiumFeature, plan: &FeaturePlan) -> Container {
+    let spec = &feature.spec;
+    let mut env = spec.env.clone();
+    env.extend(plan.upstreams.iter().enumerate().map(|(i, u)| EnvVar {
+        name: upstream_env_var(&u.name),
+        value: Some(upstream_url(i)),
+        ..Default::default()
+    }));
+    let probe = spec.health_check.as_ref().map(|hc| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(hc.path.clone()),
+            port: IntOrString::Int(spec.port),
+            ..Default::default()
+        }),
+        period_seconds: hc.period_seconds,
+        failure_threshold: hc.failure_threshold,
+        ..Default::default()
+    });
+    Container {
+        name: APP_CONTAINER.into(),
+        image: Some(spec.image.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("app".into()),
+            container_port: spec.port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: (!env.is_empty()).then_some(env),
+        resources: spec.resources.clone(),
+        readiness_probe: probe.clone(),
+        liveness_probe: probe,
+        security_context: Some(restricted_security_context(None)),
+        ..Default::default()
+    }
+}
+
+fn sidecar_container(plan: &FeaturePlan) -> Container {
+    let quantity = |s: &str| Quantity(s.to_string());
+    Container {
+        name: SIDECAR_CONTAINER.into(),
+        image: Some(plan.sidecar_image.clone()),
+        // A native sidecar: started before the app, kept running, stopped after it.
+        restart_policy: Some("Always".into()),
+        args: Some(vec![
+            "--config-path".into(),
+            format!("{ENVOY_CONFIG_DIR}/{FILE_BOOTSTRAP}"),
+            "--log-level".into(),
+            "warn".into(),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http-envoy".into()),
+            container_port: i32::from(ENVOY_INBOUND_PORT),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(ENVOY_INBOUND_PORT)),
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            ..Default::default()
+        }),
+        // Requests on every container let CPU autoscaling work; Envoy's are small and fixed.
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity("50m")),
+                ("memory".to_string(), quantity("64Mi")),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), quantity("256Mi"))])),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: CONFIG_VOLUME.into(),
+            mount_path: ENVOY_CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        security_context: Some(restricted_security_context(Some(ENVOY_UID))),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::build::testing;
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn template_annotations(d: &Deployment) -> &BTreeMap<String, String> {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()
+    }
+
+    #[test]
+    fn gated_deployment_has_zero_replicas() {
+        let f = testing::feature();
+        let d = deployment(&f, &testing::plan(&f, 0));
+        assert_eq!(d.spec.unwrap().replicas, Some(0));
+    }
+
+    #[test]
+    fn envoy_is_a_native_sidecar_with_the_config_mounted() {
+        let f = testing::feature();
+        let d = deployment(&f, &testing::plan(&f, 2));
+        let init = &pod(&d).init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.name, "envoy");
+        assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            init.volume_mounts.as_ref().unwrap()[0].mount_path,
+            "/etc/envoy"
+        );
+        let vol = &pod(&d).volumes.as_ref().unwrap()[0];
+        assert_eq!(vol.config_map.as_ref().unwrap().name, "aika-sidecar");
+    }
+
+    #[test]
+    fn app_gets_probes_and_dependency_urls() {
+        let f = testing::feature();
+        let d = deployment(&f, &testing::plan(&f, 1));
+        let app = &pod(&d).containers[0];
+        let probe = app
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/readyz"));
+        assert_eq!(probe.port, IntOrString::Int(9898));
+        let env: Vec<(String, String)> = app
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            env,
+            vec![
+                (
+                    "PREMIUM_CATALOG_URL".to_string(),
+                    "http://127.0.0.1:15101".to_string()
+                ),
+                (
+                    "PREMIUM_SKILL_EXCHANGE_URL".to_string(),
+                    "http://127.0.0.1:15102".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn listeners_hash_on_template_changes_only_with_listeners() {
+        let f = testing::feature();
+        let base = testing::plan(&f, 1);
+        let d1 = deployment(&f, &base);
+        assert_eq!(
+            template_annotations(&d1)[LISTENERS_HASH_ANNOTATION],
+            base.sidecar.listeners_hash
+        );
+        // A traffic-only change re-renders clusters but keeps the template identical.
+        let mut spec = crate::core::sidecar::SidecarSpec {
+            feature: "aika".into(),
+            namespace: "portal".into(),
+            app_port: 9898,
+            upstreams: base.upstreams.clone(),
+            traffic: Default::default(),
+        };
+        spec.traffic.max_connections = Some(7);
+        let mut changed = base.clone();
+        changed.sidecar = crate::core::sidecar::render(&spec);
+        assert_ne!(changed.sidecar.config_hash, base.sidecar.config_hash);
+        let d2 = deployment(&f, &changed);
+        assert_eq!(
+            d1.spec.as_ref().unwrap().template,
+            d2.spec.as_ref().unwrap().template
+        );
+        // Dropping a dependency changes the listeners, so the template.
+        let mut fewer = base.clone();
+        spec.upstreams.pop();
+        fewer.sidecar = crate::core::sidecar::render(&spec);
+        let d3 = deployment(&f, &fewer);
+        assert_ne!(
+            d1.spec.as_ref().unwrap().template,
+            d3.spec.as_ref().unwrap().template
+        );
+    }
+
+    #[test]
+    fn passes_the_restricted_pod_security_profile_fields() {
+        let f = testing::feature();
+        let d = deployment(&f, &testing::plan(&f, 1));
+        let p = pod(&d);
+        let psc = p.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        for c in p
+            .containers
+            .iter()
+            .chain(p.init_containers.iter().flatten())
+        {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_string()][..])
+            );
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The pure decision core: no client, no I/O. Every function here is deterministic and tested
+//! beside its code.
+
+pub mod budget;
+pub mod build;
+pub mod graph;
+pub mod policy;
+pub mod settings;
+pub mod sidecar;
+pub mod status;

@@ -1,0 +1,684 @@
+//! The status calculator: phase and conditions of a feature from what was observed.
+//!
+//! Pure: the same observation and previous status always give the same new status, and a
+//! condition's `lastTransitionTime` moves only when its status changes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::conditions::{self as cond, reason};
+use crate::api::{BlockedBy, Phase, PremiumFeatureStatus};
+
+/// What the Deployment says about the rollout, taken from its status only.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeploymentHealth {
+    /// `status.observedGeneration` has caught up with `metadata.generation`.
+    pub observed_current: bool,
+    /// `spec.replicas`.
+    pub desired: i32,
+    pub updated: i32,
+    pub ready: i32,
+    pub available: i32,
+    /// The `Available` condition is True.
+    pub available_condition: bool,
+    /// The `Progressing` condition says `ProgressDeadlineExceeded`.
+    pub progress_deadline_exceeded: bool,
+}
+
+impl DeploymentHealth {
+    /// Every desired replica is updated, ready and available, as the Deployment itself reports.
+    pub fn is_ready(&self) -> bool {
+        self.observed_current
+            && self.desired > 0
+            && self.updated == self.desired
+            && self.ready == self.desired
+            && self.available >= self.desired
+            && self.available_condition
+    }
+
+    /// The rollout of the current template is complete, but pods are not all ready: a loss of
+    /// availability rather than a rollout in progress.
+    pub fn lost_availability(&self) -> bool {
+        self.observed_current
+            && self.desired > 0
+            && self.updated >= self.desired
+            && !self.is_ready()
+    }
+}
+
+/// Why a feature cannot run at all until something changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Everything the calculator needs, gathered by the controller from its caches.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observation {
+    pub generation: Option<i64>,
+    pub suspended: bool,
+    /// A problem in the feature itself or its objects (name conflict, invalid setting).
+    pub stall: Option<Stall>,
+    /// The path of the dependency cycle this feature is on.
+    pub cycle: Option<String>,
+    /// Required dependencies that hold it back.
+    pub blocked_by: Vec<BlockedBy>,
+    /// Optional dependencies it started without.
+    pub optional_unavailable: Vec<String>,
+    /// Dependencies that are running but unhealthy.
+    pub unhealthy_dependencies: Vec<String>,
+    /// Waiting for a start-up slot of a policy's `startup.maxConcurrent`.
+    pub waiting_for_slot: Option<String>,
+    /// Held back because a policy's budget cannot hold its minimum replicas.
+    pub budget_waiting: Option<String>,
+    /// The start-up timeout passed without the feature becoming Ready.
+    pub startup_timed_out: Option<String>,
+    /// The owned Deployment's health, if the Deployment exists.
+    pub deployment: Option<DeploymentHealth>,
+    pub startup_level: Option<u32>,
+    pub policies: Vec<String>,
+    pub sidecar_config_hash: Option<String>,
+    pub recent_restarts: Vec<Time>,
+}
+
+struct Verdict {
+    phase: Phase,
+    ready: (bool, &'static str, String),
+    reconciling: (bool, &'static str, String),
+    stalled: (bool, &'static str, String),
+    degraded: (bool, &'static str, String),
+}
+
+fn verdict(o: &Observation, previous_phase: Option<Phase>) -> Verdict {
+    let no = |r: &'static str, m: &str| (false, r, m.to_string());
+    let yes = |r: &'static str, m: &str| (true, r, m.to_string());
+    let calm_stall = no(reason::NOT_STALLED, "");
+    let calm_degraded = no(reason::HEALTHY, "");
+    let waiting = |phase, r: &'static str, m: String| Verdict {
+        phase,
+        ready: (false, r, m.clone()),
+        reconciling: (true, r, m),
+        stalled: no(reason::NOT_STALLED, ""),
+        degraded: no(reason::HEALTHY, ""),
+    };
+    let failed = |r: &'static str, m: String| Verdict {
+        phase: Phase::Failed,
+        ready: (false, r, m.clone()),
+        reconciling: no(r, ""),
+        stalled: (true, r, m),
+        degraded: no(reason::HEALTHY, ""),
+    };
+
+    if o.suspended {
+        return Verdict {
+            phase: Phase::Suspended,
+            ready: no(reason::SUSPENDED, "the feature is suspended (spec.suspend)"),
+            reconciling: no(reason::SUSPENDED, ""),
+            stalled: calm_stall,
+            degraded: calm_degraded,
+        };
+    }
+    if let Some(s) = &o.stall {
+        return failed(s.reason, s.message.clone());
+    }
+    if let Some(path) = &o.cycle {
+        return failed(
+            reason::DEPENDENCY_CYCLE,
+            format!("dependency cycle: {path}; remove one of these dependencies"),
+        );
+    }
+    if !o.blocked_by.is_empty() {
+        let first = &o.blocked_by[0];
+        return waiting(
+            Phase::WaitingForDependencies,
+            leading_reason(&o.blocked_by),
+            blocked_message(&o.blocked_by, &first.reason),
+        );
+    }
+    if let Some(m) = &o.budget_waiting {
+        return waiting(Phase::Pending, reason::BUDGET_EXCEEDED, m.clone());
+    }
+    let health = o.deployment.clone().unwrap_or_default();
+    if health.progress_deadline_exceeded && !health.is_ready() {
+        return failed(
+            reason::PROGRESS_DEADLINE_EXCEEDED,
+            "the Deployment exceeded its progress deadline; check its pods' events".into(),
+        );
+    }
+    if health.is_ready() {
+        let degraded = if !o.optional_unavailable.is_empty() {
+            yes(
+                reason::OPTIONAL_DEPENDENCY_UNAVAILABLE,
+                &format!(
+                    "running without optional {}: {}",
+                    plural(o.optional_unavailable.len(), "dependency", "dependencies"),
+                    o.optional_unavailable.join(", ")
+                ),
+            )
+        } else if !o.unhealthy_dependencies.is_empty() {
+            yes(
+                reason::DEPENDENCY_UNHEALTHY,
+                &format!(
+                    "{} unhealthy: {}",
+                    plural(o.unhealthy_dependencies.len(), "dependency", "dependencies"),
+                    o.unhealthy_dependencies.join(", ")
+                ),
+            )
+        } else {
+            calm_degraded
+        };
+        return Verdict {
+            phase: if degraded.0 {
+                Phase::Degraded
+            } else {
+                Phase::Ready
+            },
+            ready: yes(
+                reason::AVAILABLE,
+                &format!("{} of {} replicas ready", health.ready, health.desired),
+            ),
+            reconciling: no(reason::RECONCILED, ""),
+            stalled: calm_stall,
+            degraded,
+        };
+    }
+    if let Some(m) = &o.startup_timed_out {
+        return failed(reason::STARTUP_TIMEOUT, m.clone());
+    }
+    let was_serving = matches!(previous_phase, Some(Phase::Ready | Phase::Degraded));
+    if was_serving && health.lost_availability() {
+        let m = format!(
+            "{} of {} replicas ready: the feature lost availability",
+            health.ready, health.desired
+        );
+        return Verdict {
+            phase: Phase::Degraded,
+            ready: (false, reason::UNAVAILABLE, m.clone()),
+            reconciling: no(reason::UNAVAILABLE, ""),
+            stalled: calm_stall,
+            degraded: (true, reason::UNAVAILABLE, m),
+        };
+    }
+    if let Some(m) = &o.waiting_for_slot {
+        return waiting(Phase::Pending, reason::WAITING_FOR_STARTUP_SLOT, m.clone());
+    }
+    let m = match &o.deployment {
+        None => "creating the Deployment".to_string(),
+        Some(h) => format!(
+            "rolling out: {} of {} replicas ready, {} updated",
+            h.ready, h.desired, h.updated
+        ),
+    };
+    waiting(Phase::Starting, reason::ROLLING_OUT, m)
+}
+
+fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
+/// The reason that best explains a block: the one a person must act on first.
+fn leading_reason(blocked: &[BlockedBy]) -> &'static str {
+    for r in [
+        reason::DEPENDENCY_CYCLE,
+        reason::DEPENDENCY_NOT_FOUND,
+        reason::DEPENDENCY_NOT_PERMITTED,
+        reason::DEPENDENCY_NOT_READY,
+    ] {
+        if blocked.iter().any(|b| b.reason == r) {
+            return r;
+        }
+    }
+    reason::DEPENDENCY_NOT_READY
+}
+
+fn blocked_message(blocked: &[BlockedBy], _first: &str) -> String {
+    let parts: Vec<String> = blocked
+        .iter()
+        .map(|b| {
+            if b.message.is_empty() {
+                format!("{} ({})", b.name, b.reason)
+            } else {
+                format!("{}: {}", b.name, b.message)
+            }
+        })
+        .collect();
+    format!("waiting for {}", parts.join("; "))
+}
+
+/// Sets a condition in `conditions`, keeping `lastTransitionTime` when the status is unchanged.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time,
+    });
+}
+
+/// Whole seconds, as the API server stores them: avoids a status write that only moves
+/// sub-second digits.
+pub fn now_time() -> Time {
+    let secs = Timestamp::now().as_second();
+    Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// Computes a feature's status. `previous` is the status as last written.
+pub fn feature_status(
+    previous: Option<&PremiumFeatureStatus>,
+    o: &Observation,
+    now: &Time,
+) -> PremiumFeatureStatus {
+    let prev_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
+    let v = verdict(o, previous.and_then(|p| p.phase));
+    let mut conditions = Vec::with_capacity(5);
+
+    let deps = if let Some(path) = &o.cycle {
+        (
+            false,
+            reason::DEPENDENCY_CYCLE,
+            format!("dependency cycle: {path}"),
+        )
+    } else if !o.blocked_by.is_empty() {
+        let r = leading_reason(&o.blocked_by);
+        (false, r, blocked_message(&o.blocked_by, r))
+    } else if o.blocked_by.is_empty() && o.optional_unavailable.is_empty() {
+        (true, reason::DEPENDENCIES_READY, String::new())
+    } else {
+        (
+            true,
+            reason::OPTIONAL_DEPENDENCY_UNAVAILABLE,
+            format!(
+                "required dependencies are Ready; optional not Ready: {}",
+                o.optional_unavailable.join(", ")
+            ),
+        )
+    };
+    let g = o.generation;
+    set_condition(
+        &mut conditions,
+        prev_conditions,
+        cond::READY,
+        v.ready.0,
+        v.ready.1,
+        &v.ready.2,
+        g,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        prev_conditions,
+        cond::DEPENDENCIES_READY,
+        deps.0,
+        deps.1,
+        &deps.2,
+        g,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        prev_conditions,
+        cond::RECONCILING,
+        v.reconciling.0,
+        v.reconciling.1,
+        &v.reconciling.2,
+        g,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        prev_conditions,
+        cond::STALLED,
+        v.stalled.0,
+        v.stalled.1,
+        &v.stalled.2,
+        g,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        prev_conditions,
+        cond::DEGRADED,
+        v.degraded.0,
+        v.degraded.1,
+        &v.degraded.2,
+        g,
+        now,
+    );
+
+    let health = o.deployment.as_ref();
+    PremiumFeatureStatus {
+        observed_generation: o.generation,
+        phase: Some(v.phase),
+        startup_level: o.startup_level.map(|l| l.min(i32::MAX as u32) as i32),
+        blocked_by: o.blocked_by.clone(),
+        replicas: health.map(|h| h.desired),
+        ready_replicas: health.map(|h| h.ready),
+        policies: o.policies.clone(),
+        sidecar_config_hash: o.sidecar_config_hash.clone(),
+        recent_restarts: o.recent_restarts.clone(),
+        conditions,
+    }
+}
+
+/// The condition of a type in a status, if present.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether a status says the feature is Ready for its current generation.
+pub fn is_ready(status: Option<&PremiumFeatureStatus>, generation: Option<i64>) -> bool {
+    status.is_some_and(|s| {
+        s.observed_generation == generation
+            && condition(&s.conditions, cond::READY).is_some_and(|c| c.status == "True")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn ready_health(n: i32) -> DeploymentHealth {
+        DeploymentHealth {
+            observed_current: true,
+            desired: n,
+            updated: n,
+            ready: n,
+            available: n,
+            available_condition: true,
+            progress_deadline_exceeded: false,
+        }
+    }
+
+    fn cond_of<'a>(s: &'a PremiumFeatureStatus, ty: &str) -> &'a Condition {
+        condition(&s.conditions, ty).unwrap()
+    }
+
+    #[test]
+    fn ready_deployment_means_ready() {
+        let o = Observation {
+            generation: Some(3),
+            deployment: Some(ready_health(2)),
+            startup_level: Some(1),
+            ..Default::default()
+        };
+        let s = feature_status(None, &o, &t(100));
+        assert_eq!(s.phase, Some(Phase::Ready));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(cond_of(&s, cond::READY).status, "True");
+        assert_eq!(cond_of(&s, cond::RECONCILING).status, "False");
+        assert_eq!(cond_of(&s, cond::STALLED).status, "False");
+        assert_eq!(cond_of(&s, cond::DEPENDENCIES_READY).status, "True");
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+        assert!(is_ready(Some(&s), Some(3)));
+        assert!(
+            !is_ready(Some(&s), Some(4)),
+            "a newer generation is not Ready yet"
+        );
+    }
+
+    #[test]
+    fn blocked_feature_waits_and_names_culprits() {
+        let o = Observation {
+            blocked_by: vec![
+                BlockedBy {
+                    name: "catalog".into(),
+                    reason: reason::DEPENDENCY_NOT_READY.into(),
+                    message: "catalog is Starting".into(),
+                },
+                BlockedBy {
+                    name: "soundcheck".into(),
+                    reason: reason::DEPENDENCY_NOT_FOUND.into(),
+                    message: "no PremiumFeature soundcheck in portal".into(),
+                },
+            ],
+            deployment: Some(DeploymentHealth::default()),
+            ..Default::default()
+        };
+        let s = feature_status(None, &o, &t(1));
+        assert_eq!(s.phase, Some(Phase::WaitingForDependencies));
+        let d = cond_of(&s, cond::DEPENDENCIES_READY);
+        assert_eq!(d.status, "False");
+        assert_eq!(d.reason, reason::DEPENDENCY_NOT_FOUND);
+        assert!(d.message.contains("catalog") && d.message.contains("soundcheck"));
+        assert_eq!(cond_of(&s, cond::RECONCILING).status, "True");
+        assert_eq!(s.blocked_by.len(), 2);
+    }
+
+    #[test]
+    fn cycle_is_stalled_with_path() {
+        let o = Observation {
+            cycle: Some("aika -> soundcheck -> aika".into()),
+            ..Default::default()
+        };
+        let s = feature_status(None, &o, &t(1));
+        assert_eq!(s.phase, Some(Phase::Failed));
+        let st = cond_of(&s, cond::STALLED);
+        assert_eq!(
+            (st.status.as_str(), st.reason.as_str()),
+            ("True", reason::DEPENDENCY_CYCLE)
+        );
+        assert!(st.message.contains("aika -> soundcheck -> aika"));
+        assert_eq!(
+            cond_of(&s, cond::DEPENDENCIES_READY).reason,
+            reason::DEPENDENCY_CYCLE
+        );
+    }
+
+    #[test]
+    fn losing_availability_after_ready_is_degraded() {
+        let prev = feature_status(
+            None,
+            &Observation {
+                deployment: Some(ready_health(2)),
+                ..Default::default()
+            },
+            &t(1),
+        );
+        let mut lost = ready_health(2);
+        lost.ready = 1;
+        lost.available = 1;
+        lost.available_condition = false;
+        let s = feature_status(
+            Some(&prev),
+            &Observation {
+                deployment: Some(lost.clone()),
+                ..Default::default()
+            },
+            &t(50),
+        );
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(cond_of(&s, cond::DEGRADED).status, "True");
+        assert_eq!(cond_of(&s, cond::READY).status, "False");
+        assert_eq!(cond_of(&s, cond::READY).last_transition_time, t(50));
+        // Never Ready before: the same Deployment state is still starting up.
+        let fresh = feature_status(
+            None,
+            &Observation {
+                deployment: Some(lost),
+                ..Default::default()
+            },
+            &t(50),
+        );
+        assert_eq!(fresh.phase, Some(Phase::Starting));
+    }
+
+    #[test]
+    fn optional_dependency_missing_is_degraded_but_ready() {
+        let o = Observation {
+            optional_unavailable: vec!["skill-exchange".into()],
+            deployment: Some(ready_health(1)),
+            ..Default::default()
+        };
+        let s = feature_status(None, &o, &t(1));
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(cond_of(&s, cond::READY).status, "True");
+        assert_eq!(
+            cond_of(&s, cond::DEGRADED).reason,
+            reason::OPTIONAL_DEPENDENCY_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn timeouts_and_deadlines_stall() {
+        let o = Observation {
+            startup_timed_out: Some("not Ready within 2m".into()),
+            deployment: Some(DeploymentHealth {
+                desired: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = feature_status(None, &o, &t(1));
+        assert_eq!(cond_of(&s, cond::STALLED).reason, reason::STARTUP_TIMEOUT);
+        let o = Observation {
+            deployment: Some(DeploymentHealth {
+                desired: 1,
+                progress_deadline_exceeded: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = feature_status(None, &o, &t(1));
+        assert_eq!(
+            cond_of(&s, cond::STALLED).reason,
+            reason::PROGRESS_DEADLINE_EXCEEDED
+        );
+    }
+
+    #[test]
+    fn suspended_wins() {
+        let o = Observation {
+            suspended: true,
+            cycle: Some("a -> a".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            feature_status(None, &o, &t(1)).phase,
+            Some(Phase::Suspended)
+        );
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_status_change() {
+        let waiting = Observation {
+            blocked_by: vec![BlockedBy {
+                name: "catalog".into(),
+                reason: reason::DEPENDENCY_NOT_READY.into(),
+                message: String::new(),
+            }],
+            ..Default::default()
+        };
+        let s1 = feature_status(None, &waiting, &t(10));
+        // Same status, new message: time stays.
+        let mut waiting2 = waiting.clone();
+        waiting2.blocked_by[0].message = "catalog is Starting".into();
+        let s2 = feature_status(Some(&s1), &waiting2, &t(20));
+        assert_eq!(cond_of(&s2, cond::READY).last_transition_time, t(10));
+        // Status flips: time moves.
+        let s3 = feature_status(
+            Some(&s2),
+            &Observation {
+                deployment: Some(ready_health(1)),
+                ..Default::default()
+            },
+            &t(30),
+        );
+        assert_eq!(cond_of(&s3, cond::READY).last_transition_time, t(30));
+        assert_eq!(cond_of(&s3, cond::STALLED).last_transition_time, t(10));
+    }
+
+    fn arb_observation() -> impl Strategy<Value = Observation> {
+        let health = (
+            any::<bool>(),
+            0..4i32,
+            0..4i32,
+            0..4i32,
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(oc, d, u, r, a, p)| DeploymentHealth {
+                observed_current: oc,
+                desired: d,
+                updated: u,
+                ready: r,
+                available: r,
+                available_condition: a,
+                progress_deadline_exceeded: p,
+            });
+        (
+            any::<bool>(),
+            proptest::option::of("[a-z]{1,5}"),
+            proptest::collection::vec("[a-z]{1,5}", 0..3),
+            proptest::collection::vec("[a-z]{1,5}", 0..2),
+            proptest::option::of(health),
+            proptest::option::of("[a-z ]{1,10}"),
+            proptest::option::of(0..5u32),
+        )
+            .prop_map(
+                |(suspended, cycle, blocked, optional, deployment, timed_out, level)| Observation {
+                    generation: Some(1),
+                    suspended,
+                    cycle,
+                    blocked_by: blocked
+                        .into_iter()
+                        .map(|n| BlockedBy {
+                            name: n,
+                            reason: reason::DEPENDENCY_NOT_READY.into(),
+                            message: String::new(),
+                        })
+                        .collect(),
+                    optional_unavailable: optional,
+                    deployment,
+                    startup_timed_out: timed_out,
+                    startup_level: level,
+                    ..Default::default()
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn idempotent(o in arb_observation(), later in 0..1000i64) {
+            let first = feature_status(None, &o, &t(1000));
+            // Computing again from the same inputs, at any later time, gives the same status.
+            let again = feature_status(Some(&first), &o, &t(1000 + later));
+            prop_assert_eq!(&first, &again);
+            // Always exactly the five condition types, once each.
+            let mut types: Vec<_> = first.conditions.iter().map(|c| c.type_.clone()).collect();
+            types.sort();
+            prop_assert_eq!(types, vec!["Degraded", "DependenciesReady", "Ready", "Reconciling", "Stalled"]);
+            // Ready and Stalled are never both True.
+            let ready = condition(&first.conditions, cond::READY).unwrap().status == "True";
+            let stalled = condition(&first.conditions, cond::STALLED).unwrap().status == "True";
+            prop_assert!(!(ready && stalled));
+        }
+    }
+}
