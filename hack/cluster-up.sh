@@ -49,22 +49,9 @@ flock 9
 
 # --- health ------------------------------------------------------------------
 
-apiserver_ready() {
-  curl -sf --max-time 2 --cacert "${PKI}/ca.crt" --cert "${PKI}/admin.crt" --key "${PKI}/admin.key" \
-    "https://127.0.0.1:${APISERVER_PORT}/readyz" >/dev/null 2>&1
-}
-
-cluster_healthy() {
-  local c
-  [[ -f ${CLUSTER_DIR}/cluster.env && -f $KUBECONFIG_ADMIN ]] || return 1
-  for c in "${COMPONENTS[@]}"; do pid_is_ours "${PIDS}/${c}.pid" || return 1; done
-  # shellcheck source=/dev/null
-  source "${CLUSTER_DIR}/cluster.env"
-  apiserver_ready
-}
-
 if cluster_healthy; then
-  log "cluster already running (KUBECONFIG=${KUBECONFIG_ADMIN}); nothing to do"
+  log "cluster already running on https://127.0.0.1:${APISERVER_PORT}; nothing to do"
+  printf 'export KUBECONFIG=%s\n' "$KUBECONFIG_ADMIN"
   exit 0
 fi
 
@@ -116,7 +103,7 @@ wait_until() {
 # Whatever is left of an earlier, unhealthy cluster goes first.
 stop_all_components
 rm -rf "$CLUSTER_DIR"
-mkdir -p "$PKI" "$LOGS" "$PIDS" "${CLUSTER_DIR}/etcd"
+mkdir -p "$PKI" "$LOGS" "$PIDS"
 
 # --- ports ---------------------------------------------------------------------
 
@@ -153,16 +140,24 @@ EOF
 log "generating certificates"
 openssl_quiet() { openssl "$@" >/dev/null 2>>"${LOGS}/openssl.log" || fail openssl "openssl $1 failed"; }
 
-openssl_quiet genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "${PKI}/ca.key"
-openssl_quiet req -x509 -new -key "${PKI}/ca.key" -sha256 -days 3650 -subj "/CN=premium-operator-local-ca" \
-  -addext "basicConstraints=critical,CA:TRUE" \
-  -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-  -addext "subjectKeyIdentifier=hash" \
-  -out "${PKI}/ca.crt"
+# new_ca NAME COMMON_NAME
+new_ca() {
+  openssl_quiet genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "${PKI}/$1.key"
+  openssl_quiet req -x509 -new -key "${PKI}/$1.key" -sha256 -days 3650 -subj "/CN=$2" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -addext "subjectKeyIdentifier=hash" \
+    -out "${PKI}/$1.crt"
+}
+new_ca ca premium-operator-local-ca
+# The aggregation layer's CA, as kubeadm sets it up: kube-apiserver presents
+# front-proxy-client to aggregated API servers, and the controller-manager and
+# scheduler read this CA from kube-system/extension-apiserver-authentication.
+new_ca front-proxy-ca premium-operator-local-front-proxy-ca
 
-# issue NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
+# issue NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES] [CA]
 issue() {
-  local name=$1 subject=$2 eku=$3 san=${4:-} ext="${PKI}/${1}.ext"
+  local name=$1 subject=$2 eku=$3 san=${4:-} ca=${5:-ca} ext="${PKI}/${1}.ext"
   {
     echo "basicConstraints=critical,CA:FALSE"
     echo "keyUsage=critical,digitalSignature"
@@ -172,7 +167,7 @@ issue() {
   } >"$ext"
   openssl_quiet genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "${PKI}/${name}.key"
   openssl_quiet req -new -key "${PKI}/${name}.key" -subj "$subject" -out "${PKI}/${name}.csr"
-  openssl_quiet x509 -req -in "${PKI}/${name}.csr" -CA "${PKI}/ca.crt" -CAkey "${PKI}/ca.key" -CAcreateserial \
+  openssl_quiet x509 -req -in "${PKI}/${name}.csr" -CA "${PKI}/${ca}.crt" -CAkey "${PKI}/${ca}.key" -CAcreateserial \
     -sha256 -days 365 -extfile "$ext" -out "${PKI}/${name}.crt"
   rm -f "${PKI}/${name}.csr" "$ext"
 }
@@ -183,6 +178,7 @@ issue admin "/O=system:masters/CN=premium-admin" clientAuth
 issue kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
 issue kube-scheduler "/CN=system:kube-scheduler" clientAuth
 issue kwok "/O=system:masters/CN=kwok-controller" clientAuth
+issue front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
 # Service-account tokens: the API server signs them, the token controller too.
 openssl_quiet genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "${PKI}/sa.key"
 openssl_quiet pkey -in "${PKI}/sa.key" -pubout -out "${PKI}/sa.pub"
@@ -233,6 +229,7 @@ start() {
   echo $! >"${PIDS}/${name}.pid"
 }
 
+# --unsafe-no-fsync: a throwaway test store; fsync would dominate on slow disks.
 start etcd "$(tool_path etcd)" \
   --name=premium-local \
   --data-dir="${CLUSTER_DIR}/etcd" \
@@ -246,6 +243,11 @@ start etcd "$(tool_path etcd)" \
 etcd_healthy() { curl -sf --max-time 2 "http://127.0.0.1:${ETCD_PORT}/health" 2>/dev/null | grep -q '"health":"true"'; }
 wait_until etcd "etcd /health on 127.0.0.1:${ETCD_PORT}" etcd_healthy
 
+# Admission plugins are the defaults (PodSecurity, ServiceAccount, ... are on).
+# --endpoint-reconciler-type=none: the advertise address is loopback, which an
+#   Endpoints object may not hold; the `kubernetes` Service still exists.
+# --allow-privileged=true: as on real clusters, PodSecurity admission (not
+#   the server-wide switch) decides who may run privileged pods.
 start kube-apiserver "$(tool_path kube-apiserver)" \
   --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
   --bind-address=127.0.0.1 \
@@ -260,10 +262,19 @@ start kube-apiserver "$(tool_path kube-apiserver)" \
   --service-account-signing-key-file="${PKI}/sa.key" \
   --service-cluster-ip-range="${SERVICE_CIDR}" \
   --endpoint-reconciler-type=none \
+  --requestheader-client-ca-file="${PKI}/front-proxy-ca.crt" \
+  --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User \
+  --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="${PKI}/front-proxy-client.crt" \
+  --proxy-client-key-file="${PKI}/front-proxy-client.key" \
   --allow-privileged=true \
   --profiling=false
 wait_until kube-apiserver "kube-apiserver /readyz on 127.0.0.1:${APISERVER_PORT}" apiserver_ready
 
+# --flex-volume-plugin-dir: otherwise it creates /usr/libexec/kubernetes/...
+# --leader-elect=false: a single instance; a restart need not wait out a lease.
 start kube-controller-manager "$(tool_path kube-controller-manager)" \
   --kubeconfig="${CLUSTER_DIR}/kube-controller-manager.kubeconfig" \
   --authentication-kubeconfig="${CLUSTER_DIR}/kube-controller-manager.kubeconfig" \
@@ -280,6 +291,7 @@ start kube-controller-manager "$(tool_path kube-controller-manager)" \
   --leader-elect=false \
   --kube-api-qps=200 \
   --kube-api-burst=400 \
+  --flex-volume-plugin-dir="${CLUSTER_DIR}/flexvolume" \
   --profiling=false
 
 cat >"${CLUSTER_DIR}/kube-scheduler.yaml" <<EOF

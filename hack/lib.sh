@@ -67,6 +67,24 @@ stop_pidfile() {
   rm -f "$pidfile"
 }
 
+# apiserver_ready: /readyz answers ok (needs APISERVER_PORT and the pki).
+apiserver_ready() {
+  local pki="${CLUSTER_DIR}/pki"
+  curl -sf --max-time 2 --cacert "${pki}/ca.crt" --cert "${pki}/admin.crt" --key "${pki}/admin.key" \
+    "https://127.0.0.1:${APISERVER_PORT}/readyz" >/dev/null 2>&1
+}
+
+# cluster_healthy: every component we started is alive, the admin kubeconfig
+# exists and the API server is ready. Sets the *_PORT variables.
+cluster_healthy() {
+  local c
+  [[ -f ${CLUSTER_DIR}/cluster.env && -f ${CLUSTER_DIR}/kubeconfig ]] || return 1
+  for c in "${COMPONENTS[@]}"; do pid_is_ours "${CLUSTER_DIR}/pids/${c}.pid" || return 1; done
+  # shellcheck source=/dev/null
+  source "${CLUSTER_DIR}/cluster.env"
+  apiserver_ready
+}
+
 # The components in start order; they are stopped in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 

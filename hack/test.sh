@@ -3,7 +3,8 @@
 # target against a real local cluster, which is brought down afterwards even
 # when tests fail. Exits with the tests' status.
 #
-#   KEEP_CLUSTER=1     leave the cluster running afterwards
+#   KEEP_CLUSTER=1     leave the cluster running afterwards (a cluster that
+#                      was already running before is always left running)
 #   CARGO_TARGET_DIR   respected as usual (the cluster state stays in
 #                      <repo>/target/cluster either way)
 #   extra arguments    passed to `cargo test`, e.g. hack/test.sh -- --nocapture
@@ -18,9 +19,13 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+# A cluster someone started before (make cluster-up) is theirs: leave it up.
+was_up=0
+cluster_healthy && was_up=1
+
 cluster_down() {
-  if [[ ${KEEP_CLUSTER:-0} == 1 ]]; then
-    log "KEEP_CLUSTER=1: leaving the cluster up (KUBECONFIG=${CLUSTER_DIR}/kubeconfig)"
+  if [[ ${KEEP_CLUSTER:-0} == 1 || $was_up == 1 ]]; then
+    log "leaving the cluster up (KUBECONFIG=${CLUSTER_DIR}/kubeconfig); stop it with make cluster-down"
   else
     "${REPO_ROOT}/hack/cluster-down.sh" || log "warning: cluster-down failed"
   fi

@@ -77,8 +77,8 @@ async fn deployment_becomes_available_with_ready_pods() -> anyhow::Result<()> {
     deployments
         .create(&PostParams::default(), &deployment("web", 3))
         .await?;
-    let available = support::wait_for_deployment_available(&deployments, "web", DEFAULT_TIMEOUT)
-        .await?;
+    let available =
+        support::wait_for_deployment_available(&deployments, "web", DEFAULT_TIMEOUT).await?;
     assert_eq!(available.status.and_then(|s| s.ready_replicas), Some(3));
 
     let pods = ns
@@ -87,7 +87,12 @@ async fn deployment_becomes_available_with_ready_pods() -> anyhow::Result<()> {
         .await?;
     assert_eq!(pods.items.len(), 3, "pods: {:?}", names(&pods.items));
     for pod in &pods.items {
-        assert!(pod_is_ready(pod), "pod {} is not Ready: {:?}", pod.name_any(), pod.status);
+        assert!(
+            pod_is_ready(pod),
+            "pod {} is not Ready: {:?}",
+            pod.name_any(),
+            pod.status
+        );
         let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
         assert!(
             node.is_some_and(|n| n.starts_with("kwok-node-")),
@@ -183,18 +188,25 @@ async fn crd_schema_is_enforced_by_the_api_server() -> anyhow::Result<()> {
     support::install_crd(&client, &crd).await?;
 
     let ns = TestNamespace::new(&client, "smoke-crd").await?;
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("smoke.premium.dev", "v1", "Widget"));
-    let widgets: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns.name(), &resource);
+    let resource =
+        ApiResource::from_gvk(&GroupVersionKind::gvk("smoke.premium.dev", "v1", "Widget"));
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns.name(), &resource);
 
     // Discovery can lag the Established condition by a moment.
-    let created = support::eventually("the Widget resource to be served", DEFAULT_TIMEOUT, || async {
-        match widgets.create(&PostParams::default(), &widget("good", 3)?).await {
-            Ok(created) => Ok(Some(created)),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
-            Err(err) => Err(err.into()),
-        }
-    })
+    let created = support::eventually(
+        "the Widget resource to be served",
+        DEFAULT_TIMEOUT,
+        || async {
+            match widgets
+                .create(&PostParams::default(), &widget("good", 3)?)
+                .await
+            {
+                Ok(created) => Ok(Some(created)),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+                Err(err) => Err(err.into()),
+            }
+        },
+    )
     .await?;
     assert_eq!(created.data["spec"]["size"], 3);
 
@@ -208,9 +220,9 @@ async fn crd_schema_is_enforced_by_the_api_server() -> anyhow::Result<()> {
     };
     assert_eq!(status.code, 422, "{status:?}");
     assert!(
-        status
-            .message
-            .contains("spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1"),
+        status.message.contains(
+            "spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1"
+        ),
         "unexpected message: {}",
         status.message
     );
@@ -255,7 +267,9 @@ async fn restricted_pod_security_refuses_a_privileged_pod() -> anyhow::Result<()
     };
     assert_eq!(status.code, 403, "{status:?}");
     assert!(
-        status.message.contains("violates PodSecurity \"restricted:latest\"")
+        status
+            .message
+            .contains("violates PodSecurity \"restricted:latest\"")
             && status.message.contains("privileged"),
         "unexpected message: {}",
         status.message

@@ -141,9 +141,14 @@ impl TestNamespace {
             deleted: false,
         };
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
-        wait_for(&accounts, "default", conditions::is_created(), DEFAULT_TIMEOUT)
-            .await
-            .context("the serviceaccount controller (kube-controller-manager) did not create it")?;
+        wait_for(
+            &accounts,
+            "default",
+            conditions::is_created(),
+            DEFAULT_TIMEOUT,
+        )
+        .await
+        .context("the serviceaccount controller (kube-controller-manager) did not create it")?;
         Ok(ns)
     }
 
@@ -237,7 +242,14 @@ where
     F: Condition<K>,
 {
     let what = describe::<K>(api, name);
-    match watch_until(api, name, |object| condition.matches_object(object), timeout).await {
+    match watch_until(
+        api,
+        name,
+        |object| condition.matches_object(object),
+        timeout,
+    )
+    .await
+    {
         Ok(Some(object)) => Ok(object),
         Ok(None) => bail!(
             "waiting for {what}: the condition holds for a missing object; use wait_for_deleted"
@@ -382,7 +394,13 @@ pub async fn install_crd(
     )
     .await
     .with_context(|| format!("applying CustomResourceDefinition {name}"))?;
-    wait_for(&api, &name, conditions::is_crd_established(), DEFAULT_TIMEOUT).await
+    wait_for(
+        &api,
+        &name,
+        conditions::is_crd_established(),
+        DEFAULT_TIMEOUT,
+    )
+    .await
 }
 
 fn describe<K>(api: &Api<K>, name: &str) -> String
@@ -409,7 +427,10 @@ fn last_seen_summary<K: Serialize>(last_seen: Option<&Option<K>>) -> String {
     let shown = value.get("status").unwrap_or(&value);
     let mut text = shown.to_string();
     if text.len() > LIMIT {
-        let cut = (0..=LIMIT).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=LIMIT)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
         text.truncate(cut);
         text.push_str("...");
     }
