@@ -194,6 +194,12 @@ pub struct PremiumFeatureStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar_config_hash: Option<String>,
 
+    /// When the current start or rollout began: the moment the operator scaled the feature up
+    /// after its dependencies turned Ready, or the spec changed while it ran. The start-up
+    /// timeout counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
     /// Automatic restarts done for this feature, to honour `recovery.maxRestartsPerHour`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_restarts: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,

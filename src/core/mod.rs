@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod build;
 pub mod graph;
+pub mod plan;
 pub mod policy;
 pub mod settings;
 pub mod sidecar;

@@ -80,6 +80,7 @@ pub struct Observation {
     pub policies: Vec<String>,
     pub sidecar_config_hash: Option<String>,
     pub recent_restarts: Vec<Time>,
+    pub started_at: Option<Time>,
 }
 
 struct Verdict {
@@ -183,9 +184,6 @@ fn verdict(o: &Observation, previous_phase: Option<Phase>) -> Verdict {
             degraded,
         };
     }
-    if let Some(m) = &o.startup_timed_out {
-        return failed(reason::STARTUP_TIMEOUT, m.clone());
-    }
     let was_serving = matches!(previous_phase, Some(Phase::Ready | Phase::Degraded));
     if was_serving && health.lost_availability() {
         let m = format!(
@@ -199,6 +197,9 @@ fn verdict(o: &Observation, previous_phase: Option<Phase>) -> Verdict {
             stalled: calm_stall,
             degraded: (true, reason::UNAVAILABLE, m),
         };
+    }
+    if let Some(m) = &o.startup_timed_out {
+        return failed(reason::STARTUP_TIMEOUT, m.clone());
     }
     if let Some(m) = &o.waiting_for_slot {
         return waiting(Phase::Pending, reason::WAITING_FOR_STARTUP_SLOT, m.clone());
@@ -374,6 +375,7 @@ pub fn feature_status(
         ready_replicas: health.map(|h| h.ready),
         policies: o.policies.clone(),
         sidecar_config_hash: o.sidecar_config_hash.clone(),
+        started_at: o.started_at.clone(),
         recent_restarts: o.recent_restarts.clone(),
         conditions,
     }

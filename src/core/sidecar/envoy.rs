@@ -69,7 +69,9 @@ pub const INBOUND_ROUTE: &str = "inbound";
 /// The suffix of Kubernetes Service DNS names the outbound clusters resolve.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 /// Conditions Envoy understands in `retry_on` (HTTP and gRPC). Envoy ignores any other token
-/// silently, so the API should refuse them to avoid a retry policy that never fires.
+/// silently, so the API should refuse them; the renderer drops them, which changes nothing for
+/// Envoy and keeps free text (such as `on`, a boolean to Envoy's YAML 1.1 reader) out of the
+/// files.
 pub const RETRY_ON_CONDITIONS: &[&str] = &[
     "5xx",
     "gateway-error",
@@ -158,7 +160,7 @@ pub struct RetryPolicy {
     pub attempts: u32,
     /// 0 disables the per-try timeout.
     pub per_try_timeout_ms: Option<u64>,
-    /// Comma-separated conditions, see [`RETRY_ON_CONDITIONS`].
+    /// Comma-separated conditions, see [`RETRY_ON_CONDITIONS`]; others are dropped.
     pub retry_on: String,
 }
 
@@ -268,11 +270,13 @@ pub fn routes_file(route: &str) -> String {
 }
 
 /// The cluster (and route configuration) name of a dependency. Kubernetes names map to
-/// `dep_<namespace>_<name>` (unambiguous: they contain no `_`); anything else is sanitized and
-/// gets a hash suffix so two different dependencies can never share a cluster.
+/// `dep_<namespace>_<name>` (unambiguous: they contain no `_`); anything else is sanitized,
+/// shortened (the name is also part of a ConfigMap key, at most 253 characters) and gets a hash
+/// suffix so two different dependencies can never share a cluster.
 pub fn upstream_cluster(upstream: &Upstream) -> String {
+    const LABEL_MAX: usize = 63;
     let is_label = |s: &str| {
-        !s.is_empty()
+        (1..=LABEL_MAX).contains(&s.len())
             && s.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     };
@@ -281,6 +285,7 @@ pub fn upstream_cluster(upstream: &Upstream) -> String {
     }
     let sanitize = |s: &str| -> String {
         s.chars()
+            .take(LABEL_MAX)
             .map(|c| {
                 if c.is_ascii_alphanumeric() {
                     c.to_ascii_lowercase()
@@ -326,6 +331,10 @@ const HEADER: &str = "# Rendered by premium-operator; edits are overwritten.\n";
 
 /// YAML for humans. Serializing these plain structs cannot fail; should it ever, the file says
 /// so rather than the operator panicking.
+///
+/// serde_yaml writes YAML 1.2 and quotes what 1.2 would misread, but Envoy reads YAML 1.1, where
+/// a plain `y`, `n`, `yes`, `no`, `on` or `off` is a boolean. No string written here can be one
+/// of those words: every name has a prefix or a dot, and `retry_on` keeps only known conditions.
 fn to_yaml<T: Serialize>(value: &T) -> String {
     match serde_yaml::to_string(value) {
         Ok(yaml) => format!("{HEADER}{yaml}"),
@@ -430,10 +439,13 @@ impl<'a> Plan<'a> {
                 }],
             })
             .collect();
+        // Qualified, so unique across namespaces, and never a bare word Envoy's YAML 1.1
+        // reader would take for a boolean (a feature named `no`).
+        let qualified = format!("{}.{}", self.spec.feature, self.spec.namespace);
         v3::Bootstrap {
             node: v3::Node {
-                id: format!("{}.{}", self.spec.feature, self.spec.namespace),
-                cluster: self.spec.feature.clone(),
+                id: qualified.clone(),
+                cluster: qualified,
             },
             admin: v3::Admin {
                 address: v3::Address::socket("127.0.0.1", ENVOY_ADMIN_PORT),
@@ -518,7 +530,7 @@ impl<'a> Plan<'a> {
                 .retry_on
                 .split(',')
                 .map(str::trim)
-                .filter(|c| !c.is_empty())
+                .filter(|c| RETRY_ON_CONDITIONS.contains(c))
                 .collect::<Vec<_>>()
                 .join(","),
             num_retries: r.attempts,
@@ -586,8 +598,6 @@ mod v3 {
     #[derive(Serialize)]
     pub struct Node {
         pub id: String,
-        /// Canonical JSON leaves out an empty string.
-        #[serde(skip_serializing_if = "String::is_empty")]
         pub cluster: String,
     }
 
@@ -1078,7 +1088,26 @@ mod tests {
             assert_eq!(&yaml(&rendered.routes[file]), json, "{file}");
         }
 
+        for (file, text) in rendered.files() {
+            assert_yaml_1_1_safe(&file, &text);
+        }
         assert_links(spec, &bootstrap, &clusters, &routes);
+    }
+
+    /// Envoy converts YAML with yaml-cpp, which reads plain `y/n/yes/no/on/off` (any of
+    /// lower, Upper or UPPER case) as booleans: such a string must be quoted.
+    fn assert_yaml_1_1_safe(file: &str, text: &str) {
+        const WORDS: [&str; 6] = ["y", "n", "yes", "no", "on", "off"];
+        for line in text.lines() {
+            let value = line.trim_start().trim_start_matches("- ");
+            let value = value.split_once(": ").map_or(value, |(_, v)| v);
+            let flexible = [value.to_lowercase(), value.to_uppercase()].contains(&value.to_owned())
+                || value.chars().skip(1).all(|c| c.is_lowercase());
+            assert!(
+                !(flexible && WORDS.contains(&value.to_lowercase().as_str())),
+                "{file}: YAML 1.1 reads `{line}` as a boolean"
+            );
+        }
     }
 
     fn strings<'a>(values: impl IntoIterator<Item = &'a serde_json::Value>) -> Vec<&'a str> {
@@ -1155,6 +1184,8 @@ mod tests {
 
         use super::POOL;
 
+        type Comparison = fn(f64, f64) -> bool;
+
         pub fn check(msg: &DynamicMessage, path: &str, out: &mut Vec<String>) {
             let rules_ext = POOL.get_extension_by_name("validate.rules").unwrap();
             let required_ext = POOL.get_extension_by_name("validate.required").unwrap();
@@ -1164,9 +1195,10 @@ mod tests {
             }
             for oneof in desc.oneofs().filter(|o| !o.is_synthetic()) {
                 let options = oneof.options();
-                let required = options.has_extension(&required_ext)
-                    && options.get_extension(&required_ext).as_bool() == Some(true);
-                if required && !oneof.fields().any(|f| msg.has_field(&f)) {
+                if options.has_extension(&required_ext)
+                    && options.get_extension(&required_ext).as_bool() == Some(true)
+                    && !oneof.fields().any(|f| msg.has_field(&f))
+                {
                     out.push(format!("{path}: one of {} is required", oneof.name()));
                 }
             }
@@ -1175,10 +1207,11 @@ mod tests {
                 let options = field.options();
                 // A oneof member's rules apply only when it is the member set.
                 let inactive = field.containing_oneof().is_some() && !msg.has_field(&field);
-                if options.has_extension(&rules_ext) && !inactive {
-                    if let Value::Message(rules) = options.get_extension(&rules_ext).as_ref() {
-                        check_field(msg, &field, rules, &field_path, out);
-                    }
+                if options.has_extension(&rules_ext)
+                    && !inactive
+                    && let Value::Message(rules) = options.get_extension(&rules_ext).as_ref()
+                {
+                    check_field(msg, &field, rules, &field_path, out);
                 }
                 if msg.has_field(&field) {
                     recurse(&msg.get_field(&field), &field_path, out);
@@ -1227,49 +1260,46 @@ mod tests {
             path: &str,
             out: &mut Vec<String>,
         ) {
-            let present = msg.has_field(field);
             let value = msg.get_field(field);
-            if field.is_list() {
-                let items = value.as_list().unwrap();
-                if let Some(Value::Message(r)) = rules.get_field_by_name("repeated").as_deref() {
-                    if let Some(min) = set_u64(r, "min_items") {
-                        if (items.len() as u64) < min {
-                            out.push(format!("{path}: needs at least {min} items"));
-                        }
-                    }
-                    if let Some(Value::Message(item_rules)) =
-                        r.get_field_by_name("items").as_deref()
-                    {
-                        if r.has_field_by_name("items") {
-                            for (i, item) in items.iter().enumerate() {
-                                check_value(
-                                    item,
-                                    true,
-                                    field,
-                                    item_rules,
-                                    &format!("{path}[{i}]"),
-                                    out,
-                                );
-                            }
-                        }
-                    }
-                }
-                return;
-            }
             if field.is_map() {
                 return;
             }
-            check_value(&value, present, field, rules, path, out);
+            if !field.is_list() {
+                return check_value(&value, msg.has_field(field), field, rules, path, out);
+            }
+            let items = value.as_list().unwrap();
+            let Some(repeated) = set_message(rules, "repeated") else {
+                return;
+            };
+            if let Some(min) = set_u64(&repeated, "min_items")
+                && (items.len() as u64) < min
+            {
+                out.push(format!("{path}: needs at least {min} items"));
+            }
+            if let Some(item_rules) = set_message(&repeated, "items") {
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{path}[{i}]");
+                    check_value(item, true, field, &item_rules, &item_path, out);
+                }
+            }
+        }
+
+        fn set_message(rules: &DynamicMessage, name: &str) -> Option<DynamicMessage> {
+            rules.has_field_by_name(name).then_some(())?;
+            rules.get_field_by_name(name)?.as_message().cloned()
         }
 
         fn set_u64(rules: &DynamicMessage, name: &str) -> Option<u64> {
-            if !rules.has_field_by_name(name) {
-                return None;
-            }
-            rules.get_field_by_name(name).and_then(|v| v.as_u64())
+            rules.has_field_by_name(name).then_some(())?;
+            rules.get_field_by_name(name)?.as_u64()
         }
 
-        /// Applies the rule kinds set in `rules` to one value.
+        fn flag(rules: &DynamicMessage, name: &str) -> bool {
+            rules.get_field_by_name(name).and_then(|v| v.as_bool()) == Some(true)
+        }
+
+        /// Applies the rule kinds set in `rules` to one value. Scalar rules on a wrapper type
+        /// (`UInt32Value`...) apply to its value, when set.
         fn check_value(
             value: &Value,
             present: bool,
@@ -1278,80 +1308,57 @@ mod tests {
             path: &str,
             out: &mut Vec<String>,
         ) {
+            let inner = |v: &Value| match v {
+                Value::Message(m) => m.get_field_by_name("value").map(|v| v.into_owned()),
+                other => Some(other.clone()),
+            };
             for (rule_field, rule) in rules.fields() {
                 let Value::Message(rule) = rule else { continue };
-                match rule_field.name() {
-                    "message" | "any" => {
-                        if rule.get_field_by_name("required").and_then(|v| v.as_bool())
-                            == Some(true)
-                            && !present
-                        {
-                            out.push(format!("{path}: required"));
-                        }
+                let kind = rule_field.name();
+                if matches!(kind, "message" | "any" | "duration") && !present {
+                    if flag(rule, "required") {
+                        out.push(format!("{path}: required"));
                     }
+                    continue;
+                }
+                if matches!(value, Value::Message(_)) && !present {
+                    continue;
+                }
+                match kind {
                     "duration" => {
-                        if !present {
-                            if rule.get_field_by_name("required").and_then(|v| v.as_bool())
-                                == Some(true)
-                            {
-                                out.push(format!("{path}: required"));
-                            }
-                            continue;
-                        }
                         let nanos = |m: &DynamicMessage| {
-                            let s = m.get_field_by_name("seconds").unwrap().as_i64().unwrap();
-                            let n = m.get_field_by_name("nanos").unwrap().as_i32().unwrap();
-                            s as f64 * 1e9 + f64::from(n)
+                            let s = m.get_field_by_name("seconds")?.as_i64()?;
+                            let n = m.get_field_by_name("nanos")?.as_i32()?;
+                            Some(s as f64 * 1e9 + f64::from(n))
                         };
-                        let actual = nanos(value.as_message().unwrap());
-                        check_range(rule, actual, path, out, |v| v.as_message().map(nanos));
+                        let actual = value.as_message().and_then(nanos).unwrap();
+                        check_range(rule, actual, path, out, |v| v.as_message().and_then(nanos));
                     }
                     "string" => {
-                        // Scalar rules on a wrapper apply to its value, when set.
-                        let s = match value {
-                            Value::String(s) => s.clone(),
-                            Value::Message(m) if present => m
-                                .get_field_by_name("value")
-                                .unwrap()
-                                .as_str()
-                                .unwrap()
-                                .to_owned(),
-                            _ => continue,
-                        };
-                        let len = s.chars().count() as u64;
-                        if set_u64(rule, "min_len").is_some_and(|min| len < min)
-                            || set_u64(rule, "min_bytes").is_some_and(|min| (s.len() as u64) < min)
+                        let s = inner(value).unwrap().as_str().unwrap().to_owned();
+                        let (chars, bytes) = (s.chars().count() as u64, s.len() as u64);
+                        if set_u64(rule, "min_len").is_some_and(|min| chars < min)
+                            || set_u64(rule, "min_bytes").is_some_and(|min| bytes < min)
                         {
                             out.push(format!("{path}: {s:?} too short"));
                         }
-                        if set_u64(rule, "max_len").is_some_and(|max| len > max)
-                            || set_u64(rule, "max_bytes").is_some_and(|max| s.len() as u64 > max)
+                        if set_u64(rule, "max_len").is_some_and(|max| chars > max)
+                            || set_u64(rule, "max_bytes").is_some_and(|max| bytes > max)
                         {
                             out.push(format!("{path}: {s:?} too long"));
                         }
                     }
                     "enum" => {
-                        let defined_only = rule
-                            .get_field_by_name("defined_only")
-                            .and_then(|v| v.as_bool());
-                        if let (Some(true), Kind::Enum(e), Some(n)) =
-                            (defined_only, field.kind(), value.as_enum_number())
+                        if flag(rule, "defined_only")
+                            && let (Kind::Enum(e), Some(n)) = (field.kind(), value.as_enum_number())
+                            && e.get_value(n).is_none()
                         {
-                            if e.get_value(n).is_none() {
-                                out.push(format!("{path}: undefined enum value {n}"));
-                            }
+                            out.push(format!("{path}: undefined enum value {n}"));
                         }
                     }
-                    "uint32" | "uint64" | "int32" | "int64" | "double" | "float" | "sint32"
-                    | "sint64" | "fixed32" | "fixed64" => {
-                        let actual = match value {
-                            Value::Message(m) if present => {
-                                number(&m.get_field_by_name("value").unwrap())
-                            }
-                            Value::Message(_) => continue,
-                            other => number(other),
-                        };
-                        if let Some(actual) = actual {
+                    "uint32" | "uint64" | "int32" | "int64" | "sint32" | "sint64" | "fixed32"
+                    | "fixed64" | "double" | "float" => {
+                        if let Some(actual) = inner(value).as_ref().and_then(number) {
                             check_range(rule, actual, path, out, number);
                         }
                     }
@@ -1379,7 +1386,7 @@ mod tests {
             out: &mut Vec<String>,
             bound: impl Fn(&Value) -> Option<f64>,
         ) {
-            let checks: [(&str, fn(f64, f64) -> bool); 5] = [
+            let checks: [(&str, Comparison); 5] = [
                 ("const", |a, b| a == b),
                 ("lt", |a, b| a < b),
                 ("lte", |a, b| a <= b),
@@ -1444,6 +1451,31 @@ mod tests {
         for field in ["connectTimeout", "maxEjectionPercent", "clusterName"] {
             assert!(text.contains(field), "{field} not flagged:\n{text}");
         }
+
+        // Inside an Any typed config too.
+        let mut bootstrap = bootstrap_json(&aika());
+        let hcm = &mut bootstrap["staticResources"]["listeners"][1]["filterChains"][0]["filters"]
+            [0]["typedConfig"];
+        hcm["statPrefix"] = json!("");
+        let decoded = decode(BOOTSTRAP, &bootstrap).unwrap();
+        let mut violations = Vec::new();
+        pgv::check(&decoded, "bootstrap", &mut violations);
+        assert_eq!(violations.len(), 1, "{violations:#?}");
+        assert!(violations[0].contains("HttpConnectionManager>.statPrefix"));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_never_bare() {
+        let mut spec = aika();
+        spec.feature = "no".to_owned();
+        spec.namespace = "on".to_owned();
+        spec.upstreams[0].name = "yes".to_owned();
+        spec.traffic.retry.as_mut().unwrap().retry_on = "on".to_owned();
+        assert_valid(&spec);
+        // serde_yaml alone would write the word bare, and the check notices.
+        assert_eq!(serde_yaml::to_string("no").unwrap(), "no\n");
+        let bare = std::panic::catch_unwind(|| assert_yaml_1_1_safe("x", "cluster: No\n"));
+        assert!(bare.is_err());
     }
 
     #[test]
@@ -1628,6 +1660,8 @@ mod tests {
         let c = upstream_cluster(&upstream("a.b", "c", None));
         assert!(a != b && a != c && b != c, "{a} {b} {c}");
         assert!(a.starts_with("dep_c_a-b_"));
+        let long = upstream_cluster(&upstream(&"x".repeat(300), "portal", None));
+        assert!(long.len() <= 4 + 63 + 1 + 63 + 1 + 8, "{long}");
     }
 
     #[test]
@@ -1746,8 +1780,13 @@ mod tests {
 
     // ---- properties ----
 
+    /// A DNS-1123 label (what Kubernetes allows), biased towards YAML 1.1 booleans.
     fn label() -> impl Strategy<Value = String> {
-        "[a-z]([a-z0-9-]{0,20}[a-z0-9])?"
+        prop_oneof![
+            4 => "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
+            1 => prop::sample::select(vec!["y", "n", "no", "on", "off", "yes", "null", "1", "0x1f", "1e5"])
+                .prop_map(str::to_owned),
+        ]
     }
 
     fn feature_port() -> impl Strategy<Value = u16> {
@@ -1837,7 +1876,13 @@ mod tests {
 
     /// Input the API would refuse: any text, any number.
     fn garbage_spec() -> impl Strategy<Value = SidecarSpec> {
-        let text = || "\\PC{0,12}";
+        let text = || {
+            prop_oneof![
+                "\\PC{0,12}",
+                prop::sample::select(vec!["On", "NO", "y", "~", "null", "", "'", "- x", "a: b"])
+                    .prop_map(str::to_owned),
+            ]
+        };
         let upstreams = proptest::collection::vec(
             (text(), text(), any::<Option<u16>>()).prop_map(|(name, namespace, port)| Upstream {
                 name,
