@@ -53,13 +53,9 @@ pub fn kubeconfig_path() -> PathBuf {
     }
 }
 
-async fn load_config() -> anyhow::Result<Config> {
-    let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("invalid kubeconfig {}", path.display()))
+async fn load_config() -> Result<Config, kube::config::KubeconfigError> {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig_path())?;
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await
 }
 
 /// A client for the test cluster, checked to answer.
@@ -71,7 +67,10 @@ pub async fn client() -> Client {
     let path = kubeconfig_path();
     let config = match load_config().await {
         Ok(config) => config,
-        Err(err) => panic!("no test cluster: {err:#}; {HOW_TO_START}"),
+        Err(err) => panic!(
+            "no usable kubeconfig at {}: {err}; {HOW_TO_START}",
+            path.display()
+        ),
     };
     let server = config.cluster_url.clone();
     let client = match Client::try_from(config) {
