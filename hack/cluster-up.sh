@@ -79,6 +79,11 @@ fail() {
     tail -n 40 "${LOGS}/${component}.log" >&2
     printf -- '---\n' >&2
   fi
+  if [[ $component == kube-apiserver ]]; then
+    # Which readiness checks fail, if the server answers at all.
+    curl -s --max-time 2 --cacert "${PKI}/ca.crt" --cert "${PKI}/admin.crt" --key "${PKI}/admin.key" \
+      "https://127.0.0.1:${APISERVER_PORT}/readyz?verbose" 2>/dev/null | grep -F '[-]' >&2 || true
+  fi
   exit 1
 }
 
@@ -328,7 +333,8 @@ wait_until kube-scheduler "kube-scheduler /healthz on 127.0.0.1:${SCHEDULER_PORT
 
 # --- fake nodes ------------------------------------------------------------------
 
-k() { "$KUBECTL" --kubeconfig="${CLUSTER_DIR}/kwok.kubeconfig" "$@"; }
+# --cache-dir: keep kubectl's discovery cache out of ~/.kube.
+k() { "$KUBECTL" --kubeconfig="${CLUSTER_DIR}/kwok.kubeconfig" --cache-dir="${CLUSTER_DIR}/kubectl-cache" "$@"; }
 
 node_names=()
 for ((i = 0; i < NODES; i++)); do node_names+=("kwok-node-${i}"); done
