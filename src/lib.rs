@@ -3,4 +3,6 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod core;
+pub mod runtime;

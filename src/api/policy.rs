@@ -283,8 +283,7 @@ pub struct Recovery {
 #[serde(rename_all = "camelCase")]
 pub struct ExposeTo {
     /// Namespaces whose features may list the selected features in `dependsOn`.
-    #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(n) <= 63)").message("each entry must be a namespace name (a DNS label)"))]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN)))]
     pub namespaces: Vec<String>,
 }
 

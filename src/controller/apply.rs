@@ -1,0 +1,196 @@
+//! Writing owned objects: server-side apply under one field manager, skipped when the cache
+//! already holds what would be written, and never over an object someone else owns.
+
+use std::fmt::Debug;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::Error;
+use super::context::Context;
+use crate::runtime::metrics::KindLabels;
+
+/// Annotation holding the hash of what the operator last applied to an object.
+pub const APPLIED_HASH_ANNOTATION: &str = "premium.dev/applied-hash";
+
+/// What happened to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The cache already held exactly this; nothing was sent.
+    Unchanged,
+    /// Applied.
+    Written,
+    /// A same-named object exists that this feature does not control; left untouched.
+    Conflict(String),
+}
+
+/// A short hash of an object's JSON form.
+pub fn hash_of<T: Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `obj` has a controller owner reference to the object with `uid`.
+pub fn controlled_by<K: Resource>(obj: &K, uid: &str) -> bool {
+    obj.owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+fn annotation<K: Resource>(obj: &K) -> Option<&String> {
+    obj.annotations().get(APPLIED_HASH_ANNOTATION)
+}
+
+/// Applies `desired` unless the cached (or, when the cache has none, the live) object already
+/// carries the same applied hash and `also_equal` holds for it.
+///
+/// `hash_input` is what the hash covers: the desired object minus fields another controller
+/// may legitimately change (the Deployment's replicas, moved by the HPA).
+pub async fn apply_owned<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    kind: &'static str,
+    mut desired: K,
+    hash_input: &impl Serialize,
+    owner_uid: &str,
+    also_equal: impl Fn(&K) -> bool,
+) -> Result<Applied, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync,
+{
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let hash = hash_of(hash_input);
+    desired
+        .annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.to_string(), hash.clone());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let cached = store.get(&ObjectRef::new(&name).within(&namespace));
+    let current: Option<K> = match cached {
+        Some(c) => Some((*c).clone()),
+        // Not in our (label-filtered) cache: it may be someone else's, or ours not yet seen.
+        None => api
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube(format!("reading {kind} {namespace}/{name}"), e))?,
+    };
+    if let Some(current) = &current {
+        if !controlled_by(current, owner_uid) {
+            return Ok(Applied::Conflict(format!(
+                "{kind} {namespace}/{name} already exists and is not owned by this PremiumFeature; rename the feature or remove that {kind}"
+            )));
+        }
+        if annotation(current) == Some(&hash) && also_equal(current) {
+            return Ok(Applied::Unchanged);
+        }
+    }
+    let params = PatchParams::apply(&ctx.settings.field_manager).force();
+    api.patch(&name, &params, &Patch::Apply(&desired))
+        .await
+        .map_err(|e| Error::kube(format!("applying {kind} {namespace}/{name}"), e))?;
+    ctx.metrics
+        .object_writes
+        .get_or_create(&KindLabels { kind })
+        .inc();
+    Ok(Applied::Written)
+}
+
+/// Deletes an owned object if the cache holds it and this feature controls it.
+pub async fn delete_owned<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+    foreground: bool,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync,
+{
+    let Some(cached) = store.get(&ObjectRef::new(name).within(namespace)) else {
+        return Ok(false);
+    };
+    if !controlled_by(cached.as_ref(), owner_uid) {
+        return Ok(false);
+    }
+    if cached.meta().deletion_timestamp.is_some() {
+        return Ok(true);
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = DeleteParams {
+        propagation_policy: Some(if foreground {
+            PropagationPolicy::Foreground
+        } else {
+            PropagationPolicy::Background
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(false),
+        Err(e) => {
+            return Err(Error::kube(
+                format!("deleting {kind} {namespace}/{name}"),
+                e,
+            ));
+        }
+    }
+    ctx.metrics
+        .object_writes
+        .get_or_create(&KindLabels { kind })
+        .inc();
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    #[test]
+    fn hash_is_stable_and_sensitive() {
+        let a = serde_json::json!({"a": 1, "b": [1, 2]});
+        let b = serde_json::json!({"a": 1, "b": [2, 1]});
+        assert_eq!(hash_of(&a), hash_of(&a.clone()));
+        assert_ne!(hash_of(&a), hash_of(&b));
+        assert_eq!(hash_of(&a).len(), 16);
+    }
+
+    #[test]
+    fn only_a_controller_reference_counts() {
+        let mut cm = ConfigMap {
+            metadata: ObjectMeta {
+                owner_references: Some(vec![OwnerReference {
+                    uid: "u1".into(),
+                    controller: Some(false),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(!controlled_by(&cm, "u1"));
+        cm.metadata.owner_references.as_mut().unwrap()[0].controller = Some(true);
+        assert!(controlled_by(&cm, "u1"));
+        assert!(!controlled_by(&cm, "u2"));
+    }
+}

@@ -1,0 +1,198 @@
+//! What every reconcile is handed: the client, the caches, the index and the telemetry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::core::DeserializeGuard;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::index::{Index, Wake};
+use crate::api::{PremiumFeature, PremiumPolicy};
+use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, GraphAnalysis, analyze};
+use crate::core::plan::dependency_key;
+use crate::core::policy::selects;
+use crate::runtime::metrics::Metrics;
+
+/// Operator settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub sidecar_image: String,
+    pub field_manager: String,
+}
+
+/// Caches of everything the reconcilers read.
+#[derive(Clone)]
+pub struct Stores {
+    pub features: Store<DeserializeGuard<PremiumFeature>>,
+    pub policies: Store<DeserializeGuard<PremiumPolicy>>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub configmaps: Store<ConfigMap>,
+    pub hpas: Store<HorizontalPodAutoscaler>,
+}
+
+/// Features that hold or wait for a start-up slot of a policy's `startup.maxConcurrent`.
+#[derive(Debug, Default)]
+pub struct StartSlots {
+    /// Policy → features currently starting under it.
+    pub starting: BTreeMap<FeatureKey, BTreeSet<FeatureKey>>,
+    /// Policy → features waiting for a slot.
+    pub waiting: BTreeMap<FeatureKey, BTreeSet<FeatureKey>>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub index: Mutex<Index>,
+    graph: Mutex<Option<(u64, Arc<GraphAnalysis>)>>,
+    pub slots: Mutex<StartSlots>,
+    /// Last budget shares per policy, to wake only the features whose share moved.
+    pub budget_shares: Mutex<BTreeMap<FeatureKey, BTreeMap<String, u32>>>,
+    pub feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
+    pub policy_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumPolicy>>>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
+        policy_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumPolicy>>>,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            client,
+            stores,
+            index: Mutex::default(),
+            graph: Mutex::default(),
+            slots: Mutex::default(),
+            budget_shares: Mutex::default(),
+            feature_triggers,
+            policy_triggers,
+            metrics,
+            recorder,
+            settings,
+        }
+    }
+
+    /// Every valid feature in the cache.
+    pub fn features(&self) -> Vec<Arc<PremiumFeature>> {
+        valid(&self.stores.features)
+    }
+
+    /// Valid features of one namespace.
+    pub fn features_in(&self, namespace: &str) -> Vec<Arc<PremiumFeature>> {
+        self.features()
+            .into_iter()
+            .filter(|f| f.namespace().as_deref() == Some(namespace))
+            .collect()
+    }
+
+    /// Valid policies of one namespace.
+    pub fn policies_in(&self, namespace: &str) -> Vec<PremiumPolicy> {
+        valid(&self.stores.policies)
+            .into_iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace))
+            .map(|p| (*p).clone())
+            .collect()
+    }
+
+    pub fn feature(&self, key: &FeatureKey) -> Option<Arc<PremiumFeature>> {
+        let r = ObjectRef::new(&key.name).within(&key.namespace);
+        self.stores
+            .features
+            .get(&r)
+            .and_then(|g| g.0.as_ref().ok().map(|f| Arc::new(f.clone())))
+    }
+
+    /// Whether `dependent` may list `target` in `dependsOn` across namespaces: a policy in the
+    /// target's namespace that selects it lists the dependent's namespace in `exposeTo`.
+    pub fn permitted(&self, dependent: &FeatureKey, target: &FeatureKey) -> bool {
+        let Some(feature) = self.feature(target) else {
+            return false;
+        };
+        self.policies_in(&target.namespace).iter().any(|p| {
+            selects(p, &feature)
+                && p.spec
+                    .expose_to
+                    .as_ref()
+                    .is_some_and(|e| e.namespaces.iter().any(|n| n == &dependent.namespace))
+        })
+    }
+
+    /// The dependency graph of every feature in the cache, recomputed only when the index says
+    /// an edge, a feature or a grant changed.
+    pub fn graph(&self) -> Arc<GraphAnalysis> {
+        let version = lock(&self.index).graph_version();
+        let mut cached = lock(&self.graph);
+        if let Some((v, g)) = cached.as_ref()
+            && *v == version
+        {
+            return g.clone();
+        }
+        let nodes: Vec<FeatureNode> = self
+            .features()
+            .iter()
+            .map(|f| {
+                let ns = f.namespace().unwrap_or_default();
+                FeatureNode {
+                    key: FeatureKey::new(ns.clone(), f.name_any()),
+                    depends_on: f
+                        .spec
+                        .depends_on
+                        .iter()
+                        .map(|d| DependencyEdge {
+                            target: dependency_key(&ns, d),
+                            optional: d.optional,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let graph = Arc::new(analyze(&nodes, |a, b| self.permitted(a, b)));
+        *cached = Some((version, graph.clone()));
+        graph
+    }
+
+    /// Queues reconciles for what an event woke.
+    pub fn wake(&self, wake: Wake) {
+        for f in wake.features {
+            let _ = self
+                .feature_triggers
+                .send(ObjectRef::new(&f.name).within(&f.namespace));
+        }
+        for p in wake.policies {
+            let _ = self
+                .policy_triggers
+                .send(ObjectRef::new(&p.name).within(&p.namespace));
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical
+/// section here leaves the data consistent.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn valid<K>(store: &Store<DeserializeGuard<K>>) -> Vec<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    store
+        .state()
+        .into_iter()
+        .filter_map(|g| g.0.as_ref().ok().map(|k| Arc::new(k.clone())))
+        .collect()
+}

@@ -1,0 +1,711 @@
+//! The PremiumFeature reconciler: read caches, call the core, apply, patch status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{field, info, instrument, warn};
+
+use super::apply::{Applied, apply_owned, controlled_by, delete_owned};
+use super::context::{Context, lock};
+use super::policy::{budget_for_feature, startup_limits};
+use super::{Error, FINALIZER};
+use crate::api::conditions::{self as cond, reason};
+use crate::api::{Phase, PremiumFeature, PremiumFeatureStatus};
+use crate::core::build::{self, FeaturePlan, RESTARTED_AT_ANNOTATION};
+use crate::core::graph::FeatureKey;
+use crate::core::plan::{self, DependencyView, dependency_key};
+use crate::core::policy::effective_policy;
+use crate::core::settings;
+use crate::core::sidecar::{SidecarSpec, Upstream, render};
+use crate::core::status::{
+    self, DeploymentHealth, Observation, Stall, condition, feature_status, now_time,
+};
+use crate::runtime::metrics::{ControllerLabels, KindLabels};
+
+const CONTROLLER: &str = "feature";
+
+/// What the reconciler knows about a dependency, from its status in the cache.
+fn dependency_view(ctx: &Context, key: &FeatureKey) -> Option<DependencyView> {
+    let f = ctx.feature(key)?;
+    let st = f.status.as_ref();
+    let stalled = st
+        .and_then(|s| condition(&s.conditions, cond::STALLED))
+        .is_some_and(|c| c.status == "True");
+    Some(DependencyView {
+        phase: st.and_then(|s| s.phase),
+        ready: status::is_ready(st, f.metadata.generation),
+        given_up: stalled || f.spec.suspend,
+    })
+}
+
+/// The Deployment's health, from its status only.
+fn deployment_health(d: &Deployment) -> DeploymentHealth {
+    let st = d.status.clone().unwrap_or_default();
+    let conds = st.conditions.unwrap_or_default();
+    DeploymentHealth {
+        observed_current: st.observed_generation.is_some()
+            && st.observed_generation == d.metadata.generation,
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        updated: st.updated_replicas.unwrap_or(0),
+        ready: st.ready_replicas.unwrap_or(0),
+        available: st.available_replicas.unwrap_or(0),
+        available_condition: conds
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True"),
+        progress_deadline_exceeded: conds.iter().any(|c| {
+            c.type_ == "Progressing"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        }),
+    }
+}
+
+fn seconds_since(t: Option<&Time>, now: &Time) -> Duration {
+    t.map(|t| Duration::from_secs((now.0.as_second() - t.0.as_second()).max(0) as u64))
+        .unwrap_or_default()
+}
+
+#[instrument(skip_all, fields(feature = field::Empty, namespace = field::Empty))]
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<PremiumFeature>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let feature = match &guard.0 {
+        Ok(f) => f,
+        Err(invalid) => {
+            // A malformed object must not stall the others: report and move on.
+            warn!(
+                name = invalid.metadata.name.as_deref().unwrap_or(""),
+                namespace = invalid.metadata.namespace.as_deref().unwrap_or(""),
+                error = %invalid.error,
+                "skipping a PremiumFeature that does not match the schema"
+            );
+            ctx.metrics
+                .reconcile_errors
+                .get_or_create(&super::ErrorLabels::new(CONTROLLER, "InvalidObject"))
+                .inc();
+            return Ok(Action::await_change());
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("feature", feature.name_any());
+    span.record("namespace", feature.namespace().unwrap_or_default());
+    let labels = ControllerLabels {
+        controller: CONTROLLER,
+    };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_feature(feature, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Action, Error> {
+    let name = feature.name_any();
+    let namespace = feature
+        .namespace()
+        .ok_or_else(|| Error::Invalid("PremiumFeature without a namespace".into()))?;
+    let uid = feature
+        .uid()
+        .ok_or_else(|| Error::Invalid("PremiumFeature without a uid".into()))?;
+    let key = FeatureKey::new(namespace.clone(), name.clone());
+
+    if feature.meta().deletion_timestamp.is_some() {
+        return teardown(feature, ctx, &key, &uid).await;
+    }
+    if !feature.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(feature, ctx, &namespace).await?;
+    }
+
+    let now = now_time();
+    let graph = ctx.graph();
+    let policies = ctx.policies_in(&namespace);
+    let effective = effective_policy(feature, &policies);
+    let mut stall: Option<Stall> = None;
+    let invalid = |e: crate::api::duration::DurationError| {
+        Some(Stall {
+            reason: reason::INVALID_SPEC,
+            message: e.to_string(),
+        })
+    };
+    let startup_timeout = settings::startup_timeout(feature, &effective.spec).unwrap_or_else(|e| {
+        stall = invalid(e);
+        settings::DEFAULT_STARTUP_TIMEOUT
+    });
+    let traffic = settings::traffic_policy(&effective.spec).unwrap_or_else(|e| {
+        stall = stall.clone().or(invalid(e));
+        Default::default()
+    });
+    let recovery_settings = settings::recovery_settings(&effective.spec).unwrap_or_else(|e| {
+        stall = stall.clone().or(invalid(e));
+        None
+    });
+    let pool = settings::pool_settings(feature, &effective.spec);
+    let budget = budget_for_feature(ctx, feature, &graph);
+
+    let deployment = ctx
+        .stores
+        .deployments
+        .get(&ObjectRef::new(&name).within(&namespace))
+        .filter(|d| controlled_by(d.as_ref(), &uid));
+    let current_replicas = deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas));
+    let running = current_replicas.unwrap_or(0) > 0;
+    let waited = seconds_since(feature.creation_timestamp().as_ref(), &now);
+    let gate = plan::gate(
+        &key,
+        &feature.spec.depends_on,
+        &graph,
+        |k| dependency_view(ctx, k),
+        running,
+        waited,
+        startup_timeout,
+    );
+    let mut held =
+        feature.spec.suspend || gate.holds() || budget.waiting.is_some() || stall.is_some();
+
+    // Start-up slots of policies with startup.maxConcurrent.
+    let limits = startup_limits(ctx, feature);
+    let mut waiting_for_slot = None;
+    if !held && !limits.is_empty() {
+        let ready_now = status::is_ready(feature.status.as_ref(), feature.metadata.generation);
+        if running || ready_now {
+            // Already started: it holds a slot while starting (also after an operator restart).
+            if !ready_now {
+                register_slot(ctx, &key, &limits);
+            }
+        } else if let Err(message) = acquire_slot(ctx, &key, &limits) {
+            waiting_for_slot = Some(message);
+            held = true;
+        }
+    }
+
+    let replicas = plan::desired_replicas(
+        held,
+        current_replicas,
+        pool.min_replicas,
+        budget
+            .max_replicas
+            .unwrap_or(pool.max_replicas)
+            .min(pool.max_replicas),
+    );
+    let hpa_max = budget
+        .max_replicas
+        .unwrap_or(pool.max_replicas)
+        .min(pool.max_replicas);
+
+    let previous = feature.status.as_ref();
+    let recovery = plan::recovery(previous, recovery_settings, &now);
+    let existing_restart = deployment.as_ref().and_then(|d| {
+        d.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(RESTARTED_AT_ANNOTATION)
+            .cloned()
+    });
+    let restarted_at = if recovery.restart_now && !held {
+        Some(now.0.to_string())
+    } else {
+        existing_restart
+    };
+
+    let upstreams: Vec<Upstream> = {
+        let mut seen = Vec::new();
+        feature
+            .spec
+            .depends_on
+            .iter()
+            .filter_map(|d| {
+                let k = dependency_key(&namespace, d);
+                if seen.contains(&k) {
+                    return None;
+                }
+                seen.push(k.clone());
+                let port = ctx
+                    .feature(&k)
+                    .and_then(|f| u16::try_from(f.spec.port).ok());
+                Some(Upstream {
+                    name: k.name,
+                    namespace: k.namespace,
+                    port,
+                })
+            })
+            .collect()
+    };
+    let sidecar = render(&SidecarSpec {
+        feature: name.clone(),
+        namespace: namespace.clone(),
+        app_port: u16::try_from(feature.spec.port).unwrap_or(0),
+        upstreams: upstreams.clone(),
+        traffic,
+    });
+    let config_hash = sidecar.config_hash.clone();
+    let plan = FeaturePlan {
+        replicas,
+        autoscale: !held,
+        pool,
+        hpa_max_replicas: hpa_max,
+        sidecar,
+        upstreams,
+        sidecar_image: ctx.settings.sidecar_image.clone(),
+        restarted_at,
+    };
+
+    if stall.is_none() {
+        stall = apply_objects(ctx, feature, &plan, &uid, held).await?;
+    }
+    if recovery.restart_now && !held && stall.is_none() {
+        ctx.metrics.recoveries.inc();
+        publish(
+            ctx,
+            feature,
+            EventType::Warning,
+            "RecoveryRestart",
+            "unhealthy for longer than recovery.restartAfter: restarting its pods",
+        )
+        .await;
+    }
+
+    let health = deployment.as_ref().map(|d| deployment_health(d));
+    let started_at = plan::started_at(previous, feature.metadata.generation, replicas > 0, &now);
+    let ready_now = health.as_ref().is_some_and(DeploymentHealth::is_ready);
+    let (timed_out, deadline_in) = if ready_now {
+        (None, None)
+    } else {
+        plan::startup_deadline(started_at.as_ref(), startup_timeout, &now)
+    };
+    let budget_waiting = budget.waiting.clone();
+    let observation = Observation {
+        generation: feature.metadata.generation,
+        suspended: feature.spec.suspend,
+        stall,
+        cycle: gate.cycle.clone(),
+        blocked_by: gate.blocked_by.clone(),
+        optional_unavailable: gate.optional_unavailable.clone(),
+        unhealthy_dependencies: gate.unhealthy_dependencies.clone(),
+        waiting_for_slot,
+        budget_waiting,
+        startup_timed_out: timed_out,
+        deployment: health,
+        startup_level: graph.level(&key),
+        policies: effective.policies.clone(),
+        sidecar_config_hash: Some(config_hash),
+        recent_restarts: recovery.recent_restarts.clone(),
+        started_at,
+    };
+    let new_status = feature_status(previous, &observation, &now);
+    if new_status.phase != Some(Phase::Starting) && new_status.phase != Some(Phase::Pending) {
+        release_slot(ctx, &key);
+    }
+    if previous != Some(&new_status) {
+        write_status(ctx, feature, &namespace, previous, &new_status, &now).await?;
+    }
+
+    let next = [gate.recheck_after, deadline_in, recovery.recheck_after]
+        .into_iter()
+        .flatten()
+        .min();
+    Ok(match next {
+        Some(d) => Action::requeue(d.max(Duration::from_millis(500))),
+        None => Action::await_change(),
+    })
+}
+
+async fn apply_objects(
+    ctx: &Context,
+    feature: &PremiumFeature,
+    plan: &FeaturePlan,
+    uid: &str,
+    held: bool,
+) -> Result<Option<Stall>, Error> {
+    let mut outcomes = Vec::new();
+    let cm = build::sidecar_configmap(feature, plan);
+    outcomes.push(
+        apply_owned::<ConfigMap>(
+            ctx,
+            &ctx.stores.configmaps,
+            "ConfigMap",
+            cm.clone(),
+            &cm,
+            uid,
+            |_| true,
+        )
+        .await?,
+    );
+    let svc = build::service(feature);
+    outcomes.push(
+        apply_owned::<Service>(
+            ctx,
+            &ctx.stores.services,
+            "Service",
+            svc.clone(),
+            &svc,
+            uid,
+            |_| true,
+        )
+        .await?,
+    );
+    let deploy = build::deployment(feature, plan);
+    let mut without_replicas = deploy.clone();
+    if let Some(spec) = without_replicas.spec.as_mut() {
+        spec.replicas = None;
+    }
+    let want = plan.replicas;
+    outcomes.push(
+        apply_owned::<Deployment>(
+            ctx,
+            &ctx.stores.deployments,
+            "Deployment",
+            deploy,
+            &without_replicas,
+            uid,
+            |current| current.spec.as_ref().and_then(|s| s.replicas) == Some(want),
+        )
+        .await?,
+    );
+    match build::hpa(feature, plan) {
+        Some(h) if !held => outcomes.push(
+            apply_owned::<HorizontalPodAutoscaler>(
+                ctx,
+                &ctx.stores.hpas,
+                "HorizontalPodAutoscaler",
+                h.clone(),
+                &h,
+                uid,
+                |_| true,
+            )
+            .await?,
+        ),
+        _ => {
+            let ns = feature.namespace().unwrap_or_default();
+            delete_owned::<HorizontalPodAutoscaler>(
+                ctx,
+                &ctx.stores.hpas,
+                "HorizontalPodAutoscaler",
+                &ns,
+                &feature.name_any(),
+                uid,
+                false,
+            )
+            .await?;
+        }
+    }
+    let conflicts: Vec<String> = outcomes
+        .into_iter()
+        .filter_map(|o| match o {
+            Applied::Conflict(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    Ok((!conflicts.is_empty()).then(|| Stall {
+        reason: reason::NAME_CONFLICT,
+        message: conflicts.join("; "),
+    }))
+}
+
+async fn write_status(
+    ctx: &Context,
+    feature: &PremiumFeature,
+    namespace: &str,
+    previous: Option<&PremiumFeatureStatus>,
+    new: &PremiumFeatureStatus,
+    now: &Time,
+) -> Result<(), Error> {
+    let api: Api<PremiumFeature> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": "premium.dev/v1alpha1",
+        "kind": "PremiumFeature",
+        "status": new,
+    });
+    let params = PatchParams::apply(&ctx.settings.field_manager).force();
+    api.patch_status(&feature.name_any(), &params, &Patch::Apply(&patch))
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("writing the status of {namespace}/{}", feature.name_any()),
+                e,
+            )
+        })?;
+    ctx.metrics
+        .status_writes
+        .get_or_create(&KindLabels {
+            kind: "PremiumFeature",
+        })
+        .inc();
+
+    let flipped_true = |ty: &str| {
+        let before = previous
+            .and_then(|p| condition(&p.conditions, ty))
+            .is_some_and(|c| c.status == "True");
+        let after = condition(&new.conditions, ty).is_some_and(|c| c.status == "True");
+        !before && after
+    };
+    if flipped_true(cond::DEPENDENCIES_READY) {
+        ctx.metrics
+            .dependency_wait
+            .observe(seconds_since(feature.creation_timestamp().as_ref(), now).as_secs_f64());
+    }
+    if flipped_true(cond::READY)
+        && let Some(start) = &new.started_at
+    {
+        ctx.metrics
+            .startup_duration
+            .observe(seconds_since(Some(start), now).as_secs_f64());
+    }
+    let old_phase = previous.and_then(|p| p.phase);
+    if old_phase != new.phase
+        && let Some(phase) = new.phase
+    {
+        let ready = condition(&new.conditions, cond::READY);
+        let stalled = condition(&new.conditions, cond::STALLED).filter(|c| c.status == "True");
+        let note = stalled
+            .or(ready)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let kind = match phase {
+            Phase::Failed | Phase::Degraded => EventType::Warning,
+            _ => EventType::Normal,
+        };
+        info!(from = ?old_phase, to = %phase, "phase changed");
+        publish(ctx, feature, kind, phase.as_str(), &note).await;
+    }
+    Ok(())
+}
+
+/// Records an Event on the feature; a failure to record is logged, never fatal.
+pub async fn publish(
+    ctx: &Context,
+    feature: &PremiumFeature,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let mut note = note.to_string();
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push('…');
+    }
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: (!note.is_empty()).then_some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &feature.object_ref(&())).await {
+        warn!(error = %e, "could not record an event");
+    }
+}
+
+async fn add_finalizer(
+    feature: &PremiumFeature,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(), Error> {
+    let api: Api<PremiumFeature> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut finalizers = feature.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": feature.resource_version(),
+        }
+    });
+    api.patch(
+        &feature.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| {
+        Error::kube(
+            format!("adding the finalizer to {namespace}/{}", feature.name_any()),
+            e,
+        )
+    })?;
+    ctx.metrics
+        .object_writes
+        .get_or_create(&KindLabels {
+            kind: "PremiumFeature",
+        })
+        .inc();
+    Ok(())
+}
+
+/// Deletion: dependents that are also being deleted go first; then this feature's Deployment
+/// (foreground, so its pods are gone), then the finalizer.
+async fn teardown(
+    feature: &PremiumFeature,
+    ctx: &Context,
+    key: &FeatureKey,
+    uid: &str,
+) -> Result<Action, Error> {
+    if !feature.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let dependents_leaving: Vec<String> = lock(&ctx.index)
+        .dependents(key)
+        .into_iter()
+        .filter(|d| {
+            ctx.feature(d)
+                .is_some_and(|f| f.meta().deletion_timestamp.is_some())
+        })
+        .map(|d| d.relative_to(&key.namespace))
+        .collect();
+    if !dependents_leaving.is_empty() {
+        info!(waiting_for = ?dependents_leaving, "deletion waits for dependents to be torn down first");
+        return Ok(Action::await_change());
+    }
+    let still_there = delete_owned::<Deployment>(
+        ctx,
+        &ctx.stores.deployments,
+        "Deployment",
+        &key.namespace,
+        &key.name,
+        uid,
+        true,
+    )
+    .await?;
+    if still_there {
+        // The Deployment's own deletion event wakes this feature again.
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    }
+    release_slot(ctx, key);
+    let api: Api<PremiumFeature> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let finalizers: Vec<String> = feature
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": feature.resource_version(),
+        }
+    });
+    match api
+        .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(Error::kube(format!("removing the finalizer from {key}"), e)),
+    }
+    info!("torn down");
+    Ok(Action::await_change())
+}
+
+/// Takes a start-up slot in every limiting policy, or says what it waits for.
+fn acquire_slot(
+    ctx: &Context,
+    key: &FeatureKey,
+    limits: &[(FeatureKey, u32)],
+) -> Result<(), String> {
+    let mut slots = lock(&ctx.slots);
+    // Drop holders that are no longer starting.
+    for (policy, _) in limits {
+        if let Some(set) = slots.starting.get_mut(policy) {
+            set.retain(|f| {
+                ctx.feature(f).is_some_and(|feat| {
+                    !matches!(
+                        feat.status.as_ref().and_then(|s| s.phase),
+                        Some(Phase::Ready | Phase::Degraded | Phase::Failed | Phase::Suspended)
+                    ) && !feat.spec.suspend
+                })
+            });
+        }
+    }
+    let full: Vec<String> = limits
+        .iter()
+        .filter(|(policy, max)| {
+            let set = slots.starting.get(policy);
+            !set.is_some_and(|s| s.contains(key)) && set.map_or(0, |s| s.len()) >= *max as usize
+        })
+        .map(|(policy, max)| format!("{} (startup.maxConcurrent {max})", policy.name))
+        .collect();
+    if full.is_empty() {
+        for (policy, _) in limits {
+            slots
+                .starting
+                .entry(policy.clone())
+                .or_default()
+                .insert(key.clone());
+            if let Some(w) = slots.waiting.get_mut(policy) {
+                w.remove(key);
+            }
+        }
+        Ok(())
+    } else {
+        for (policy, _) in limits {
+            slots
+                .waiting
+                .entry(policy.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        Err(format!(
+            "waiting for a start-up slot of policy {}",
+            full.join(", ")
+        ))
+    }
+}
+
+fn register_slot(ctx: &Context, key: &FeatureKey, limits: &[(FeatureKey, u32)]) {
+    let mut slots = lock(&ctx.slots);
+    for (policy, _) in limits {
+        slots
+            .starting
+            .entry(policy.clone())
+            .or_default()
+            .insert(key.clone());
+    }
+}
+
+/// Gives back any slot the feature holds and wakes the features waiting for one.
+fn release_slot(ctx: &Context, key: &FeatureKey) {
+    let mut wake = super::index::Wake::default();
+    {
+        let mut slots = lock(&ctx.slots);
+        let mut freed = Vec::new();
+        for (policy, set) in slots.starting.iter_mut() {
+            if set.remove(key) {
+                freed.push(policy.clone());
+            }
+        }
+        for policy in freed {
+            if let Some(w) = slots.waiting.get(&policy) {
+                wake.features.extend(w.iter().cloned());
+            }
+        }
+        for w in slots.waiting.values_mut() {
+            w.remove(key);
+        }
+    }
+    if !wake.features.is_empty() {
+        ctx.wake(wake);
+    }
+}

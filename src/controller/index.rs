@@ -1,0 +1,356 @@
+//! An in-memory index fed by watch events: who depends on whom, which policies select whom.
+//!
+//! It answers "which features must be reconciled because this object changed" without listing
+//! anything, and counts graph versions so the dependency graph is recomputed only when an edge,
+//! a feature or a grant changes (not on every status update).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use kube::ResourceExt;
+
+use crate::api::{PremiumFeature, PremiumPolicy};
+use crate::core::graph::FeatureKey;
+use crate::core::plan::dependency_key;
+use crate::core::policy::selects;
+
+/// Namespace and name of a policy.
+pub type PolicyKey = FeatureKey;
+
+#[derive(Debug, Clone, PartialEq)]
+struct FeatureEntry {
+    deps: Vec<FeatureKey>,
+    /// Everything of the feature that policies and budgets read: labels and pool.
+    selection: String,
+    phase: Option<String>,
+}
+
+/// What an event means for other objects.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Wake {
+    pub features: BTreeSet<FeatureKey>,
+    pub policies: BTreeSet<PolicyKey>,
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    features: HashMap<FeatureKey, FeatureEntry>,
+    dependents: HashMap<FeatureKey, BTreeSet<FeatureKey>>,
+    policies: BTreeMap<PolicyKey, PremiumPolicy>,
+    selected: HashMap<PolicyKey, BTreeSet<FeatureKey>>,
+    graph_version: u64,
+}
+
+fn key_of_feature(f: &PremiumFeature) -> FeatureKey {
+    FeatureKey::new(f.namespace().unwrap_or_default(), f.name_any())
+}
+
+fn key_of_policy(p: &PremiumPolicy) -> PolicyKey {
+    FeatureKey::new(p.namespace().unwrap_or_default(), p.name_any())
+}
+
+impl Index {
+    /// Bumped whenever the dependency graph or a cross-namespace grant may have changed.
+    pub fn graph_version(&self) -> u64 {
+        self.graph_version
+    }
+
+    /// Features that list `key` in `dependsOn`.
+    pub fn dependents(&self, key: &FeatureKey) -> Vec<FeatureKey> {
+        self.dependents
+            .get(key)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Policies in a namespace.
+    pub fn policies_in(&self, namespace: &str) -> Vec<PremiumPolicy> {
+        self.policies
+            .range(FeatureKey::new(namespace, "")..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    fn transitive_dependents(&self, key: &FeatureKey) -> BTreeSet<FeatureKey> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![key.clone()];
+        while let Some(k) = stack.pop() {
+            for d in self.dependents.get(&k).into_iter().flatten() {
+                if seen.insert(d.clone()) {
+                    stack.push(d.clone());
+                }
+            }
+        }
+        seen.remove(key);
+        seen
+    }
+
+    fn policies_selecting(&self, f: &PremiumFeature) -> BTreeSet<PolicyKey> {
+        let ns = f.namespace().unwrap_or_default();
+        self.policies
+            .range(FeatureKey::new(ns.clone(), "")..)
+            .take_while(|(k, _)| k.namespace == ns)
+            .filter(|(_, p)| selects(p, f))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn all_policies_in(&self, namespace: &str) -> BTreeSet<PolicyKey> {
+        self.policies
+            .range(FeatureKey::new(namespace, "")..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// A feature was created or changed.
+    pub fn apply_feature(&mut self, f: &PremiumFeature) -> Wake {
+        let key = key_of_feature(f);
+        let deps: Vec<FeatureKey> = {
+            let mut d: Vec<FeatureKey> = f
+                .spec
+                .depends_on
+                .iter()
+                .map(|d| dependency_key(&key.namespace, d))
+                .collect();
+            d.sort();
+            d.dedup();
+            d
+        };
+        let entry = FeatureEntry {
+            deps: deps.clone(),
+            selection: format!("{:?}|{:?}|{:?}", f.labels(), f.spec.pool, f.spec.depends_on),
+            phase: f
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .map(|p| p.to_string()),
+        };
+        let previous = self.features.insert(key.clone(), entry.clone());
+        let mut wake = Wake::default();
+        let graph_changed = previous.as_ref().map(|p| &p.deps) != Some(&deps);
+        if graph_changed {
+            self.graph_version += 1;
+            if let Some(p) = &previous {
+                for old in &p.deps {
+                    if let Some(set) = self.dependents.get_mut(old) {
+                        set.remove(&key);
+                    }
+                }
+            }
+            for d in &deps {
+                self.dependents
+                    .entry(d.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+            // Levels and cycles of everything downstream may have moved.
+            wake.features.extend(self.transitive_dependents(&key));
+        } else {
+            wake.features.extend(self.dependents(&key));
+        }
+        if previous.as_ref().map(|p| &p.selection) != Some(&entry.selection) {
+            // Selection, budget shares and start-up order of the policies here may change.
+            wake.policies.extend(self.all_policies_in(&key.namespace));
+        } else if previous.as_ref().map(|p| &p.phase) != Some(&entry.phase) {
+            // Start-up slots of the selecting policies may have freed.
+            wake.policies.extend(self.policies_selecting(f));
+        }
+        wake
+    }
+
+    /// A feature is gone.
+    pub fn delete_feature(&mut self, key: &FeatureKey) -> Wake {
+        let mut wake = Wake::default();
+        if let Some(old) = self.features.remove(key) {
+            self.graph_version += 1;
+            for d in &old.deps {
+                if let Some(set) = self.dependents.get_mut(d) {
+                    set.remove(key);
+                }
+                // A dependency waiting to be torn down after its dependents can go now.
+                wake.features.insert(d.clone());
+            }
+            wake.features.extend(self.transitive_dependents(key));
+            wake.policies.extend(self.all_policies_in(&key.namespace));
+        }
+        wake
+    }
+
+    /// A policy was created or changed: wake exactly the features it selected before or
+    /// selects now. `features` are the features of its namespace.
+    pub fn apply_policy<'a>(
+        &mut self,
+        p: &PremiumPolicy,
+        features: impl IntoIterator<Item = &'a PremiumFeature>,
+    ) -> Wake {
+        let key = key_of_policy(p);
+        let now: BTreeSet<FeatureKey> = features
+            .into_iter()
+            .filter(|f| selects(p, f))
+            .map(key_of_feature)
+            .collect();
+        let before = self.selected.insert(key.clone(), now.clone());
+        let previous = self.policies.insert(key.clone(), p.clone());
+        let mut wake = Wake::default();
+        let spec_changed = previous.as_ref().map(|o| &o.spec) != Some(&p.spec);
+        if spec_changed || before.as_ref() != Some(&now) {
+            wake.features.extend(now.iter().cloned());
+            wake.features.extend(before.into_iter().flatten());
+            if previous
+                .as_ref()
+                .map(|o| (&o.spec.selector, &o.spec.expose_to))
+                != Some((&p.spec.selector, &p.spec.expose_to))
+            {
+                // A grant may have appeared or gone: features elsewhere that depend on the
+                // selected ones must look again.
+                self.graph_version += 1;
+                for f in &now {
+                    wake.features.extend(self.dependents(f));
+                }
+            }
+        }
+        wake
+    }
+
+    /// A policy is gone.
+    pub fn delete_policy(&mut self, key: &PolicyKey) -> Wake {
+        let mut wake = Wake::default();
+        self.policies.remove(key);
+        if let Some(selected) = self.selected.remove(key) {
+            self.graph_version += 1;
+            for f in &selected {
+                wake.features.extend(self.dependents(f));
+            }
+            wake.features.extend(selected);
+        }
+        wake
+    }
+
+    /// Features a policy selected when last seen.
+    pub fn selected_by(&self, key: &PolicyKey) -> Vec<FeatureKey> {
+        self.selected
+            .get(key)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Dependency, PremiumFeatureSpec, PremiumPolicySpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn feature(name: &str, deps: &[&str], tier: &str) -> PremiumFeature {
+        let mut f = PremiumFeature::new(
+            name,
+            PremiumFeatureSpec {
+                depends_on: deps
+                    .iter()
+                    .map(|d| Dependency {
+                        name: d.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        f.metadata.namespace = Some("portal".into());
+        f.metadata.labels = Some([("tier".to_string(), tier.to_string())].into());
+        f
+    }
+
+    fn policy(name: &str, tier: &str) -> PremiumPolicy {
+        let mut p = PremiumPolicy::new(
+            name,
+            PremiumPolicySpec {
+                selector: LabelSelector {
+                    match_labels: Some([("tier".to_string(), tier.to_string())].into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        p.metadata.namespace = Some("portal".into());
+        p
+    }
+
+    fn k(n: &str) -> FeatureKey {
+        FeatureKey::new("portal", n)
+    }
+
+    #[test]
+    fn a_dependency_change_wakes_its_dependents_and_a_later_dependency_finds_them() {
+        let mut idx = Index::default();
+        // aika waits for catalog, which does not exist yet.
+        idx.apply_feature(&feature("aika", &["catalog"], "premium"));
+        let v = idx.graph_version();
+        let wake = idx.apply_feature(&feature("catalog", &[], "premium"));
+        assert!(wake.features.contains(&k("aika")));
+        assert!(idx.graph_version() > v);
+        // A status-only update of catalog wakes aika without a graph change.
+        let v = idx.graph_version();
+        let mut ready = feature("catalog", &[], "premium");
+        ready.status = Some(crate::api::PremiumFeatureStatus {
+            phase: Some(crate::api::Phase::Ready),
+            ..Default::default()
+        });
+        let wake = idx.apply_feature(&ready);
+        assert_eq!(wake.features, BTreeSet::from([k("aika")]));
+        assert_eq!(idx.graph_version(), v);
+    }
+
+    #[test]
+    fn graph_changes_wake_everything_downstream() {
+        let mut idx = Index::default();
+        idx.apply_feature(&feature("catalog", &[], "premium"));
+        idx.apply_feature(&feature("soundcheck", &["catalog"], "premium"));
+        idx.apply_feature(&feature("aika", &["soundcheck"], "premium"));
+        let wake = idx.apply_feature(&feature("catalog", &["base"], "premium"));
+        assert_eq!(wake.features, BTreeSet::from([k("aika"), k("soundcheck")]));
+    }
+
+    #[test]
+    fn deleting_a_dependent_wakes_its_dependencies() {
+        let mut idx = Index::default();
+        idx.apply_feature(&feature("catalog", &[], "premium"));
+        idx.apply_feature(&feature("aika", &["catalog"], "premium"));
+        let wake = idx.delete_feature(&k("aika"));
+        assert!(wake.features.contains(&k("catalog")));
+        assert!(idx.dependents(&k("catalog")).is_empty());
+    }
+
+    #[test]
+    fn policy_change_wakes_exactly_what_it_selects_or_selected() {
+        let mut idx = Index::default();
+        let a = feature("aika", &[], "premium");
+        let b = feature("catalog", &[], "free");
+        let all = [a.clone(), b.clone()];
+        let wake = idx.apply_policy(&policy("p", "premium"), all.iter());
+        assert_eq!(wake.features, BTreeSet::from([k("aika")]));
+        // Unchanged policy: nobody.
+        assert!(
+            idx.apply_policy(&policy("p", "premium"), all.iter())
+                .features
+                .is_empty()
+        );
+        // Selector moves: the old and the new selection.
+        let wake = idx.apply_policy(&policy("p", "free"), all.iter());
+        assert_eq!(wake.features, BTreeSet::from([k("aika"), k("catalog")]));
+        assert_eq!(idx.selected_by(&k("p")), vec![k("catalog")]);
+        let wake = idx.delete_policy(&k("p"));
+        assert_eq!(wake.features, BTreeSet::from([k("catalog")]));
+    }
+
+    #[test]
+    fn label_changes_wake_the_namespace_policies() {
+        let mut idx = Index::default();
+        idx.apply_policy(&policy("p", "premium"), std::iter::empty());
+        idx.apply_feature(&feature("aika", &[], "free"));
+        let wake = idx.apply_feature(&feature("aika", &[], "premium"));
+        assert_eq!(wake.policies, BTreeSet::from([k("p")]));
+        assert_eq!(idx.policies_in("portal").len(), 1);
+        assert!(idx.policies_in("other").is_empty());
+    }
+}

@@ -1,0 +1,570 @@
+//! The thin I/O shell: watches, caches, reconcilers that call the core and apply its result.
+
+pub mod apply;
+pub mod context;
+pub mod feature;
+pub mod index;
+pub mod policy;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::core::DeserializeGuard;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::{error, info, warn};
+
+use crate::api::{
+    FEATURE_LABEL, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, Phase, PremiumFeature,
+    PremiumPolicy,
+};
+use crate::core::build::DEFAULT_SIDECAR_IMAGE;
+use crate::core::graph::FeatureKey;
+use crate::runtime::http::{HttpState, serve};
+use crate::runtime::leader::{Election, LeaderConfig};
+use crate::runtime::metrics::{ErrorLabels, Metrics, PhaseLabels, request_counter};
+use crate::runtime::telemetry;
+use context::{Context, Settings, Stores, lock};
+
+/// Finalizer that lets dependents be torn down before their dependencies.
+pub const FINALIZER: &str = "premium.dev/teardown";
+
+/// Everything that can fail in a reconcile, with what a person needs to act.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Kube {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn kube(context: impl Into<String>, source: kube::Error) -> Self {
+        Error::Kube {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube {
+                source: kube::Error::Api(s),
+                ..
+            } => match s.code {
+                403 => "Forbidden",
+                404 => "NotFound",
+                409 => "Conflict",
+                422 => "Invalid",
+                429 => "TooManyRequests",
+                500..=599 => "ServerError",
+                _ => "ApiError",
+            },
+            Error::Kube { .. } => "Transport",
+            Error::Invalid(_) => "InvalidObject",
+        }
+    }
+}
+
+impl ErrorLabels {
+    pub fn new(controller: &'static str, kind: &'static str) -> Self {
+        Self { controller, kind }
+    }
+}
+
+/// Flags of `premium-operator run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Watch and manage only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "METRICS_ADDRESS")]
+    pub metrics_address: SocketAddr,
+    /// Hold a Lease so only one of several replicas reconciles.
+    #[arg(long, default_value_t = false, env = "LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: POD_NAMESPACE, else "default").
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        default_value = "premium-operator",
+        env = "LEADER_ELECTION_LEASE"
+    )]
+    pub leader_election_lease: String,
+    /// How long a leader that stopped renewing keeps the lease, in seconds.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// This instance's identity in the Lease (default: POD_NAME or hostname, plus a random suffix).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Envoy image of the sidecar.
+    #[arg(long, default_value = DEFAULT_SIDECAR_IMAGE, env = "SIDECAR_IMAGE")]
+    pub sidecar_image: String,
+    /// Most reconciles running at once, per controller.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+    /// Log format: json (default) or text.
+    #[arg(long, default_value = "json")]
+    pub log_format: String,
+}
+
+/// Entry point of `premium-operator run`.
+pub fn main(args: RunArgs) -> ExitCode {
+    telemetry::init(args.log_format != "text");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c().map(|_| ());
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the operator until SIGTERM (graceful) or until leadership is lost (exit, so a
+/// supervisor restarts it as a standby).
+pub async fn run(args: RunArgs) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer().await.map_err(|e| {
+        format!("no Kubernetes configuration found (in-cluster or KUBECONFIG): {e}")
+    })?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?
+        .with_layer(&request_counter(metrics.clone()))
+        .build();
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = {
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown_signal().await;
+            info!("shutdown requested");
+            let _ = stop_tx.send(true);
+        }
+    };
+    tokio::spawn(shutdown);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+
+    // Stores are created up front so /metrics can count phases from the cache.
+    let (features_reader, features_writer) = reflector::store::<DeserializeGuard<PremiumFeature>>();
+    let refresh: Arc<dyn Fn() + Send + Sync> = {
+        let reader = features_reader.clone();
+        let metrics = metrics.clone();
+        Arc::new(move || {
+            let mut counts = std::collections::BTreeMap::new();
+            for f in reader.state() {
+                if let Ok(f) = &f.0 {
+                    let phase = f
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .unwrap_or(Phase::Pending);
+                    *counts.entry(phase).or_insert(0i64) += 1;
+                }
+            }
+            for p in Phase::ALL {
+                metrics
+                    .features_by_phase
+                    .get_or_create(&PhaseLabels { phase: p.as_str() })
+                    .set(*counts.get(&p).unwrap_or(&0));
+            }
+        })
+    };
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        refresh,
+    };
+    let http = tokio::spawn(serve(
+        args.metrics_address,
+        http_state,
+        stopped(stop_rx.clone()),
+    ));
+
+    let election = if args.leader_elect {
+        let namespace = args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        let base = args
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "premium-operator".into());
+        let identity = format!("{base}-{:08x}", rand::random::<u32>());
+        let cfg = LeaderConfig {
+            lease_name: args.leader_election_lease.clone(),
+            namespace,
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_duration_seconds),
+            grace: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
+        };
+        let mut election = Election::start(client.clone(), &cfg)
+            .await
+            .map_err(|e| format!("leader election: {e}"))?;
+        // A standby is healthy and ready: it can take over.
+        ready.store(true, Ordering::Relaxed);
+        info!(%identity, lease = %cfg.lease_name, namespace = %cfg.namespace, "waiting to become the leader");
+        tokio::select! {
+            won = election.acquired() => {
+                if !won {
+                    return Err("the lease manager stopped before this instance became the leader".into());
+                }
+            }
+            _ = stopped(stop_rx.clone()) => {
+                election.release().await;
+                let _ = http.await;
+                return Ok(());
+            }
+        }
+        info!(%identity, "became the leader");
+        metrics.leader.set(1);
+        Some(election)
+    } else {
+        metrics.leader.set(1);
+        None
+    };
+
+    let lost_leadership = Arc::new(AtomicBool::new(false));
+    let controllers_stop = {
+        let lost = lost_leadership.clone();
+        let mut leader_rx = election.as_ref().map(|e| e.is_leader.clone());
+        let stop_rx = stop_rx.clone();
+        async move {
+            let lost_lease = async {
+                match leader_rx.as_mut() {
+                    Some(rx) => loop {
+                        if rx.changed().await.is_err() || !*rx.borrow() {
+                            break;
+                        }
+                    },
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = stopped(stop_rx) => {},
+                _ = lost_lease => { lost.store(true, Ordering::Relaxed); }
+            }
+        }
+    }
+    .shared();
+
+    run_controllers(
+        &args,
+        client.clone(),
+        metrics.clone(),
+        ready.clone(),
+        features_reader,
+        features_writer,
+        controllers_stop,
+    )
+    .await;
+
+    if lost_leadership.load(Ordering::Relaxed) {
+        error!("lost the leader lease; stopping so that only the leader writes");
+        let _ = stop_tx.send(true);
+        let _ = http.await;
+        return Err("lost the leader lease".into());
+    }
+    if let Some(e) = election {
+        e.release().await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    info!("stopped");
+    Ok(())
+}
+
+fn owned_config() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY},{FEATURE_LABEL}"))
+}
+
+/// Builds the watches, stores and both controllers, and runs them until `stop` resolves.
+#[allow(clippy::too_many_arguments)]
+async fn run_controllers(
+    args: &RunArgs,
+    client: Client,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    features_reader: reflector::Store<DeserializeGuard<PremiumFeature>>,
+    features_writer: reflector::store::Writer<DeserializeGuard<PremiumFeature>>,
+    stop: futures::future::Shared<impl std::future::Future<Output = ()> + Send + 'static>,
+) {
+    let ns = &args.namespace;
+    let (feature_tx, feature_rx) = mpsc::unbounded_channel();
+    let (policy_tx, policy_rx) = mpsc::unbounded_channel();
+
+    // Owned objects: label-filtered caches, managedFields dropped to save memory.
+    macro_rules! owned_store {
+        ($t:ty) => {{
+            let (reader, writer) = reflector::store::<$t>();
+            let stream = watcher(api::<$t>(&client, ns), owned_config())
+                .default_backoff()
+                .modify(|o: &mut $t| {
+                    o.managed_fields_mut().clear();
+                })
+                .reflect(writer)
+                .touched_objects();
+            (reader, stream)
+        }};
+    }
+    use kube::runtime::watcher;
+    let (deploy_reader, deploy_stream) = owned_store!(Deployment);
+    let (svc_reader, svc_stream) = owned_store!(Service);
+    let (cm_reader, cm_stream) = owned_store!(ConfigMap);
+    let (hpa_reader, hpa_stream) = owned_store!(HorizontalPodAutoscaler);
+    let (policy_reader, policy_writer) = reflector::store::<DeserializeGuard<PremiumPolicy>>();
+
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: args
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok()),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Stores {
+            features: features_reader.clone(),
+            policies: policy_reader.clone(),
+            deployments: deploy_reader,
+            services: svc_reader,
+            configmaps: cm_reader,
+            hpas: hpa_reader,
+        },
+        feature_tx,
+        policy_tx,
+        metrics.clone(),
+        Recorder::new(client.clone(), reporter),
+        Settings {
+            sidecar_image: args.sidecar_image.clone(),
+            field_manager: FIELD_MANAGER.into(),
+        },
+    ));
+
+    // Features: the index learns every change before the reconcilers run, and wakes
+    // dependents (reverse index) and policies.
+    let feature_stream = {
+        let ctx = ctx.clone();
+        watcher(
+            api::<DeserializeGuard<PremiumFeature>>(&client, ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map_ok(|ev| ev.modify(|g: &mut DeserializeGuard<PremiumFeature>| strip_guard(g)))
+        .reflect(features_writer)
+        .inspect_ok(move |ev| index_feature_event(&ctx, ev))
+        .touched_objects()
+    };
+    let policy_stream = {
+        let ctx = ctx.clone();
+        watcher(
+            api::<DeserializeGuard<PremiumPolicy>>(&client, ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(policy_writer)
+        .inspect_ok(move |ev| index_policy_event(&ctx, ev))
+        .touched_objects()
+    };
+
+    let controller_config = ControllerConfig::default()
+        .concurrency(args.concurrency)
+        .debounce(Duration::from_millis(0));
+
+    let feature_controller = Controller::for_stream(feature_stream, features_reader.clone())
+        .with_config(controller_config.clone())
+        .owns_stream(deploy_stream)
+        .owns_stream(svc_stream)
+        .owns_stream(cm_stream)
+        .owns_stream(hpa_stream)
+        .reconcile_on(UnboundedReceiverStream::new(feature_rx))
+        .graceful_shutdown_on(stop.clone())
+        .run(feature::reconcile, error_policy_feature, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let policy_controller = Controller::for_stream(policy_stream, policy_reader.clone())
+        .with_config(controller_config)
+        .reconcile_on(UnboundedReceiverStream::new(policy_rx))
+        .graceful_shutdown_on(stop.clone())
+        .run(policy::reconcile, error_policy_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let readiness = {
+        let features = features_reader.clone();
+        let policies = policy_reader.clone();
+        let ready = ready.clone();
+        async move {
+            let _ = features.wait_until_ready().await;
+            let _ = policies.wait_until_ready().await;
+            ready.store(true, Ordering::Relaxed);
+            info!("caches synced; reconciling");
+        }
+    };
+    tokio::join!(feature_controller, policy_controller, readiness);
+    ready.store(false, Ordering::Relaxed);
+}
+
+fn strip_guard(g: &mut DeserializeGuard<PremiumFeature>) {
+    if let Ok(f) = &mut g.0 {
+        f.managed_fields_mut().clear();
+    }
+}
+
+fn feature_key(f: &PremiumFeature) -> FeatureKey {
+    FeatureKey::new(f.namespace().unwrap_or_default(), f.name_any())
+}
+
+fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFeature>>) {
+    let wake = {
+        let mut index = lock(&ctx.index);
+        match ev {
+            WatchEvent::Apply(g) | WatchEvent::InitApply(g) => match &g.0 {
+                Ok(f) => index.apply_feature(f),
+                Err(_) => Default::default(),
+            },
+            WatchEvent::Delete(g) => match &g.0 {
+                Ok(f) => index.delete_feature(&feature_key(f)),
+                Err(_) => Default::default(),
+            },
+            WatchEvent::Init | WatchEvent::InitDone => Default::default(),
+        }
+    };
+    ctx.wake(wake);
+}
+
+fn index_policy_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumPolicy>>) {
+    let wake = match ev {
+        WatchEvent::Apply(g) | WatchEvent::InitApply(g) => match &g.0 {
+            Ok(p) => {
+                let features = ctx.features_in(&p.namespace().unwrap_or_default());
+                lock(&ctx.index).apply_policy(p, features.iter().map(|f| f.as_ref()))
+            }
+            Err(_) => Default::default(),
+        },
+        WatchEvent::Delete(g) => match &g.0 {
+            Ok(p) => {
+                let key = FeatureKey::new(p.namespace().unwrap_or_default(), p.name_any());
+                lock(&ctx.index).delete_policy(&key)
+            }
+            Err(_) => Default::default(),
+        },
+        WatchEvent::Init | WatchEvent::InitDone => Default::default(),
+    };
+    ctx.wake(wake);
+}
+
+fn backoff_for(error: &Error) -> Action {
+    match error.kind() {
+        "Conflict" => Action::requeue(Duration::from_millis(200)),
+        "Forbidden" => Action::requeue(Duration::from_secs(30)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+fn error_policy_feature(
+    obj: Arc<DeserializeGuard<PremiumFeature>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let name = obj.0.as_ref().map(|f| f.name_any()).unwrap_or_default();
+    let namespace = obj
+        .0
+        .as_ref()
+        .ok()
+        .and_then(|f| f.namespace())
+        .unwrap_or_default();
+    warn!(feature = %name, %namespace, error = %error, kind = error.kind(), "reconcile failed; retrying");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels::new("feature", error.kind()))
+        .inc();
+    backoff_for(error)
+}
+
+fn error_policy_policy(
+    obj: Arc<DeserializeGuard<PremiumPolicy>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let name = obj.0.as_ref().map(|p| p.name_any()).unwrap_or_default();
+    warn!(policy = %name, error = %error, kind = error.kind(), "reconcile failed; retrying");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels::new("policy", error.kind()))
+        .inc();
+    backoff_for(error)
+}

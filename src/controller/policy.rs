@@ -1,0 +1,350 @@
+//! The PremiumPolicy reconciler (matched features, budget, conflicts) and the policy lookups
+//! the feature reconciler shares with it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{field, instrument, warn};
+
+use super::Error;
+use super::context::{Context, lock};
+use super::index::Wake;
+use crate::api::conditions::{self as cond, reason};
+use crate::api::{BudgetStatus, PremiumFeature, PremiumPolicy, PremiumPolicyStatus};
+use crate::core::budget::{BudgetAllocation, PoolRequest, allocate};
+use crate::core::graph::{FeatureKey, GraphAnalysis};
+use crate::core::policy::{conflicts_by_policy, effective_policy, selects};
+use crate::core::settings::pool_settings;
+use crate::core::status::{now_time, set_condition};
+use crate::runtime::metrics::{ControllerLabels, KindLabels};
+
+const CONTROLLER: &str = "policy";
+
+/// The budget of one policy shared among the features it selects.
+pub fn allocation(
+    policy: &PremiumPolicy,
+    features: &[Arc<PremiumFeature>],
+    policies: &[PremiumPolicy],
+    graph: &GraphAnalysis,
+) -> BudgetAllocation {
+    let budget = policy
+        .spec
+        .pool
+        .as_ref()
+        .and_then(|p| p.budget.as_ref())
+        .map(|b| b.max_replicas.max(0) as u32);
+    let requests: Vec<PoolRequest> = features
+        .iter()
+        .filter(|f| selects(policy, f) && !f.spec.suspend && f.meta().deletion_timestamp.is_none())
+        .map(|f| {
+            let eff = effective_policy(f, policies);
+            let pool = pool_settings(f, &eff.spec);
+            let key = FeatureKey::new(f.namespace().unwrap_or_default(), f.name_any());
+            PoolRequest {
+                name: f.name_any(),
+                min: pool.min_replicas,
+                max: pool.max_replicas,
+                weight: pool.weight,
+                // Features on or behind a cycle cannot start anyway: admit them last.
+                level: graph.level(&key).unwrap_or(u32::MAX),
+            }
+        })
+        .collect();
+    allocate(budget, &requests)
+}
+
+/// What the budgets of the selecting policies allow one feature.
+#[derive(Debug, Default)]
+pub struct FeatureBudget {
+    /// The smallest HPA maximum any budget grants; `None` without budgets.
+    pub max_replicas: Option<u32>,
+    /// Why the feature waits, when a budget cannot hold its minimum.
+    pub waiting: Option<String>,
+}
+
+pub fn budget_for_feature(
+    ctx: &Context,
+    feature: &PremiumFeature,
+    graph: &GraphAnalysis,
+) -> FeatureBudget {
+    let namespace = feature.namespace().unwrap_or_default();
+    let policies = ctx.policies_in(&namespace);
+    let budgeted: Vec<&PremiumPolicy> = policies
+        .iter()
+        .filter(|p| {
+            selects(p, feature)
+                && p.spec
+                    .pool
+                    .as_ref()
+                    .and_then(|x| x.budget.as_ref())
+                    .is_some()
+        })
+        .collect();
+    if budgeted.is_empty() {
+        return FeatureBudget::default();
+    }
+    let features = ctx.features_in(&namespace);
+    let name = feature.name_any();
+    let mut out = FeatureBudget::default();
+    for p in budgeted {
+        let a = allocation(p, &features, &policies, graph);
+        if let Some(max) = a.max_replicas.get(&name) {
+            out.max_replicas = Some(out.max_replicas.map_or(*max, |m| m.min(*max)));
+        } else if a.waiting.contains(&name) {
+            let budget = p
+                .spec
+                .pool
+                .as_ref()
+                .and_then(|x| x.budget.as_ref())
+                .map(|b| b.max_replicas)
+                .unwrap_or(0);
+            out.waiting = Some(format!(
+                "the replica budget of policy {} ({budget}) cannot hold this feature's minReplicas after higher-priority features; raise pool.budget.maxReplicas or lower minReplicas",
+                p.name_any()
+            ));
+        }
+    }
+    out
+}
+
+/// The start-up limits (`startup.maxConcurrent`) of the policies selecting a feature.
+pub fn startup_limits(ctx: &Context, feature: &PremiumFeature) -> Vec<(FeatureKey, u32)> {
+    let namespace = feature.namespace().unwrap_or_default();
+    ctx.policies_in(&namespace)
+        .iter()
+        .filter(|p| selects(p, feature))
+        .filter_map(|p| {
+            let max = p.spec.startup.as_ref()?.max_concurrent?;
+            Some((
+                FeatureKey::new(namespace.clone(), p.name_any()),
+                max.max(1) as u32,
+            ))
+        })
+        .collect()
+}
+
+#[instrument(skip_all, fields(policy = field::Empty, namespace = field::Empty))]
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<PremiumPolicy>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let policy = match &guard.0 {
+        Ok(p) => p,
+        Err(invalid) => {
+            warn!(
+                name = invalid.metadata.name.as_deref().unwrap_or(""),
+                error = %invalid.error,
+                "skipping a PremiumPolicy that does not match the schema"
+            );
+            ctx.metrics
+                .reconcile_errors
+                .get_or_create(&super::ErrorLabels::new(CONTROLLER, "InvalidObject"))
+                .inc();
+            return Ok(Action::await_change());
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("policy", policy.name_any());
+    span.record("namespace", policy.namespace().unwrap_or_default());
+    let labels = ControllerLabels {
+        controller: CONTROLLER,
+    };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_policy(policy, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Action, Error> {
+    if policy.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = policy
+        .namespace()
+        .ok_or_else(|| Error::Invalid("PremiumPolicy without a namespace".into()))?;
+    let name = policy.name_any();
+    let key = FeatureKey::new(namespace.clone(), name.clone());
+    let features = ctx.features_in(&namespace);
+    let policies = ctx.policies_in(&namespace);
+    let graph = ctx.graph();
+    // Make sure the index knows this exact version (the watch may be a step behind a trigger).
+    let wake = lock(&ctx.index).apply_policy(policy, features.iter().map(|f| f.as_ref()));
+    ctx.wake(Wake {
+        policies: Default::default(),
+        ..wake
+    });
+
+    let selected: Vec<&Arc<PremiumFeature>> =
+        features.iter().filter(|f| selects(policy, f)).collect();
+    let has_budget = policy
+        .spec
+        .pool
+        .as_ref()
+        .and_then(|p| p.budget.as_ref())
+        .is_some();
+    let alloc = allocation(policy, &features, &policies, &graph);
+
+    // Wake the features whose share of the budget moved.
+    if has_budget {
+        let shares: BTreeMap<String, u32> = alloc.max_replicas.clone();
+        let mut memory = lock(&ctx.budget_shares);
+        let before = memory
+            .insert(key.clone(), shares.clone())
+            .unwrap_or_default();
+        let mut wake = Wake::default();
+        for f in &selected {
+            let n = f.name_any();
+            if before.get(&n) != shares.get(&n) {
+                wake.features.insert(FeatureKey::new(namespace.clone(), n));
+            }
+        }
+        drop(memory);
+        ctx.wake(wake);
+    }
+
+    let merges: Vec<(String, _)> = selected
+        .iter()
+        .map(|f| (f.name_any(), effective_policy(f, &policies)))
+        .collect();
+    let conflicts = conflicts_by_policy(merges.iter().map(|(n, e)| (n.as_str(), e)));
+    let mine = conflicts.get(&name).cloned().unwrap_or_default();
+
+    let now = now_time();
+    let previous = policy.status.clone().unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let mut conditions = Vec::new();
+    let exceeded = has_budget && alloc.exceeded;
+    let (ready_reason, ready_message) = if exceeded {
+        (
+            reason::BUDGET_EXCEEDED,
+            format!(
+                "the minimum replicas of the selected features exceed the budget; waiting: {}",
+                alloc.waiting.join(", ")
+            ),
+        )
+    } else {
+        (
+            reason::RECONCILED,
+            format!("applies to {} features", selected.len()),
+        )
+    };
+    set_condition(
+        &mut conditions,
+        &previous.conditions,
+        cond::READY,
+        !exceeded,
+        ready_reason,
+        &ready_message,
+        generation,
+        &now,
+    );
+    let (c_reason, c_message) = if mine.is_empty() {
+        (reason::NO_CONFLICT, String::new())
+    } else {
+        (
+            reason::POLICY_OVERRIDDEN,
+            truncate(&format!(
+                "overridden by higher-priority policies: {}",
+                mine.join("; ")
+            )),
+        )
+    };
+    set_condition(
+        &mut conditions,
+        &previous.conditions,
+        cond::CONFLICTING,
+        !mine.is_empty(),
+        c_reason,
+        &c_message,
+        generation,
+        &now,
+    );
+    let (b_reason, b_message) = match (has_budget, exceeded) {
+        (false, _) => (reason::NO_BUDGET, String::new()),
+        (true, false) => (reason::WITHIN_BUDGET, String::new()),
+        (true, true) => (
+            reason::BUDGET_EXCEEDED,
+            format!(
+                "budget {} cannot hold the selected features' minReplicas; waiting: {}",
+                policy
+                    .spec
+                    .pool
+                    .as_ref()
+                    .and_then(|p| p.budget.as_ref())
+                    .map(|b| b.max_replicas)
+                    .unwrap_or(0),
+                alloc.waiting.join(", ")
+            ),
+        ),
+    };
+    set_condition(
+        &mut conditions,
+        &previous.conditions,
+        cond::BUDGET_EXCEEDED,
+        exceeded,
+        b_reason,
+        &b_message,
+        generation,
+        &now,
+    );
+
+    let clamp = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let status = PremiumPolicyStatus {
+        observed_generation: generation,
+        matched_features: Some(clamp(selected.len() as u32)),
+        budget: has_budget.then(|| BudgetStatus {
+            requested: clamp(alloc.requested),
+            allocated: clamp(alloc.allocated),
+            waiting: alloc.waiting.clone(),
+        }),
+        conditions,
+    };
+    if policy.status.as_ref() != Some(&status) {
+        let api: Api<PremiumPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": "premium.dev/v1alpha1",
+            "kind": "PremiumPolicy",
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(&ctx.settings.field_manager).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("writing the status of policy {namespace}/{name}"),
+                e,
+            )
+        })?;
+        ctx.metrics
+            .status_writes
+            .get_or_create(&KindLabels {
+                kind: "PremiumPolicy",
+            })
+            .inc();
+    }
+    Ok(Action::await_change())
+}
+
+fn truncate(s: &str) -> String {
+    const MAX: usize = 2000;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut cut = MAX;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}

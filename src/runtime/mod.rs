@@ -1,0 +1,6 @@
+//! Process plumbing: logs, metrics, the HTTP endpoints, leader election and shutdown.
+
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod telemetry;
