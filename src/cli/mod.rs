@@ -1,3 +1,7 @@
 //! Command-line subcommands other than `run`.
 
+pub mod check;
 pub mod crd;
+pub mod graph;
+pub mod manifest;
+pub mod schema;
