@@ -37,3 +37,10 @@ cluster-up:
 
 cluster-down:
 	bash hack/cluster-down.sh
+
+## demo: the whole job end to end on the local control plane (leaves it running).
+demo:
+	bash hack/demo.sh
+
+demo-down:
+	bash hack/demo-down.sh

@@ -86,6 +86,20 @@ impl Context {
         }
     }
 
+    /// Waits until every cache has its first full list, so no decision is made from a partial
+    /// picture (a missing Deployment or policy would otherwise look like a change to write).
+    pub async fn wait_synced(&self) {
+        let s = &self.stores;
+        let _ = futures::join!(
+            s.features.wait_until_ready(),
+            s.policies.wait_until_ready(),
+            s.deployments.wait_until_ready(),
+            s.services.wait_until_ready(),
+            s.configmaps.wait_until_ready(),
+            s.hpas.wait_until_ready(),
+        );
+    }
+
     /// Every valid feature in the cache.
     pub fn features(&self) -> Vec<Arc<PremiumFeature>> {
         valid(&self.stores.features)

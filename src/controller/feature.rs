@@ -105,6 +105,7 @@ pub async fn reconcile(
         controller: CONTROLLER,
     };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
+    ctx.wait_synced().await;
     let started = std::time::Instant::now();
     let result = reconcile_feature(feature, &ctx).await;
     ctx.metrics
