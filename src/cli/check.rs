@@ -61,7 +61,8 @@ pub struct Report {
 pub struct Plan {
     /// (level, names sorted).
     pub levels: Vec<(u32, Vec<String>)>,
-    /// Features that cannot start: on or behind a dependency cycle.
+    /// Features that cannot start, each as `name (why)`: on or behind a dependency cycle, a
+    /// required dependency missing or not permitted, or requiring such a feature.
     pub blocked: Vec<String>,
 }
 
@@ -97,10 +98,7 @@ impl Report {
                 out.push_str(&format!("  level {level}: {}\n", names.join(", ")));
             }
             if !plan.blocked.is_empty() {
-                out.push_str(&format!(
-                    "  cannot start (on or behind a dependency cycle): {}\n",
-                    plan.blocked.join(", ")
-                ));
+                out.push_str(&format!("  cannot start: {}\n", plan.blocked.join(", ")));
             }
         }
         if self.plans.is_empty() {
@@ -230,7 +228,7 @@ pub fn check_inputs(inputs: &[Input]) -> Report {
     }
 
     diagnostics.extend(duplicates(&loaded.objects));
-    let (analysis, found) = semantic_checks(&features, &policies);
+    let (analysis, nodes, found) = semantic_checks(&features, &policies);
     diagnostics.extend(found);
 
     // Stable sort: input order, and within one document the order the checks ran.
@@ -238,7 +236,7 @@ pub fn check_inputs(inputs: &[Input]) -> Report {
 
     Report {
         diagnostics,
-        plans: plans(&analysis),
+        plans: plans(&analysis, &nodes),
         files: loaded.files,
         objects: loaded.objects.len(),
     }
@@ -672,7 +670,7 @@ fn grants(policy: &PremiumPolicy, target: &FeatureEntry<'_>, dependent_ns: &str)
 fn semantic_checks(
     features: &[FeatureEntry<'_>],
     policies: &[PolicyEntry<'_>],
-) -> (GraphAnalysis, Vec<Diagnostic>) {
+) -> (GraphAnalysis, Vec<FeatureNode>, Vec<Diagnostic>) {
     let mut found = Vec::new();
     // The first of duplicate features counts; the others are reported as duplicates.
     let mut by_key: BTreeMap<&FeatureKey, &FeatureEntry<'_>> = BTreeMap::new();
@@ -754,7 +752,7 @@ fn semantic_checks(
     }
 
     found.extend(budget_checks(&by_key, policies, &analysis));
-    (analysis, found)
+    (analysis, nodes, found)
 }
 
 /// The feature name closest to a missing one, in the same namespace, as a suggestion.
@@ -872,42 +870,91 @@ fn budget_checks(
     found
 }
 
-/// Start-up batches per namespace.
-fn plans(analysis: &GraphAnalysis) -> BTreeMap<String, Plan> {
+/// Start-up batches per namespace, and the features that cannot start with why: on or behind a
+/// cycle, a required dependency missing or not permitted, or waiting for such a feature.
+fn plans(analysis: &GraphAnalysis, nodes: &[FeatureNode]) -> BTreeMap<String, Plan> {
+    let mut reasons: BTreeMap<&FeatureKey, String> = BTreeMap::new();
+    let mut queue: Vec<&FeatureKey> = Vec::new();
+    for node in nodes {
+        let key = &node.key;
+        let ns = key.namespace.as_str();
+        let required = |targets: &[FeatureKey]| -> Vec<String> {
+            let mut names: Vec<String> = targets
+                .iter()
+                .filter(|t| {
+                    node.depends_on
+                        .iter()
+                        .any(|e| &e.target == *t && !e.optional)
+                })
+                .map(|t| t.relative_to(ns))
+                .collect();
+            names.dedup();
+            names
+        };
+        let missing = required(analysis.missing(key));
+        let not_permitted = required(analysis.not_permitted(key));
+        let reason = if analysis.on_cycle(key) {
+            Some("on a dependency cycle".to_string())
+        } else if !missing.is_empty() {
+            Some(format!("missing {}", missing.join(", ")))
+        } else if !not_permitted.is_empty() {
+            Some(format!("not permitted to use {}", not_permitted.join(", ")))
+        } else if analysis.level(key).is_none() {
+            Some("behind a dependency cycle".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            reasons.insert(key, reason);
+            queue.push(key);
+        }
+    }
+    // Whoever requires a feature that cannot start cannot start either.
+    let required_by: BTreeMap<&FeatureKey, Vec<&FeatureKey>> = {
+        let mut map: BTreeMap<&FeatureKey, Vec<&FeatureKey>> = BTreeMap::new();
+        for node in nodes {
+            for edge in node.depends_on.iter().filter(|e| !e.optional) {
+                map.entry(&edge.target).or_default().push(&node.key);
+            }
+        }
+        map
+    };
+    while let Some(key) = queue.pop() {
+        for dependent in required_by.get(key).into_iter().flatten() {
+            if !reasons.contains_key(dependent) {
+                reasons.insert(
+                    dependent,
+                    format!("waits for {}", key.relative_to(&dependent.namespace)),
+                );
+                queue.push(dependent);
+            }
+        }
+    }
+
     let mut plans: BTreeMap<String, Plan> = BTreeMap::new();
-    for (level, batch) in analysis.plan().into_iter().enumerate() {
+    for batch in analysis.plan() {
         let mut by_ns: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for key in &batch {
+        for key in batch.iter().filter(|k| !reasons.contains_key(k)) {
             by_ns
                 .entry(key.namespace.as_str())
                 .or_default()
                 .push(key.name.clone());
         }
+        let level = batch.first().and_then(|k| analysis.level(k)).unwrap_or(0);
         for (ns, names) in by_ns {
-            // `plan()` drops empty levels, so its position may differ from the level number.
-            let number = batch
-                .first()
-                .and_then(|k| analysis.level(k))
-                .unwrap_or(level as u32);
             plans
                 .entry(ns.to_string())
                 .or_default()
                 .levels
-                .push((number, names));
+                .push((level, names));
         }
     }
-    let mut blocked: BTreeSet<&FeatureKey> = BTreeSet::new();
-    for key in analysis.keys() {
-        if analysis.level(key).is_none() {
-            blocked.insert(key);
-        }
-    }
-    for key in blocked {
+    for (key, reason) in reasons {
         plans
             .entry(key.namespace.clone())
             .or_default()
             .blocked
-            .push(key.name.clone());
+            .push(format!("{} ({reason})", key.name));
     }
     plans
 }
@@ -996,7 +1043,14 @@ spec:
             "{l:#?}"
         );
         assert!(l[1].contains("PremiumFeature/portal/b: dependency cycle b -> a -> b"));
-        assert_eq!(report.plans["portal"].blocked, ["a", "b", "c"]);
+        assert_eq!(
+            report.plans["portal"].blocked,
+            [
+                "a (on a dependency cycle)",
+                "b (on a dependency cycle)",
+                "c (behind a dependency cycle)"
+            ]
+        );
     }
 
     #[test]
@@ -1018,6 +1072,29 @@ spec:
             &[feature("catalog", ""), feature("a", "catalg")].join("---\n"),
         )]);
         assert_one_error(&report, "Did you mean catalog?");
+    }
+
+    #[test]
+    fn features_that_cannot_start_are_named_with_why() {
+        let text = [
+            feature("a", "gone"),
+            feature("b", "a"),
+            feature("c", "a?"),
+            feature("d", ""),
+        ]
+        .join("---\n");
+        let report = run(&[("p.yaml", &text)]);
+        let plan = &report.plans["portal"];
+        assert_eq!(
+            plan.levels,
+            vec![(0, vec!["d".to_string()]), (1, vec!["c".to_string()])]
+        );
+        assert_eq!(plan.blocked, ["a (missing gone)", "b (waits for a)"]);
+        assert!(
+            report
+                .render()
+                .contains("  cannot start: a (missing gone), b (waits for a)\n")
+        );
     }
 
     #[test]
