@@ -15,7 +15,7 @@
 //! followed by the start-up plan of each namespace and a summary line
 //! (`2 errors, 1 warning (8 files, 9 objects)`). The exit code is 1 when there is an error.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::LazyLock;
@@ -1410,7 +1410,10 @@ spec: {selector: {matchLabels: {tier: nope}}}
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        // 64 cases keep `make test` quick; set PROPTEST_CASES for a longer hunt.
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+        ))]
 
         #[test]
         fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
