@@ -559,6 +559,9 @@ fn operator_checks(object: &Object, value: &Value) -> Vec<String> {
             ));
         }
     }
+    if object.kind == DocKind::Policy {
+        errors.extend(selector_problems(value));
+    }
     if object.kind == DocKind::Feature {
         let resources = value.get("spec").and_then(|s| s.get("resources"));
         let mut parsed: BTreeMap<(&str, &str), f64> = BTreeMap::new();
@@ -594,6 +597,46 @@ fn operator_checks(object: &Object, value: &Value) -> Vec<String> {
             {
                 errors.push(format!(
                     "spec.resources.requests.{resource} is greater than spec.resources.limits.{resource}; the Deployment would be refused. Lower the request or raise the limit"
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// Label selector expressions the API server accepts (the schema has no enum) but that select
+/// nothing: an unknown operator, `In`/`NotIn` without values, `Exists`/`DoesNotExist` with some.
+fn selector_problems(value: &Value) -> Vec<String> {
+    let expressions = value
+        .pointer("/spec/selector/matchExpressions")
+        .and_then(Value::as_array);
+    let mut errors = Vec::new();
+    for (i, expr) in expressions.into_iter().flatten().enumerate() {
+        let path = format!("spec.selector.matchExpressions[{i}]");
+        let operator = expr
+            .get("operator")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let values = expr
+            .get("values")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        match operator {
+            "In" | "NotIn" if values == 0 => errors.push(format!(
+                "{path}: operator {operator} needs at least one entry in values; as written it selects nothing"
+            )),
+            "Exists" | "DoesNotExist" if values > 0 => errors.push(format!(
+                "{path}: operator {operator} takes no values; remove them"
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => {
+                let hint = ["In", "NotIn", "Exists", "DoesNotExist"]
+                    .iter()
+                    .find(|o| o.eq_ignore_ascii_case(other))
+                    .map(|o| format!(" (did you mean {o}?)"))
+                    .unwrap_or_default();
+                errors.push(format!(
+                    "{path}.operator: {other:?} is not an operator{hint}; use In, NotIn, Exists or DoesNotExist (the policy would select nothing)"
                 ));
             }
         }
@@ -1144,6 +1187,35 @@ spec:
     }
 
     #[test]
+    fn selector_expressions_must_make_sense() {
+        let policy = |expr: &str| {
+            format!(
+                "apiVersion: premium.dev/v1alpha1\nkind: PremiumPolicy\nmetadata: {{name: p, namespace: portal}}\nspec: {{selector: {{matchExpressions: [{expr}]}}}}\n"
+            )
+        };
+        let f = feature("a", "");
+        for (expr, needle) in [
+            (
+                "{key: tier, operator: in, values: [premium]}",
+                "is not an operator (did you mean In?)",
+            ),
+            (
+                "{key: tier, operator: In}",
+                "needs at least one entry in values",
+            ),
+            (
+                "{key: tier, operator: Exists, values: [x]}",
+                "takes no values",
+            ),
+        ] {
+            let text = [f.clone(), policy(expr)].join("---\n");
+            assert_one_error(&run(&[("s.yaml", &text)]), needle);
+        }
+        let text = [f, policy("{key: tier, operator: In, values: [premium]}")].join("---\n");
+        assert_eq!(run(&[("s.yaml", &text)]).errors(), 0);
+    }
+
+    #[test]
     fn policy_selecting_nothing_is_a_warning() {
         let policy = "apiVersion: premium.dev/v1alpha1
 kind: PremiumPolicy
@@ -1447,6 +1519,71 @@ spec: {selector: {matchLabels: {tier: nope}}}
             };
             let text = serde_yaml::to_string(&object).unwrap_or_default();
             let _ = run(&[("p.yaml", &text), ("q.yaml", &feature("b", "a,c?"))]).render();
+        }
+
+        #[test]
+        fn well_typed_sets_never_panic(
+            features in prop::collection::vec(
+                (
+                    prop::sample::select(vec!["a", "b", "c", "d"]),
+                    prop::sample::select(vec!["portal", "team-a"]),
+                    any::<i32>(),
+                    prop::option::of((any::<i32>(), any::<i32>(), any::<i32>())),
+                    prop::collection::vec(
+                        (
+                            prop::sample::select(vec!["a", "b", "c", "x"]),
+                            prop::option::of(prop::sample::select(vec!["portal", "team-a"])),
+                            any::<bool>(),
+                        ),
+                        0..4,
+                    ),
+                    "(0|1|[0-9]{1,9})(ms|s|m|h)",
+                ),
+                0..6,
+            ),
+            budget in any::<i32>(),
+            priority in any::<i32>(),
+            expose in prop::collection::vec(prop::sample::select(vec!["portal", "team-a", "Bad_Ns"]), 0..3),
+        ) {
+            let mut docs: Vec<Value> = Vec::new();
+            for (name, ns, port, pool, deps, timeout) in features {
+                let mut spec = serde_json::json!({
+                    "image": "x", "port": port, "startupTimeout": timeout,
+                    "dependsOn": deps.iter().map(|(n, dns, optional)| {
+                        let mut d = serde_json::json!({"name": n, "optional": optional});
+                        if let Some(dns) = dns { d["namespace"] = Value::from(*dns); }
+                        d
+                    }).collect::<Vec<_>>(),
+                });
+                if let Some((min, max, weight)) = pool {
+                    spec["pool"] = serde_json::json!({"minReplicas": min, "maxReplicas": max, "weight": weight});
+                }
+                docs.push(serde_json::json!({
+                    "apiVersion": "premium.dev/v1alpha1", "kind": "PremiumFeature",
+                    "metadata": {"name": name, "namespace": ns, "labels": {"tier": "premium"}},
+                    "spec": spec,
+                }));
+            }
+            docs.push(serde_json::json!({
+                "apiVersion": "premium.dev/v1alpha1", "kind": "PremiumPolicy",
+                "metadata": {"name": "p", "namespace": "portal"},
+                "spec": {
+                    "selector": {"matchLabels": {"tier": "premium"}},
+                    "priority": priority,
+                    "pool": {"budget": {"maxReplicas": budget}},
+                    "exposeTo": {"namespaces": expose},
+                },
+            }));
+            let text = docs
+                .iter()
+                .map(|d| serde_yaml::to_string(d).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("---\n");
+            let report = run(&[("w.yaml", &text)]);
+            let _ = report.render();
+            for d in &report.diagnostics {
+                prop_assert!(!d.to_string().contains('\n'));
+            }
         }
 
         #[test]
