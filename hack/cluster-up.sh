@@ -68,6 +68,9 @@ on_exit() {
 }
 trap on_exit EXIT
 trap 'exit 130' INT TERM
+# Anything that fails without a message of its own still says where.
+set -o errtrace
+trap 'printf "error: cluster-up.sh line %s: \`%s\` failed\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 # fail COMPONENT MESSAGE: say what went wrong and show the component's log.
 fail() {
@@ -319,13 +322,18 @@ start kube-scheduler "$(tool_path kube-scheduler)" \
 
 # No --node-port/--server-address: KWOK then serves nothing (no exec/logs
 # endpoints), so it opens no port at all.
+# --node-lease-duration-seconds: without it (0, the default when no
+#   KwokConfiguration is given) KWOK renews no Lease, the node lifecycle
+#   controller marks the node NotReady every ~50 s and KWOK flips it back,
+#   tainting it unschedulable for seconds at a time.
 start kwok "$(tool_path kwok)" \
   --kubeconfig="${CLUSTER_DIR}/kwok.kubeconfig" \
   --config="${REPO_ROOT}/hack/kwok/stages.yaml" \
   --manage-all-nodes=false \
   --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --cidr="${POD_CIDR}" \
-  --node-ip=127.0.0.1
+  --node-ip=127.0.0.1 \
+  --node-lease-duration-seconds=40
 
 healthz() { curl -skf --max-time 2 "https://127.0.0.1:$1/healthz" >/dev/null 2>&1; }
 wait_until kube-controller-manager "kube-controller-manager /healthz on 127.0.0.1:${KCM_PORT}" healthz "$KCM_PORT"
