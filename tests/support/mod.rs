@@ -378,6 +378,26 @@ pub async fn wait_for_deployment_available(
     wait_for(api, name, deployment_available(), timeout).await
 }
 
+/// Server-side applies `object` (named by its `metadata.name`) with
+/// [`FIELD_MANAGER`], forcing ownership: create-or-update in one call.
+pub async fn apply<K>(api: &Api<K>, object: &K) -> anyhow::Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .context("object to apply has no metadata.name")?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .with_context(|| format!("applying {}", describe::<K>(api, &name)))
+}
+
 /// Server-side applies a CustomResourceDefinition (idempotent) and waits
 /// until it is Established, i.e. its resource can be served.
 pub async fn install_crd(
@@ -385,17 +405,10 @@ pub async fn install_crd(
     crd: &CustomResourceDefinition,
 ) -> anyhow::Result<CustomResourceDefinition> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = crd.name_any();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(crd),
-    )
-    .await
-    .with_context(|| format!("applying CustomResourceDefinition {name}"))?;
+    let applied = apply(&api, crd).await?;
     wait_for(
         &api,
-        &name,
+        &applied.name_any(),
         conditions::is_crd_established(),
         DEFAULT_TIMEOUT,
     )
@@ -435,3 +448,5 @@ fn last_seen_summary<K: Serialize>(last_seen: Option<&Option<K>>) -> String {
     }
     format!("status {text}")
 }
+
+pub mod operator;
