@@ -1,7 +1,11 @@
 // Tools module: builds kube-apiserver, kube-controller-manager and kube-scheduler
 // from the published k8s.io/kubernetes module. k8s.io/kubernetes points its
 // staging modules at ./staging; a dependent must replace each one with its
-// published v0.x release. Regenerate with hack/build-tools.sh --regen-kubernetes-mod.
+// published v0.x release. To move to another release: list the staging modules
+// (`grep '=> ./staging' "$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/vX.Y.Z.mod"`),
+// replace each with its v0.Y.Z, then
+// `go get -tool k8s.io/kubernetes/cmd/<each tool>@vX.Y.Z && go mod tidy` (always pin
+// @vX.Y.Z: unpinned, go picks the newest release) and set KUBE_VERSION in hack/lib.sh.
 module premium-operator/hack/tools/kubernetes
 
 go 1.26.0
