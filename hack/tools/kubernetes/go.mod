@@ -1,4 +1,4 @@
-// Tools module: builds kube-apiserver, kube-controller-manager and kube-scheduler
+// Tools module: builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl
 // from the published k8s.io/kubernetes module. k8s.io/kubernetes points its
 // staging modules at ./staging; a dependent must replace each one with its
 // published v0.x release. To move to another release: list the staging modules
