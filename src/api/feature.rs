@@ -1,5 +1,8 @@
 //! The `PremiumFeature` custom resource: one premium feature run as a replica pool.
 
+// The derive's repeated `printcolumn(type_ = …)` keys look like duplicates to clippy.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};

@@ -1,6 +1,9 @@
 //! The `PremiumPolicy` custom resource: traffic, pool, start-up and recovery settings shared by
 //! the features it selects.
 
+// The derive's repeated `printcolumn(type_ = …)` keys look like duplicates to clippy.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

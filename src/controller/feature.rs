@@ -105,7 +105,6 @@ pub async fn reconcile(
         controller: CONTROLLER,
     };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    ctx.wait_synced().await;
     let started = std::time::Instant::now();
     let result = reconcile_feature(feature, &ctx).await;
     ctx.metrics
@@ -567,12 +566,17 @@ async fn teardown(
     if !feature.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
+    // Members of one dependency cycle cannot go in order; they go together.
+    let graph = ctx.graph();
+    let on_cycle = |k: &FeatureKey| graph.cycle(key).is_some_and(|path| path.contains(k));
     let dependents_leaving: Vec<String> = lock(&ctx.index)
         .dependents(key)
         .into_iter()
         .filter(|d| {
-            ctx.feature(d)
-                .is_some_and(|f| f.meta().deletion_timestamp.is_some())
+            !on_cycle(d)
+                && ctx
+                    .feature(d)
+                    .is_some_and(|f| f.meta().deletion_timestamp.is_some())
         })
         .map(|d| d.relative_to(&key.namespace))
         .collect();

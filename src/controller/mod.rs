@@ -20,8 +20,8 @@ use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector;
-use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -40,6 +40,9 @@ use crate::runtime::metrics::{ErrorLabels, Metrics, PhaseLabels, request_counter
 use crate::runtime::telemetry;
 use context::{Context, Settings, Stores, lock};
 
+/// How long a shutdown waits for in-flight reconciles.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// Finalizer that lets dependents be torn down before their dependencies.
 pub const FINALIZER: &str = "premium.dev/teardown";
 
@@ -54,6 +57,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("the caches have not finished their first list yet")]
+    NotSynced,
 }
 
 impl Error {
@@ -81,6 +86,7 @@ impl Error {
             },
             Error::Kube { .. } => "Transport",
             Error::Invalid(_) => "InvalidObject",
+            Error::NotSynced => "NotSynced",
         }
     }
 }
@@ -322,16 +328,22 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     }
     .shared();
 
-    run_controllers(
+    let controllers = run_controllers(
         &args,
         client.clone(),
         metrics.clone(),
         ready.clone(),
         features_reader,
         features_writer,
-        controllers_stop,
-    )
-    .await;
+        controllers_stop.clone(),
+    );
+    // Graceful shutdown drains in-flight reconciles, but never waits forever (an API server
+    // that stopped answering must not keep the process, and so the lease, alive).
+    let deadline = controllers_stop.then(|_| tokio::time::sleep(SHUTDOWN_GRACE));
+    tokio::select! {
+        _ = controllers => {},
+        _ = deadline => warn!(grace = ?SHUTDOWN_GRACE, "in-flight reconciles did not finish in time; stopping anyway"),
+    }
 
     if lost_leadership.load(Ordering::Relaxed) {
         error!("lost the leader lease; stopping so that only the leader writes");
@@ -352,6 +364,66 @@ fn owned_config() -> watcher::Config {
     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY},{FEATURE_LABEL}"))
 }
 
+/// Drives one watch into its store on a task of its own and calls `on_event` for every event.
+///
+/// Stores never depend on a controller polling them, so a reconcile can never wait on a cache
+/// that only its own controller would fill; triggers go through unbounded channels, so a busy
+/// controller never holds a watch back.
+fn drive<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    strip: fn(&mut K),
+    on_event: impl Fn(&WatchEvent<K>) + Send + 'static,
+) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let task = tokio::spawn(async move {
+        let stream = watcher(api, config)
+            .default_backoff()
+            .map_ok(move |ev| ev.modify(strip))
+            .reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(ev) => on_event(&ev),
+                Err(e) => {
+                    warn!(error = %e, kind = %K::kind(&K::DynamicType::default()), "watch failed; retrying with backoff")
+                }
+            }
+        }
+    });
+    (reader, task)
+}
+
+fn strip_managed_fields<K: Resource>(o: &mut K) {
+    o.managed_fields_mut().clear();
+}
+
+/// The feature that controls an owned object, as a reconcile request.
+fn owner_ref<K: Resource>(obj: &K) -> Option<ObjectRef<DeserializeGuard<PremiumFeature>>> {
+    let owner = obj
+        .owner_references()
+        .iter()
+        .find(|r| r.controller == Some(true) && r.kind == "PremiumFeature")?;
+    Some(ObjectRef::new(&owner.name).within(&obj.namespace()?))
+}
+
+fn forward_owner<K: Resource>(
+    tx: mpsc::UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
+) -> impl Fn(&WatchEvent<K>) + Send + 'static {
+    move |ev| match ev {
+        WatchEvent::Apply(o) | WatchEvent::Delete(o) | WatchEvent::InitApply(o) => {
+            if let Some(r) = owner_ref(o) {
+                let _ = tx.send(r);
+            }
+        }
+        WatchEvent::Init | WatchEvent::InitDone => {}
+    }
+}
+
 /// Builds the watches, stores and both controllers, and runs them until `stop` resolves.
 #[allow(clippy::too_many_arguments)]
 async fn run_controllers(
@@ -367,25 +439,35 @@ async fn run_controllers(
     let (feature_tx, feature_rx) = mpsc::unbounded_channel();
     let (policy_tx, policy_rx) = mpsc::unbounded_channel();
 
-    // Owned objects: label-filtered caches, managedFields dropped to save memory.
-    macro_rules! owned_store {
-        ($t:ty) => {{
-            let (reader, writer) = reflector::store::<$t>();
-            let stream = watcher(api::<$t>(&client, ns), owned_config())
-                .default_backoff()
-                .modify(|o: &mut $t| {
-                    o.managed_fields_mut().clear();
-                })
-                .reflect(writer)
-                .touched_objects();
-            (reader, stream)
-        }};
-    }
-    use kube::runtime::watcher;
-    let (deploy_reader, deploy_stream) = owned_store!(Deployment);
-    let (svc_reader, svc_stream) = owned_store!(Service);
-    let (cm_reader, cm_stream) = owned_store!(ConfigMap);
-    let (hpa_reader, hpa_stream) = owned_store!(HorizontalPodAutoscaler);
+    // Owned objects: label-filtered caches with managedFields dropped to save memory; each
+    // event asks for a reconcile of the feature that controls the object.
+    let (deploy_reader, deploy_task) = drive(
+        api::<Deployment>(&client, ns),
+        owned_config(),
+        strip_managed_fields,
+        forward_owner(feature_tx.clone()),
+    );
+    let (svc_reader, svc_task) = drive(
+        api::<Service>(&client, ns),
+        owned_config(),
+        strip_managed_fields,
+        forward_owner(feature_tx.clone()),
+    );
+    let (cm_reader, cm_task) = drive(
+        api::<ConfigMap>(&client, ns),
+        owned_config(),
+        strip_managed_fields,
+        forward_owner(feature_tx.clone()),
+    );
+    let (hpa_reader, hpa_task) = drive(
+        api::<HorizontalPodAutoscaler>(&client, ns),
+        owned_config(),
+        strip_managed_fields,
+        forward_owner(feature_tx.clone()),
+    );
+
+    // The context needs the policy store before the policy watch starts, so that watch is
+    // wired by hand below.
     let (policy_reader, policy_writer) = reflector::store::<DeserializeGuard<PremiumPolicy>>();
 
     let reporter = Reporter {
@@ -405,8 +487,8 @@ async fn run_controllers(
             configmaps: cm_reader,
             hpas: hpa_reader,
         },
-        feature_tx,
-        policy_tx,
+        feature_tx.clone(),
+        policy_tx.clone(),
         metrics.clone(),
         Recorder::new(client.clone(), reporter),
         Settings {
@@ -415,67 +497,108 @@ async fn run_controllers(
         },
     ));
 
-    // Features: the index learns every change before the reconcilers run, and wakes
-    // dependents (reverse index) and policies.
-    let feature_stream = {
+    // Features: the index learns every change before the reconcilers run, then the feature
+    // itself, its dependents (reverse index) and affected policies are queued.
+    let feature_task = {
         let ctx = ctx.clone();
-        watcher(
-            api::<DeserializeGuard<PremiumFeature>>(&client, ns),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .map_ok(|ev| ev.modify(|g: &mut DeserializeGuard<PremiumFeature>| strip_guard(g)))
-        .reflect(features_writer)
-        .inspect_ok(move |ev| index_feature_event(&ctx, ev))
-        .touched_objects()
+        let api = api::<DeserializeGuard<PremiumFeature>>(&client, ns);
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .map_ok(|ev| ev.modify(strip_guard))
+                .reflect(features_writer);
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(ev) => index_feature_event(&ctx, &ev),
+                    Err(e) => {
+                        warn!(error = %e, "PremiumFeature watch failed; retrying with backoff")
+                    }
+                }
+            }
+        })
     };
-    let policy_stream = {
+    let policy_task = {
         let ctx = ctx.clone();
-        watcher(
-            api::<DeserializeGuard<PremiumPolicy>>(&client, ns),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(policy_writer)
-        .inspect_ok(move |ev| index_policy_event(&ctx, ev))
-        .touched_objects()
+        let api = api::<DeserializeGuard<PremiumPolicy>>(&client, ns);
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .reflect(policy_writer);
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(ev) => index_policy_event(&ctx, &ev),
+                    Err(e) => {
+                        warn!(error = %e, "PremiumPolicy watch failed; retrying with backoff")
+                    }
+                }
+            }
+        })
     };
+    let tasks = [
+        deploy_task,
+        svc_task,
+        cm_task,
+        hpa_task,
+        feature_task,
+        policy_task,
+    ];
 
-    let controller_config = ControllerConfig::default()
-        .concurrency(args.concurrency)
-        .debounce(Duration::from_millis(0));
-
-    let feature_controller = Controller::for_stream(feature_stream, features_reader.clone())
-        .with_config(controller_config.clone())
-        .owns_stream(deploy_stream)
-        .owns_stream(svc_stream)
-        .owns_stream(cm_stream)
-        .owns_stream(hpa_stream)
-        .reconcile_on(UnboundedReceiverStream::new(feature_rx))
-        .graceful_shutdown_on(stop.clone())
-        .run(feature::reconcile, error_policy_feature, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-
-    let policy_controller = Controller::for_stream(policy_stream, policy_reader.clone())
-        .with_config(controller_config)
-        .reconcile_on(UnboundedReceiverStream::new(policy_rx))
-        .graceful_shutdown_on(stop.clone())
-        .run(policy::reconcile, error_policy_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-
-    let readiness = {
-        let features = features_reader.clone();
-        let policies = policy_reader.clone();
-        let ready = ready.clone();
-        async move {
-            let _ = features.wait_until_ready().await;
-            let _ = policies.wait_until_ready().await;
-            ready.store(true, Ordering::Relaxed);
-            info!("caches synced; reconciling");
+    // Decide nothing from a partial picture: every cache has its first full list first.
+    tokio::select! {
+        _ = ctx.wait_synced() => {},
+        _ = stop.clone() => {
+            for t in &tasks { t.abort(); }
+            return;
         }
-    };
-    tokio::join!(feature_controller, policy_controller, readiness);
+    }
+    ready.store(true, Ordering::Relaxed);
+    info!("caches synced; reconciling");
+    // Everything that existed before the first list gets one reconcile.
+    for f in ctx.features() {
+        let _ = feature_tx
+            .send(ObjectRef::new(&f.name_any()).within(&f.namespace().unwrap_or_default()));
+    }
+    for p in valid_policies(&policy_reader) {
+        let _ = policy_tx.send(p);
+    }
+
+    let controller_config = ControllerConfig::default().concurrency(args.concurrency);
+    let feature_controller = Controller::for_stream(
+        futures::stream::pending::<Result<DeserializeGuard<PremiumFeature>, watcher::Error>>(),
+        features_reader.clone(),
+    )
+    .with_config(controller_config.clone())
+    .reconcile_on(UnboundedReceiverStream::new(feature_rx))
+    .graceful_shutdown_on(stop.clone())
+    .run(feature::reconcile, error_policy_feature, ctx.clone())
+    .for_each(|_| futures::future::ready(()));
+    let policy_controller = Controller::for_stream(
+        futures::stream::pending::<Result<DeserializeGuard<PremiumPolicy>, watcher::Error>>(),
+        policy_reader.clone(),
+    )
+    .with_config(controller_config)
+    .reconcile_on(UnboundedReceiverStream::new(policy_rx))
+    .graceful_shutdown_on(stop.clone())
+    .run(policy::reconcile, error_policy_policy, ctx.clone())
+    .for_each(|_| futures::future::ready(()));
+    tokio::join!(feature_controller, policy_controller);
+    for t in &tasks {
+        t.abort();
+    }
     ready.store(false, Ordering::Relaxed);
+}
+
+fn valid_policies(
+    store: &reflector::Store<DeserializeGuard<PremiumPolicy>>,
+) -> Vec<ObjectRef<DeserializeGuard<PremiumPolicy>>> {
+    store
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .map(|p| ObjectRef::new(&p.name_any()).within(&p.namespace().unwrap_or_default()))
+        .collect()
 }
 
 fn strip_guard(g: &mut DeserializeGuard<PremiumFeature>) {
@@ -489,6 +612,13 @@ fn feature_key(f: &PremiumFeature) -> FeatureKey {
 }
 
 fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFeature>>) {
+    if let WatchEvent::Apply(g) = ev
+        && let Ok(f) = &g.0
+    {
+        let _ = ctx
+            .feature_triggers
+            .send(ObjectRef::new(&f.name_any()).within(&f.namespace().unwrap_or_default()));
+    }
     let wake = {
         let mut index = lock(&ctx.index);
         match ev {
@@ -507,6 +637,13 @@ fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFe
 }
 
 fn index_policy_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumPolicy>>) {
+    if let WatchEvent::Apply(g) = ev
+        && let Ok(p) = &g.0
+    {
+        let _ = ctx
+            .policy_triggers
+            .send(ObjectRef::new(&p.name_any()).within(&p.namespace().unwrap_or_default()));
+    }
     let wake = match ev {
         WatchEvent::Apply(g) | WatchEvent::InitApply(g) => match &g.0 {
             Ok(p) => {

@@ -20,7 +20,7 @@ use crate::core::budget::{BudgetAllocation, PoolRequest, allocate};
 use crate::core::graph::{FeatureKey, GraphAnalysis};
 use crate::core::policy::{conflicts_by_policy, effective_policy, selects};
 use crate::core::settings::pool_settings;
-use crate::core::status::{now_time, set_condition};
+use crate::core::status::{Stamp, now_time, set_condition};
 use crate::runtime::metrics::{ControllerLabels, KindLabels};
 
 const CONTROLLER: &str = "policy";
@@ -155,7 +155,6 @@ pub async fn reconcile(
         controller: CONTROLLER,
     };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    ctx.wait_synced().await;
     let started = std::time::Instant::now();
     let result = reconcile_policy(policy, &ctx).await;
     ctx.metrics
@@ -223,6 +222,10 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
     let previous = policy.status.clone().unwrap_or_default();
     let generation = policy.metadata.generation;
     let mut conditions = Vec::new();
+    let stamp = Stamp {
+        generation,
+        now: &now,
+    };
     let exceeded = has_budget && alloc.exceeded;
     let (ready_reason, ready_message) = if exceeded {
         (
@@ -245,8 +248,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
         !exceeded,
         ready_reason,
         &ready_message,
-        generation,
-        &now,
+        stamp,
     );
     let (c_reason, c_message) = if mine.is_empty() {
         (reason::NO_CONFLICT, String::new())
@@ -266,8 +268,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
         !mine.is_empty(),
         c_reason,
         &c_message,
-        generation,
-        &now,
+        stamp,
     );
     let (b_reason, b_message) = match (has_budget, exceeded) {
         (false, _) => (reason::NO_BUDGET, String::new()),
@@ -294,8 +295,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
         exceeded,
         b_reason,
         &b_message,
-        generation,
-        &now,
+        stamp,
     );
 
     let clamp = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);

@@ -56,7 +56,7 @@ pub fn selects(policy: &PremiumPolicy, feature: &PremiumFeature) -> bool {
 }
 
 /// Policies ordered the way the merge ranks them: priority descending, then name.
-pub fn rank<'a>(mut policies: Vec<&'a PremiumPolicy>) -> Vec<&'a PremiumPolicy> {
+pub fn rank(mut policies: Vec<&PremiumPolicy>) -> Vec<&PremiumPolicy> {
     policies.sort_by(|a, b| {
         b.spec
             .priority

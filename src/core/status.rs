@@ -247,6 +247,13 @@ fn blocked_message(blocked: &[BlockedBy], _first: &str) -> String {
     format!("waiting for {}", parts.join("; "))
 }
 
+/// When and for which generation conditions are computed.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    pub generation: Option<i64>,
+    pub now: &'a Time,
+}
+
 /// Sets a condition in `conditions`, keeping `lastTransitionTime` when the status is unchanged.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
@@ -255,9 +262,9 @@ pub fn set_condition(
     status: bool,
     reason: &str,
     message: &str,
-    generation: Option<i64>,
-    now: &Time,
+    stamp: Stamp<'_>,
 ) {
+    let (generation, now) = (stamp.generation, stamp.now);
     let status = if status { "True" } else { "False" };
     let last_transition_time = previous
         .iter()
@@ -313,7 +320,10 @@ pub fn feature_status(
             ),
         )
     };
-    let g = o.generation;
+    let stamp = Stamp {
+        generation: o.generation,
+        now,
+    };
     set_condition(
         &mut conditions,
         prev_conditions,
@@ -321,8 +331,7 @@ pub fn feature_status(
         v.ready.0,
         v.ready.1,
         &v.ready.2,
-        g,
-        now,
+        stamp,
     );
     set_condition(
         &mut conditions,
@@ -331,8 +340,7 @@ pub fn feature_status(
         deps.0,
         deps.1,
         &deps.2,
-        g,
-        now,
+        stamp,
     );
     set_condition(
         &mut conditions,
@@ -341,8 +349,7 @@ pub fn feature_status(
         v.reconciling.0,
         v.reconciling.1,
         &v.reconciling.2,
-        g,
-        now,
+        stamp,
     );
     set_condition(
         &mut conditions,
@@ -351,8 +358,7 @@ pub fn feature_status(
         v.stalled.0,
         v.stalled.1,
         &v.stalled.2,
-        g,
-        now,
+        stamp,
     );
     set_condition(
         &mut conditions,
@@ -361,8 +367,7 @@ pub fn feature_status(
         v.degraded.0,
         v.degraded.1,
         &v.degraded.2,
-        g,
-        now,
+        stamp,
     );
 
     let health = o.deployment.as_ref();

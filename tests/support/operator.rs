@@ -1,0 +1,254 @@
+//! Runs the real `premium-operator` binary against the test cluster, one instance per test,
+//! scoped to the test's namespace so tests running side by side never share an operator.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, CustomResourceExt};
+use premium_operator::api::{PremiumFeature, PremiumPolicy};
+
+use super::{FIELD_MANAGER, install_crd, kubeconfig_path};
+
+/// Installs (or updates) both CRDs from the Rust types and waits until they are served.
+pub async fn ensure_crds(client: &Client) -> anyhow::Result<()> {
+    install_crd(client, &PremiumFeature::crd()).await?;
+    install_crd(client, &PremiumPolicy::crd()).await?;
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A running operator process, killed when dropped.
+pub struct Operator {
+    child: Child,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator scoped to `namespace` (or the whole cluster with `None`).
+    pub fn start(namespace: Option<&str>, extra: &[&str]) -> anyhow::Result<Self> {
+        let port = free_port();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join(format!(
+            "operator-{}-{port}.log",
+            namespace.unwrap_or("cluster")
+        ));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_premium-operator"));
+        cmd.arg("run")
+            .arg("--metrics-address")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        if let Some(ns) = namespace {
+            cmd.arg("--namespace").arg(ns);
+        }
+        let child = cmd.spawn().context("starting premium-operator")?;
+        Ok(Self {
+            child,
+            metrics_port: port,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The `/metrics` text, or an error while the endpoint is not up.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        Ok(body)
+    }
+
+    /// Sum of every sample of a metric whose line starts with `prefix` (name plus any labels).
+    pub fn metric(&self, prefix: &str) -> anyhow::Result<f64> {
+        Ok(sum_metric(&self.metrics()?, prefix))
+    }
+
+    /// Writes this instance has sent: owned objects applied or deleted, and status patches.
+    pub fn writes(&self) -> anyhow::Result<f64> {
+        let m = self.metrics()?;
+        Ok(sum_metric(&m, "premium_object_writes_total")
+            + sum_metric(&m, "premium_status_writes_total"))
+    }
+
+    /// Waits until `/metrics` answers.
+    pub async fn wait_serving(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.metrics().is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "operator did not serve /metrics within {timeout:?}; log: {}",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit (graceful shutdown).
+    pub async fn terminate(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("operator did not exit within {timeout:?} after SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The log so far, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn sum_metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter(|l| {
+            prefix.contains('{') || matches!(l.as_bytes().get(prefix.len()), Some(b'{' | b' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A PremiumFeature manifest running podinfo, with `deps` as `name` or `name?` (optional).
+pub fn feature_yaml(name: &str, deps: &[&str], extra_spec: &str) -> String {
+    let deps: Vec<String> = deps
+        .iter()
+        .map(|d| match d.strip_suffix('?') {
+            Some(n) => format!("{{name: {n}, optional: true}}"),
+            None => format!("{{name: {d}}}"),
+        })
+        .collect();
+    format!(
+        "apiVersion: premium.dev/v1alpha1\nkind: PremiumFeature\nmetadata: {{name: {name}, labels: {{tier: premium}}}}\nspec:\n  image: ghcr.io/stefanprodan/podinfo:6.7.1\n  port: 9898\n  healthCheck: {{path: /readyz}}\n  dependsOn: [{}]\n{extra_spec}\n---\n",
+        deps.join(", ")
+    )
+}
+
+/// Server-side applies YAML documents (a test's manifests) into `namespace`.
+pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> anyhow::Result<()> {
+    use serde::Deserialize;
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let mut obj: kube::api::DynamicObject = serde_yaml::from_value(value)?;
+        obj.metadata.namespace = Some(namespace.to_string());
+        let types = obj
+            .types
+            .clone()
+            .context("document without apiVersion/kind")?;
+        let (group, version) = match types.api_version.split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), types.api_version.clone()),
+        };
+        let plural = format!("{}s", types.kind.to_lowercase()).replace("policys", "policies");
+        let ar = kube::discovery::ApiResource {
+            group: group.clone(),
+            version: version.clone(),
+            api_version: types.api_version.clone(),
+            kind: types.kind.clone(),
+            plural,
+        };
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &ar);
+        let name = obj
+            .metadata
+            .name
+            .clone()
+            .context("document without metadata.name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .with_context(|| format!("applying {} {namespace}/{name}", types.kind))?;
+    }
+    Ok(())
+}
+
+/// Deletes every PremiumFeature of a namespace while the operator still runs (its finalizer
+/// tears them down), waits until they are gone, then deletes the namespace.
+pub async fn finish(ns: super::TestNamespace, operator: Operator) -> anyhow::Result<()> {
+    let api: Api<PremiumFeature> = ns.api();
+    api.delete_collection(&Default::default(), &Default::default())
+        .await
+        .context("deleting the test's features")?;
+    let outcome = super::eventually(
+        "the test's features to be torn down",
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                Ok(api
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .is_empty()
+                    .then_some(()))
+            }
+        },
+    )
+    .await;
+    if let Err(e) = outcome {
+        bail!("{e:#}; operator log:\n{}", operator.log_tail());
+    }
+    drop(operator);
+    ns.delete().await
+}
