@@ -1,0 +1,88 @@
+{{/* Chart name, at most 63 characters. */}}
+{{- define "premium-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart unless the release name already contains the chart name. */}}
+{{- define "premium-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of cluster-scoped objects: the namespace is part of it, so the same release name
+in two namespaces does not collide. */}}
+{{- define "premium-operator.clusterName" -}}
+{{- printf "%s-%s" (include "premium-operator.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "premium-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "premium-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "premium-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "premium-operator.labels" -}}
+helm.sh/chart: {{ include "premium-operator.chart" . }}
+{{ include "premium-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: premium-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "premium-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "premium-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "premium-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The rules the operator needs on the resources it watches and writes (everything but the
+Lease, which lives in the release namespace). Verified against src/controller: */}}
+{{- define "premium-operator.rules" -}}
+# PremiumFeatures and PremiumPolicies: watched; features get the teardown finalizer by a patch.
+- apiGroups: ["premium.dev"]
+  resources: ["premiumfeatures"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["premium.dev"]
+  resources: ["premiumpolicies"]
+  verbs: ["get", "list", "watch"]
+# Status is written with server-side apply.
+- apiGroups: ["premium.dev"]
+  resources: ["premiumfeatures/status", "premiumpolicies/status"]
+  verbs: ["patch"]
+# The objects owned by each feature: server-side apply (patch, which creates when absent),
+# deletion of what is no longer wanted (the HPA while gated).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Events on transitions (kube's Recorder creates, then patches a series).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
