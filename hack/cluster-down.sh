@@ -6,7 +6,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 mkdir -p "${REPO_ROOT}/target"
-exec 9>"${REPO_ROOT}/target/cluster.lock"
+mkdir -p "$(dirname "$CLUSTER_LOCK")"
+exec 9>"$CLUSTER_LOCK"
 flock 9
 
 if [[ -d ${CLUSTER_DIR}/pids ]]; then

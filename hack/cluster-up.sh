@@ -7,6 +7,11 @@
 #   target/cluster/logs/        one log per component
 #   target/cluster/pids/        one pid file per component
 #   target/cluster/cluster.env  the ports in use
+#   target/cluster/cmd/         each component's command line (for restarts)
+#
+# PREMIUM_CLUSTER_DIR=target/cluster-faults (any directory) starts an
+# independent second cluster with its own state, ports and lock; the same
+# variable points hack/cluster-down.sh and hack/cluster-faults.sh at it.
 #
 # Returns once /readyz is ok, every Node is Ready and the default
 # ServiceAccount exists. A second call while the cluster is healthy does
@@ -17,6 +22,8 @@
 #   PREMIUM_KWOK_NODES   number of fake Nodes (default 1: kwok-node-0, ...)
 #   PREMIUM_NODE_CPU / PREMIUM_NODE_MEMORY / PREMIUM_NODE_PODS
 #                        capacity of each fake Node (default 128 / 512Gi / 5000)
+#   PREMIUM_APISERVER_ARGS extra kube-apiserver flags, space-separated (e.g.
+#                        --watch-cache=false, or an audit log for fault tests)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -44,7 +51,8 @@ KUBECTL=$(tool_path kubectl)
 mkdir -p "${REPO_ROOT}/target"
 # Serialize concurrent callers (e.g. two test runs); the lock outlives the
 # state directory, which cluster-down removes.
-exec 9>"${REPO_ROOT}/target/cluster.lock"
+mkdir -p "$(dirname "$CLUSTER_LOCK")"
+exec 9>"$CLUSTER_LOCK"
 flock 9
 
 # --- health ------------------------------------------------------------------
@@ -111,7 +119,7 @@ wait_until() {
 # Whatever is left of an earlier, unhealthy cluster goes first.
 stop_all_components
 rm -rf "$CLUSTER_DIR"
-mkdir -p "$PKI" "$LOGS" "$PIDS"
+mkdir -p "$PKI" "$LOGS" "$PIDS" "${CLUSTER_DIR}/cmd"
 
 # --- ports ---------------------------------------------------------------------
 
@@ -227,14 +235,14 @@ done
 
 # --- processes -------------------------------------------------------------------
 
-# start NAME COMMAND...: run COMMAND detached from this terminal, log to
-# logs/NAME.log, pid to pids/NAME.pid. fd 9 (our lock) is not inherited.
+# start NAME COMMAND...: record COMMAND in cmd/NAME, then launch it (lib.sh):
+# detached, log to logs/NAME.log, pid to pids/NAME.pid.
 start() {
   local name=$1
   shift
   log "starting ${name}"
-  setsid "$@" >"${LOGS}/${name}.log" 2>&1 </dev/null 9>&- &
-  echo $! >"${PIDS}/${name}.pid"
+  printf '%s\0' "$@" >"${CLUSTER_DIR}/cmd/${name}"
+  launch_component "$name"
 }
 
 # --unsafe-no-fsync: a throwaway test store; fsync would dominate on slow disks.
@@ -251,6 +259,7 @@ start etcd "$(tool_path etcd)" \
 etcd_healthy() { curl -sf --max-time 2 "http://127.0.0.1:${ETCD_PORT}/health" 2>/dev/null | grep -q '"health":"true"'; }
 wait_until etcd "etcd /health on 127.0.0.1:${ETCD_PORT}" etcd_healthy
 
+read -r -a APISERVER_EXTRA_ARGS <<<"${PREMIUM_APISERVER_ARGS:-}"
 # Admission plugins are the defaults (PodSecurity, ServiceAccount, ... are on).
 # --endpoint-reconciler-type=none: the advertise address is loopback, which an
 #   Endpoints object may not hold; the `kubernetes` Service still exists.
@@ -278,7 +287,8 @@ start kube-apiserver "$(tool_path kube-apiserver)" \
   --proxy-client-cert-file="${PKI}/front-proxy-client.crt" \
   --proxy-client-key-file="${PKI}/front-proxy-client.key" \
   --allow-privileged=true \
-  --profiling=false
+  --profiling=false \
+  "${APISERVER_EXTRA_ARGS[@]}"
 wait_until kube-apiserver "kube-apiserver /readyz on 127.0.0.1:${APISERVER_PORT}" apiserver_ready
 
 # --flex-volume-plugin-dir: otherwise it creates /usr/libexec/kubernetes/...

@@ -13,7 +13,17 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Built tools live outside the repo, keyed by version, so every worktree and
 # every `cargo clean` shares one build.
 PREMIUM_CACHE="${PREMIUM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/premium-operator}"
-CLUSTER_DIR="${REPO_ROOT}/target/cluster"
+# The cluster's state directory (pki, logs, pids, kubeconfig, etcd data).
+# PREMIUM_CLUSTER_DIR picks another one, e.g. target/cluster-faults, for an
+# independent second cluster (relative paths are taken from the repo root).
+# Ports are chosen free at start, so two clusters never collide.
+CLUSTER_DIR="${PREMIUM_CLUSTER_DIR:-target/cluster}"
+[[ $CLUSTER_DIR == /* ]] || CLUSTER_DIR="${REPO_ROOT}/${CLUSTER_DIR}"
+CLUSTER_DIR="${CLUSTER_DIR%/}"
+# Serializes cluster-up/cluster-down callers of one state directory; it lives
+# beside the directory, which cluster-down removes (target/cluster.lock for
+# the default one).
+CLUSTER_LOCK="${CLUSTER_DIR}.lock"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -37,14 +47,15 @@ tool_path() {
 ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 
 # pid_is_ours PIDFILE -> true when the pid in PIDFILE is alive and its command
-# line mentions our cluster directory (guards against a recycled pid).
+# line mentions a path inside our cluster directory (guards against a recycled
+# pid, and target/cluster never matches target/cluster-faults).
 pid_is_ours() {
   local pidfile=$1 pid
   [[ -f $pidfile ]] || return 1
   pid=$(<"$pidfile")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   [[ -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$CLUSTER_DIR"
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "${CLUSTER_DIR}/"
 }
 
 # stop_pidfile PIDFILE [GRACE_SECONDS]: TERM, wait, then KILL; only our own pid.
@@ -94,4 +105,15 @@ stop_all_components() {
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     stop_pidfile "${CLUSTER_DIR}/pids/${COMPONENTS[i]}.pid"
   done
+}
+
+# launch_component NAME: start the command recorded in cmd/NAME by cluster-up
+# (detached from the terminal, appending to logs/NAME.log, pid to
+# pids/NAME.pid). fd 9 (the cluster lock) is not inherited.
+launch_component() {
+  local name=$1 args=()
+  [[ -f ${CLUSTER_DIR}/cmd/${name} ]] || die "no recorded command for ${name} in ${CLUSTER_DIR}/cmd"
+  mapfile -d '' -t args <"${CLUSTER_DIR}/cmd/${name}"
+  setsid "${args[@]}" >>"${CLUSTER_DIR}/logs/${name}.log" 2>&1 </dev/null 9>&- &
+  echo $! >"${CLUSTER_DIR}/pids/${name}.pid"
 }
