@@ -27,6 +27,8 @@ pub mod reason {
     pub const DEPENDENCY_UNHEALTHY: &str = "DependencyUnhealthy";
     pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
     pub const NAME_CONFLICT: &str = "NameConflict";
+    /// The operator's RBAC role lacks a permission it needs for this feature.
+    pub const FORBIDDEN: &str = "Forbidden";
     pub const SUSPENDED: &str = "Suspended";
     pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     pub const WAITING_FOR_STARTUP_SLOT: &str = "WaitingForStartupSlot";

@@ -270,8 +270,25 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         restarted_at,
     };
 
+    // A permission missing from the operator's role is reported in status (Stalled, reason
+    // Forbidden) before the error goes to error_policy, which logs it, counts it and retries, so
+    // restoring the permission heals the feature without any other change.
+    let mut forbidden = None;
     if stall.is_none() {
-        stall = apply_objects(ctx, feature, &plan, &uid, held).await?;
+        stall = match apply_objects(ctx, feature, &plan, &uid, held).await {
+            Ok(conflict) => conflict,
+            Err(e) if e.kind() == "Forbidden" => {
+                let message = format!(
+                    "the operator's role does not allow this: {e}; grant the permission (the chart's RBAC lists what the operator needs)"
+                );
+                forbidden = Some(e);
+                Some(Stall {
+                    reason: reason::FORBIDDEN,
+                    message,
+                })
+            }
+            Err(e) => return Err(e),
+        };
     }
     if recovery.restart_now && !held && stall.is_none() {
         ctx.metrics.recoveries.inc();
@@ -318,6 +335,10 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
     }
     if previous != Some(&new_status) {
         write_status(ctx, feature, &namespace, previous, &new_status, &now).await?;
+    }
+
+    if let Some(e) = forbidden {
+        return Err(e);
     }
 
     let next = [gate.recheck_after, deadline_in, recovery.recheck_after]

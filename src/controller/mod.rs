@@ -684,7 +684,11 @@ fn error_policy_feature(
         .ok()
         .and_then(|f| f.namespace())
         .unwrap_or_default();
-    warn!(feature = %name, %namespace, error = %error, kind = error.kind(), "reconcile failed; retrying");
+    if error.kind() == "Forbidden" {
+        error!(feature = %name, %namespace, error = %error, kind = error.kind(), "permission denied: the operator's RBAC role lacks a permission this feature needs; the feature reports Stalled (reason Forbidden) and is retried until the permission is granted");
+    } else {
+        warn!(feature = %name, %namespace, error = %error, kind = error.kind(), "reconcile failed; retrying");
+    }
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels::new("feature", error.kind()))
