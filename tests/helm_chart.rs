@@ -1,0 +1,813 @@
+//! The Helm chart, for real: `helm lint --strict`; `helm install` into a namespace that
+//! enforces (and warns on) Pod Security `restricted`, with no warning; every rendered object
+//! accepted by a server-side dry run; the operator binary run with a kubeconfig for the chart's
+//! ServiceAccount (token from the TokenRequest API) makes the examples converge, in both RBAC
+//! modes, which proves the chart's RBAC is enough; `kubectl auth can-i` proves that identity
+//! can do nothing else; `helm upgrade` and `helm uninstall` behave (CRDs kept).
+//!
+//! Needs the local cluster and the built Helm (`make cluster-up`, or `make test`).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::config::{AuthInfo, Kubeconfig};
+use kube::runtime::conditions;
+use premium_operator::api::PremiumFeature;
+use support::operator::{apply_yaml, ensure_crds};
+use support::{DEFAULT_TIMEOUT, TestNamespace, kubeconfig_path, wait_for};
+
+const CHART: &str = "charts/premium-operator";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A tool built by hack/build-tools.sh (helm, kubectl), found the way the scripts find it.
+/// Panics, never skips, when it is missing.
+fn tool(name: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source hack/lib.sh && tool_path {name}"))
+        .current_dir(repo())
+        .output()
+        .expect("bash runs");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && path.is_file(),
+        "{name} is not built (looked for {}); run hack/build-tools.sh (or make cluster-up / make test, which build it)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a tool against the test cluster (or the given kubeconfig) and returns its output.
+fn run(tool_path: &Path, args: &[&str], kubeconfig: Option<&Path>, stdin: Option<&str>) -> Output {
+    let kubeconfig = kubeconfig.map_or_else(kubeconfig_path, Path::to_path_buf);
+    let mut cmd = Command::new(tool_path);
+    cmd.args(args)
+        .current_dir(repo())
+        .env("KUBECONFIG", &kubeconfig)
+        // Helm keeps its caches and repositories out of $HOME.
+        .env("HELM_CACHE_HOME", repo().join("target/helm/cache"))
+        .env("HELM_CONFIG_HOME", repo().join("target/helm/config"))
+        .env("HELM_DATA_HOME", repo().join("target/helm/data"))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("tool starts");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().expect("stdin piped");
+        pipe.write_all(input.as_bytes()).expect("stdin written");
+    }
+    child.wait_with_output().expect("tool finishes")
+}
+
+/// Like [`run`], failing with the tool's stderr unless it succeeds.
+fn run_ok(tool_path: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    let out = run(tool_path, args, None, None);
+    ensure!(
+        out.status.success(),
+        "{} {} failed: {}{}",
+        tool_path.display(),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The chart rendered with `args` (for example `--set`s), as YAML documents.
+fn template(
+    release: &str,
+    namespace: &str,
+    args: &[&str],
+) -> anyhow::Result<Vec<serde_yaml::Value>> {
+    let mut all = vec!["template", release, CHART, "--namespace", namespace];
+    all.extend_from_slice(args);
+    let out = run_ok(&tool("helm"), &all)?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text(&out.stdout)) {
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn kind_of(doc: &serde_yaml::Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+/// A unique, short release name for a test namespace (cluster-scoped names include it).
+fn release_for(ns: &TestNamespace) -> String {
+    format!("po-{}", ns.name().rsplit('-').next().unwrap_or("x"))
+}
+
+#[test]
+fn chart_lints_strict_and_ships_the_crds() {
+    let out = run(&tool("helm"), &["lint", "--strict", CHART], None, None);
+    assert!(
+        out.status.success(),
+        "helm lint --strict failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let lint = text(&out.stdout);
+    assert!(
+        !lint.contains("[WARNING]") && !lint.contains("[ERROR]"),
+        "{lint}"
+    );
+    let chart_crds = std::fs::read_to_string(repo().join(CHART).join("crds/premium.dev_crds.yaml"))
+        .expect("the chart has crds/premium.dev_crds.yaml");
+    let crds = std::fs::read_to_string(repo().join("crds/premium.dev_crds.yaml")).expect("crds/");
+    assert!(
+        chart_crds == crds,
+        "charts/premium-operator/crds/ differs from crds/; run: cp crds/premium.dev_crds.yaml {CHART}/crds/"
+    );
+}
+
+#[test]
+fn values_schema_refuses_unknown_and_mistyped_values() {
+    for bad in [
+        "replicas=2",
+        "replicaCount=two",
+        "logFormat=xml",
+        "watchNamespace=Not_A_Namespace",
+        "leaderElection.leaseDurationSeconds=1",
+    ] {
+        let out = run(
+            &tool("helm"),
+            &["template", "t", CHART, "--set", bad],
+            None,
+            None,
+        );
+        assert!(
+            !out.status.success(),
+            "--set {bad} should be refused by values.schema.json"
+        );
+        assert!(
+            text(&out.stderr).contains("values don't meet the specifications of the schema"),
+            "{bad}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn rendered_rbac_is_least_privilege_in_both_modes() -> anyhow::Result<()> {
+    let cluster = template("t", "ops", &[])?;
+    let kinds: BTreeSet<&str> = cluster.iter().map(kind_of).collect();
+    let expected: BTreeSet<&str> = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
+    .into();
+    assert_eq!(kinds, expected);
+    let scoped = template("t", "ops", &["--set", "watchNamespace=apps"])?;
+    assert!(
+        scoped.iter().all(|d| !kind_of(d).starts_with("Cluster")),
+        "watchNamespace renders no cluster-wide RBAC"
+    );
+    let role_namespaces: BTreeSet<&str> = scoped
+        .iter()
+        .filter(|d| kind_of(d) == "Role")
+        .filter_map(|d| d["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(
+        role_namespaces,
+        ["apps", "ops"].into(),
+        "the rules in apps, the Lease in ops"
+    );
+    for doc in cluster.iter().chain(&scoped) {
+        if !kind_of(doc).ends_with("Role") {
+            continue;
+        }
+        for rule in doc["rules"].as_sequence().context("rules")? {
+            let words: Vec<String> = ["apiGroups", "resources", "verbs"]
+                .iter()
+                .flat_map(|k| rule[*k].as_sequence().cloned().unwrap_or_default())
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            for forbidden in [
+                "*",
+                "secrets",
+                "pods",
+                "escalate",
+                "bind",
+                "impersonate",
+                "update",
+            ] {
+                assert!(
+                    !words.iter().any(|w| w == forbidden),
+                    "{forbidden} in {rule:?}"
+                );
+            }
+        }
+    }
+    // Every value that changes something renders.
+    let all = template(
+        "t",
+        "ops",
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+        ],
+    )?;
+    let kinds: BTreeSet<&str> = all.iter().map(kind_of).collect();
+    assert!(kinds.contains("NetworkPolicy") && kinds.contains("ServiceMonitor"));
+    Ok(())
+}
+
+/// `helm install` under Pod Security `restricted`, dry runs, `helm upgrade`, `helm uninstall`.
+#[tokio::test]
+async fn install_upgrade_uninstall_under_restricted_pod_security() -> anyhow::Result<()> {
+    let helm = tool("helm");
+    let kubectl = tool("kubectl");
+    let client = support::client().await;
+    let ns = TestNamespace::with_labels(
+        &client,
+        "helm",
+        &[
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+            ("pod-security.kubernetes.io/warn", "restricted"),
+            ("pod-security.kubernetes.io/audit", "restricted"),
+        ],
+    )
+    .await?;
+    let release = release_for(&ns);
+    let started = Instant::now();
+
+    // Every rendered object, also the optional ones the cluster can take, passes a server-side
+    // dry run (the ServiceMonitor needs the Prometheus Operator's CRD, absent here).
+    for extra in [
+        &[][..],
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "watchNamespace=default",
+        ][..],
+    ] {
+        let mut args = vec![
+            "template",
+            release.as_str(),
+            CHART,
+            "--namespace",
+            ns.name(),
+        ];
+        args.extend_from_slice(extra);
+        let rendered = text(&run_ok(&helm, &args)?.stdout);
+        let out = run(
+            &kubectl,
+            &[
+                "apply",
+                "--dry-run=server",
+                "--server-side",
+                "--field-manager=helm-test",
+                "-f",
+                "-",
+            ],
+            None,
+            Some(&rendered),
+        );
+        ensure!(
+            out.status.success() && !text(&out.stderr).contains("Warning"),
+            "server-side dry run of the chart ({extra:?}) failed or warned: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+
+    let out = run(
+        &helm,
+        &[
+            "install",
+            &release,
+            CHART,
+            "--namespace",
+            ns.name(),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+        None,
+        None,
+    );
+    ensure!(
+        out.status.success(),
+        "helm install failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stderr = text(&out.stderr);
+    ensure!(
+        !stderr.to_lowercase().contains("warning") && !stderr.contains("PodSecurity"),
+        "helm install warned: {stderr}"
+    );
+    ensure!(
+        text(&out.stdout).contains("kubectl wait --for=condition=Ready"),
+        "NOTES are shown"
+    );
+    let deployments: Api<Deployment> = ns.api();
+    let fullname = format!("{release}-premium-operator");
+    let deployment =
+        support::wait_for_deployment_available(&deployments, &fullname, DEFAULT_TIMEOUT).await?;
+    assert_eq!(deployment.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    let pods = text(
+        &run_ok(
+            &kubectl,
+            &[
+                "get",
+                "pods",
+                "-n",
+                ns.name(),
+                "-l",
+                &format!("app.kubernetes.io/instance={release}"),
+                "-o",
+                "name",
+            ],
+        )?
+        .stdout,
+    );
+    assert_eq!(
+        pods.lines().count(),
+        2,
+        "two operator pods admitted under restricted: {pods}"
+    );
+    eprintln!("install: {:?}", started.elapsed());
+
+    // Upgrade: one replica, text logs, Role-only for this namespace.
+    let out = run(
+        &helm,
+        &[
+            "upgrade",
+            &release,
+            CHART,
+            "--namespace",
+            ns.name(),
+            "--wait",
+            "--timeout",
+            "120s",
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "logFormat=text",
+            "--set",
+            &format!("watchNamespace={}", ns.name()),
+        ],
+        None,
+        None,
+    );
+    ensure!(
+        out.status.success(),
+        "helm upgrade failed: {}",
+        text(&out.stderr)
+    );
+    ensure!(
+        !text(&out.stderr).to_lowercase().contains("warning"),
+        "helm upgrade warned: {}",
+        text(&out.stderr)
+    );
+    let deployment = wait_for(
+        &deployments,
+        &fullname,
+        |d: Option<&Deployment>| d.and_then(|d| d.spec.as_ref()?.replicas) == Some(1),
+        DEFAULT_TIMEOUT,
+    )
+    .await?;
+    let args = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.args)
+        .unwrap_or_default();
+    assert!(args.contains(&"--log-format=text".to_string()), "{args:?}");
+    assert!(
+        args.contains(&format!("--namespace={}", ns.name())),
+        "{args:?}"
+    );
+    let cluster_role = format!("{fullname}-{}", ns.name());
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    ensure!(
+        cluster_roles.get_opt(&cluster_role).await?.is_none(),
+        "the ClusterRole is gone in Role-only mode"
+    );
+    let roles: Api<Role> = ns.api();
+    ensure!(
+        roles.get_opt(&fullname).await?.is_some(),
+        "the Role exists in Role-only mode"
+    );
+
+    // Uninstall: everything of the release goes, the CRDs stay (as Helm does with crds/).
+    run_ok(
+        &helm,
+        &[
+            "uninstall",
+            &release,
+            "--namespace",
+            ns.name(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    )?;
+    ensure!(
+        deployments.get_opt(&fullname).await?.is_none(),
+        "the Deployment is gone"
+    );
+    ensure!(
+        roles.get_opt(&fullname).await?.is_none(),
+        "the Role is gone"
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in ["premiumfeatures.premium.dev", "premiumpolicies.premium.dev"] {
+        ensure!(
+            crds.get_opt(crd).await?.is_some(),
+            "{crd} is kept after helm uninstall"
+        );
+    }
+    eprintln!("install, upgrade, uninstall: {:?}", started.elapsed());
+    ns.delete().await
+}
+
+/// A kubeconfig that authenticates as `namespace/account` with a token from the TokenRequest
+/// API, next to the test cluster's own.
+fn service_account_kubeconfig(namespace: &str, account: &str) -> anyhow::Result<PathBuf> {
+    let out = run_ok(
+        &tool("kubectl"),
+        &["create", "token", account, "-n", namespace, "--duration=1h"],
+    )?;
+    let token = text(&out.stdout).trim().to_string();
+    ensure!(!token.is_empty(), "the TokenRequest API returned no token");
+    let mut config = Kubeconfig::read_from(kubeconfig_path())?;
+    let current = config
+        .current_context
+        .clone()
+        .context("the test kubeconfig has a current context")?;
+    let user = format!("{namespace}-{account}");
+    config.contexts.retain(|c| c.name == current);
+    config
+        .contexts
+        .first_mut()
+        .and_then(|c| c.context.as_mut())
+        .context("the current context exists")?
+        .user = Some(user.clone());
+    let mut info = config
+        .auth_infos
+        .first()
+        .cloned()
+        .context("the test kubeconfig has a user")?;
+    info.name = user;
+    info.auth_info = Some(AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    });
+    config.auth_infos = vec![info];
+    let dir = repo().join("target/test-logs");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("kubeconfig-{namespace}-{account}"));
+    std::fs::write(&path, serde_yaml::to_string(&config)?)?;
+    Ok(path)
+}
+
+/// The operator binary started with the container args the chart renders (metrics on a local
+/// port instead), as the chart's ServiceAccount.
+struct LocalOperator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl LocalOperator {
+    fn start(
+        deployment: &Deployment,
+        kubeconfig: &Path,
+        namespace: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let container = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .context("the chart's Deployment has a container")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let args: Vec<String> = container
+            .args
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                if a.starts_with("--metrics-address=") {
+                    format!("--metrics-address=127.0.0.1:{port}")
+                } else {
+                    a
+                }
+            })
+            .chain(extra.iter().cloned())
+            .collect();
+        let dir = repo().join("target/test-logs");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join(format!("helm-operator-{namespace}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_premium-operator"))
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", format!("local-{namespace}"))
+            .env("POD_NAMESPACE", namespace)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting premium-operator")?;
+        Ok(Self { child, log })
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LocalOperator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The portal examples (features and policies), applied into `namespace`.
+fn example_manifests() -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("readable"))
+        .filter(|t| !t.contains("kind: Namespace"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+fn is_ready(f: Option<&PremiumFeature>) -> bool {
+    f.and_then(|f| f.status.as_ref()).is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// `kubectl auth can-i` as the ServiceAccount's own token: yes for each of `allowed`, no for
+/// each of `denied` (each entry: the args after `can-i`).
+fn assert_can_i(kubeconfig: &Path, allowed: &[Vec<String>], denied: &[Vec<String>]) {
+    let kubectl = tool("kubectl");
+    let mut wrong = Vec::new();
+    for (args, want) in allowed
+        .iter()
+        .map(|a| (a, true))
+        .chain(denied.iter().map(|a| (a, false)))
+    {
+        let mut all = vec!["auth", "can-i"];
+        all.extend(args.iter().map(String::as_str));
+        let out = run(&kubectl, &all, Some(kubeconfig), None);
+        let answer = text(&out.stdout).trim().to_string();
+        if (answer == "yes") != want {
+            wrong.push(format!(
+                "can-i {} -> {answer} (want {})",
+                args.join(" "),
+                if want { "yes" } else { "no" }
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "RBAC is not what the chart declares:\n{}",
+        wrong.join("\n")
+    );
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Installs the chart with `values`, runs the operator as its ServiceAccount against
+/// `watched`, and waits for the examples to converge. Returns the kubeconfig and timings.
+async fn converge_as_service_account(
+    release_ns: &TestNamespace,
+    watched: &TestNamespace,
+    values: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let helm = tool("helm");
+    let release = release_for(release_ns);
+    let mut args = vec![
+        "install",
+        release.as_str(),
+        CHART,
+        "--namespace",
+        release_ns.name(),
+    ];
+    args.extend_from_slice(values);
+    run_ok(&helm, &args)?;
+    let fullname = format!("{release}-premium-operator");
+    let deployments: Api<Deployment> = release_ns.api();
+    let deployment = deployments.get(&fullname).await?;
+    let kubeconfig = service_account_kubeconfig(release_ns.name(), &fullname)?;
+
+    apply_yaml(release_ns.client(), watched.name(), &example_manifests()).await?;
+    let started = Instant::now();
+    // In ClusterRole mode the chart's operator would watch every namespace; on this shared
+    // cluster the local one is scoped to the test's namespace (same verbs, one namespace).
+    let scope = if values.iter().any(|v| v.starts_with("watchNamespace=")) {
+        vec![]
+    } else {
+        vec![format!("--namespace={}", watched.name())]
+    };
+    let operator = LocalOperator::start(&deployment, &kubeconfig, release_ns.name(), &scope)?;
+    let features: Api<PremiumFeature> = watched.api();
+    for name in ["catalog", "soundcheck", "skill-exchange", "aika"] {
+        if let Err(e) = wait_for(&features, name, is_ready, Duration::from_secs(120)).await {
+            bail!("{e:#}\noperator log:\n{}", operator.log_text());
+        }
+    }
+    eprintln!(
+        "examples Ready as the chart's ServiceAccount ({}) in {:?}",
+        values.join(" "),
+        started.elapsed()
+    );
+    // The Lease in the release namespace is held by the local operator.
+    let leases: Api<Lease> = release_ns.api();
+    let lease = wait_for(
+        &leases,
+        &fullname,
+        conditions::is_created(),
+        DEFAULT_TIMEOUT,
+    )
+    .await?;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    ensure!(
+        holder.starts_with("local-"),
+        "the Lease is held by the local operator, not {holder:?}"
+    );
+    let log = operator.log_text();
+    ensure!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "the operator was refused something:\n{log}"
+    );
+    // Tear the features down while the operator (and its finalizer) still runs.
+    features
+        .delete_collection(&Default::default(), &Default::default())
+        .await?;
+    support::eventually(
+        "the examples to be torn down",
+        Duration::from_secs(60),
+        || {
+            let features = features.clone();
+            async move {
+                Ok(features
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .is_empty()
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    drop(operator);
+    Ok(kubeconfig)
+}
+
+/// ClusterRole mode: the chart's RBAC makes the examples converge and allows nothing else.
+#[tokio::test]
+async fn service_account_rbac_is_enough_and_no_more_cluster_mode() -> anyhow::Result<()> {
+    let client = support::client().await;
+    ensure_crds(&client).await?;
+    let release_ns = TestNamespace::new(&client, "helm-rbac").await?;
+    let watched = TestNamespace::new(&client, "helm-apps").await?;
+    let kubeconfig = converge_as_service_account(&release_ns, &watched, &[]).await?;
+    let (r, w) = (release_ns.name(), watched.name());
+    let fullname = format!("{}-premium-operator", release_for(&release_ns));
+    let allowed: Vec<Vec<String>> = [
+        format!("list premiumfeatures.premium.dev --all-namespaces"),
+        format!("watch premiumpolicies.premium.dev --all-namespaces"),
+        format!("patch premiumfeatures.premium.dev -n {w}"),
+        format!("patch premiumfeatures.premium.dev --subresource=status -n {w}"),
+        format!("patch premiumpolicies.premium.dev --subresource=status -n {w}"),
+        format!("create deployments.apps -n {w}"),
+        format!("delete horizontalpodautoscalers.autoscaling -n {w}"),
+        format!("watch configmaps --all-namespaces"),
+        format!("patch services -n {w}"),
+        format!("create events.events.k8s.io -n {w}"),
+        format!("create leases.coordination.k8s.io -n {r}"),
+        format!("patch leases.coordination.k8s.io/{fullname} -n {r}"),
+    ]
+    .iter()
+    .map(|s| words(s))
+    .collect();
+    let denied: Vec<Vec<String>> = [
+        format!("get secrets -n {w}"),
+        format!("list secrets --all-namespaces"),
+        format!("get secrets -n {r}"),
+        format!("create pods -n {w}"),
+        format!("create pods/exec -n {w}"),
+        format!("create premiumfeatures.premium.dev -n {w}"),
+        format!("delete premiumfeatures.premium.dev -n {w}"),
+        format!("patch premiumpolicies.premium.dev -n {w}"),
+        format!("update deployments.apps -n {w}"),
+        format!("create events -n {w}"),
+        format!("list nodes"),
+        format!("list namespaces"),
+        format!("create clusterroles.rbac.authorization.k8s.io"),
+        format!("create rolebindings.rbac.authorization.k8s.io -n {w}"),
+        format!("create customresourcedefinitions.apiextensions.k8s.io"),
+        format!("create serviceaccounts/token -n {r}"),
+        format!("patch leases.coordination.k8s.io/kube-controller-manager -n kube-system"),
+        format!("patch leases.coordination.k8s.io/someone-else -n {r}"),
+        format!("delete leases.coordination.k8s.io/{fullname} -n {r}"),
+        format!("create leases.coordination.k8s.io -n {w}"),
+        format!("'*' '*' -n {w}"),
+    ]
+    .iter()
+    .map(|s| words(&s.replace('\'', "")))
+    .collect();
+    assert_can_i(&kubeconfig, &allowed, &denied);
+    run_ok(
+        &tool("helm"),
+        &["uninstall", &release_for(&release_ns), "--namespace", r],
+    )?;
+    watched.delete().await?;
+    release_ns.delete().await
+}
+
+/// Role-only mode (`watchNamespace`): enough for that namespace, nothing anywhere else.
+#[tokio::test]
+async fn service_account_rbac_is_enough_and_no_more_role_mode() -> anyhow::Result<()> {
+    let client = support::client().await;
+    ensure_crds(&client).await?;
+    let release_ns = TestNamespace::new(&client, "helm-rbac").await?;
+    let watched = TestNamespace::new(&client, "helm-apps").await?;
+    let value = format!("watchNamespace={}", watched.name());
+    let kubeconfig = converge_as_service_account(&release_ns, &watched, &["--set", &value]).await?;
+    let (r, w) = (release_ns.name(), watched.name());
+    let allowed: Vec<Vec<String>> = [
+        format!("list premiumfeatures.premium.dev -n {w}"),
+        format!("patch deployments.apps -n {w}"),
+        format!("create leases.coordination.k8s.io -n {r}"),
+    ]
+    .iter()
+    .map(|s| words(s))
+    .collect();
+    let denied: Vec<Vec<String>> = [
+        format!("list premiumfeatures.premium.dev --all-namespaces"),
+        format!("list premiumfeatures.premium.dev -n {r}"),
+        format!("list deployments.apps -n default"),
+        format!("create deployments.apps -n {r}"),
+        format!("get secrets -n {w}"),
+        format!("list configmaps --all-namespaces"),
+    ]
+    .iter()
+    .map(|s| words(s))
+    .collect();
+    assert_can_i(&kubeconfig, &allowed, &denied);
+    run_ok(
+        &tool("helm"),
+        &["uninstall", &release_for(&release_ns), "--namespace", r],
+    )?;
+    watched.delete().await?;
+    release_ns.delete().await
+}
