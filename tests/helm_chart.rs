@@ -723,14 +723,14 @@ async fn service_account_rbac_is_enough_and_no_more_cluster_mode() -> anyhow::Re
     let (r, w) = (release_ns.name(), watched.name());
     let fullname = format!("{}-premium-operator", release_for(&release_ns));
     let allowed: Vec<Vec<String>> = [
-        format!("list premiumfeatures.premium.dev --all-namespaces"),
-        format!("watch premiumpolicies.premium.dev --all-namespaces"),
+        "list premiumfeatures.premium.dev --all-namespaces".to_string(),
+        "watch premiumpolicies.premium.dev --all-namespaces".to_string(),
         format!("patch premiumfeatures.premium.dev -n {w}"),
         format!("patch premiumfeatures.premium.dev --subresource=status -n {w}"),
         format!("patch premiumpolicies.premium.dev --subresource=status -n {w}"),
         format!("create deployments.apps -n {w}"),
         format!("delete horizontalpodautoscalers.autoscaling -n {w}"),
-        format!("watch configmaps --all-namespaces"),
+        "watch configmaps --all-namespaces".to_string(),
         format!("patch services -n {w}"),
         format!("create events.events.k8s.io -n {w}"),
         format!("create leases.coordination.k8s.io -n {r}"),
@@ -741,7 +741,7 @@ async fn service_account_rbac_is_enough_and_no_more_cluster_mode() -> anyhow::Re
     .collect();
     let denied: Vec<Vec<String>> = [
         format!("get secrets -n {w}"),
-        format!("list secrets --all-namespaces"),
+        "list secrets --all-namespaces".to_string(),
         format!("get secrets -n {r}"),
         format!("create pods -n {w}"),
         format!("create pods/exec -n {w}"),
@@ -750,13 +750,13 @@ async fn service_account_rbac_is_enough_and_no_more_cluster_mode() -> anyhow::Re
         format!("patch premiumpolicies.premium.dev -n {w}"),
         format!("update deployments.apps -n {w}"),
         format!("create events -n {w}"),
-        format!("list nodes"),
-        format!("list namespaces"),
-        format!("create clusterroles.rbac.authorization.k8s.io"),
+        "list nodes".to_string(),
+        "list namespaces".to_string(),
+        "create clusterroles.rbac.authorization.k8s.io".to_string(),
         format!("create rolebindings.rbac.authorization.k8s.io -n {w}"),
-        format!("create customresourcedefinitions.apiextensions.k8s.io"),
+        "create customresourcedefinitions.apiextensions.k8s.io".to_string(),
         format!("create serviceaccounts/token -n {r}"),
-        format!("patch leases.coordination.k8s.io/kube-controller-manager -n kube-system"),
+        "patch leases.coordination.k8s.io/kube-controller-manager -n kube-system".to_string(),
         format!("patch leases.coordination.k8s.io/someone-else -n {r}"),
         format!("delete leases.coordination.k8s.io/{fullname} -n {r}"),
         format!("create leases.coordination.k8s.io -n {w}"),
@@ -793,12 +793,12 @@ async fn service_account_rbac_is_enough_and_no_more_role_mode() -> anyhow::Resul
     .map(|s| words(s))
     .collect();
     let denied: Vec<Vec<String>> = [
-        format!("list premiumfeatures.premium.dev --all-namespaces"),
+        "list premiumfeatures.premium.dev --all-namespaces".to_string(),
         format!("list premiumfeatures.premium.dev -n {r}"),
-        format!("list deployments.apps -n default"),
+        "list deployments.apps -n default".to_string(),
         format!("create deployments.apps -n {r}"),
         format!("get secrets -n {w}"),
-        format!("list configmaps --all-namespaces"),
+        "list configmaps --all-namespaces".to_string(),
     ]
     .iter()
     .map(|s| words(s))
