@@ -449,4 +449,5 @@ fn last_seen_summary<K: Serialize>(last_seen: Option<&Option<K>>) -> String {
     format!("status {text}")
 }
 
+pub mod cluster;
 pub mod operator;

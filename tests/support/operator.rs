@@ -38,6 +38,16 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator scoped to `namespace` (or the whole cluster with `None`).
     pub fn start(namespace: Option<&str>, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(&kubeconfig_path(), namespace, extra)
+    }
+
+    /// Like [`Operator::start`], against the cluster and identity of another kubeconfig (an
+    /// own cluster, or a ServiceAccount token with the chart's RBAC).
+    pub fn start_with(
+        kubeconfig: &std::path::Path,
+        namespace: Option<&str>,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let port = free_port();
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
         std::fs::create_dir_all(&dir)?;
@@ -51,7 +61,7 @@ impl Operator {
             .arg("--metrics-address")
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -132,6 +142,11 @@ impl Operator {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether the process is still alive (false after an exit or a crash).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL: a crash.
