@@ -29,14 +29,66 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Print the dependency graph of manifests.
+    /// Print the dependency graph of manifests, or with --cluster the live graph with each
+    /// feature's phase and what blocks it.
+    Graph(GraphArgs),
+    /// Explain what keeps a PremiumFeature from being Ready, down to the root cause.
+    Why(WhyArgs),
+    /// Write docs/api.md (the API reference generated from the CRD schema) to stdout.
+    ApiDocs,
+}
+
+#[derive(clap::Args)]
+struct GraphArgs {
+    /// Files or folders of (multi-document) YAML.
+    #[arg(required_unless_present = "cluster", conflicts_with = "cluster")]
+    paths: Vec<PathBuf>,
+    /// Read the features from the cluster of the current kubeconfig context instead.
+    #[arg(long)]
+    cluster: bool,
+    /// With --cluster: every namespace.
+    #[arg(short = 'A', long, requires = "cluster")]
+    all_namespaces: bool,
+    #[command(flatten)]
+    target: premium_operator::cli::plugin::ClusterArgs,
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    format: GraphFormat,
+}
+
+#[derive(clap::Args)]
+struct WhyArgs {
+    /// Name of the PremiumFeature.
+    name: String,
+    #[command(flatten)]
+    target: premium_operator::cli::plugin::ClusterArgs,
+}
+
+/// `kubectl premium …`: the same binary installed as `kubectl-premium` on the PATH.
+#[derive(Parser)]
+#[command(
+    name = "kubectl premium",
+    version,
+    about = "Premium features on the cluster of the current kubeconfig context"
+)]
+struct PluginCli {
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// The live dependency graph with each feature's phase and what blocks it.
     Graph {
-        /// Files or folders of (multi-document) YAML.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        target: premium_operator::cli::plugin::ClusterArgs,
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
     },
+    /// Explain what keeps a PremiumFeature from being Ready, down to the root cause.
+    Why(WhyArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -46,7 +98,41 @@ enum GraphFormat {
     Mermaid,
 }
 
+impl From<GraphFormat> for premium_operator::cli::graph::Format {
+    fn from(format: GraphFormat) -> Self {
+        match format {
+            GraphFormat::Text => Self::Text,
+            GraphFormat::Dot => Self::Dot,
+            GraphFormat::Mermaid => Self::Mermaid,
+        }
+    }
+}
+
+/// Whether the binary was started as the kubectl plugin (`kubectl-premium`, any extension).
+fn invoked_as_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .is_some_and(|stem| stem == "kubectl-premium")
+}
+
+fn plugin_main() -> ExitCode {
+    use premium_operator::cli::plugin;
+    match PluginCli::parse().command {
+        PluginCommand::Graph {
+            all_namespaces,
+            target,
+            format,
+        } => plugin::graph_main(&target, all_namespaces, format.into()),
+        PluginCommand::Why(args) => plugin::why_main(&args.target, &args.name),
+    }
+}
+
 fn main() -> ExitCode {
+    if invoked_as_plugin() {
+        return plugin_main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => match premium_operator::cli::crd::render_crds() {
@@ -60,14 +146,23 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { paths } => premium_operator::cli::check::main(&paths),
-        Command::Graph { paths, format } => {
-            let format = match format {
-                GraphFormat::Text => premium_operator::cli::graph::Format::Text,
-                GraphFormat::Dot => premium_operator::cli::graph::Format::Dot,
-                GraphFormat::Mermaid => premium_operator::cli::graph::Format::Mermaid,
-            };
-            premium_operator::cli::graph::main(&paths, format)
-        }
+        Command::Graph(args) if args.cluster => premium_operator::cli::plugin::graph_main(
+            &args.target,
+            args.all_namespaces,
+            args.format.into(),
+        ),
+        Command::Graph(args) => premium_operator::cli::graph::main(&args.paths, args.format.into()),
+        Command::Why(args) => premium_operator::cli::plugin::why_main(&args.target, &args.name),
+        Command::ApiDocs => match premium_operator::cli::docs::render_api_docs() {
+            Ok(s) => {
+                print!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot render the API reference: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => premium_operator::controller::main(*args),
     }
 }

@@ -2,6 +2,8 @@
 
 pub mod check;
 pub mod crd;
+pub mod docs;
 pub mod graph;
 pub mod manifest;
+pub mod plugin;
 pub mod schema;
