@@ -54,6 +54,9 @@ pub struct Context {
     pub slots: Mutex<StartSlots>,
     /// Last budget shares per policy, to wake only the features whose share moved.
     pub budget_shares: Mutex<BTreeMap<FeatureKey, BTreeMap<String, u32>>>,
+    /// Recovery restarts done by this instance, until the cached status shows them.
+    pub restarts:
+        Mutex<BTreeMap<FeatureKey, Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>>>,
     pub feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
     pub policy_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumPolicy>>>,
     pub metrics: Arc<Metrics>,
@@ -78,6 +81,7 @@ impl Context {
             graph: Mutex::default(),
             slots: Mutex::default(),
             budget_shares: Mutex::default(),
+            restarts: Mutex::default(),
             feature_triggers,
             policy_triggers,
             metrics,

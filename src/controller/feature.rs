@@ -210,7 +210,21 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         .min(pool.max_replicas);
 
     let previous = feature.status.as_ref();
-    let recovery = plan::recovery(previous, recovery_settings, &now);
+    // Restarts are remembered in memory too: the cached status may not show the last one yet,
+    // and deciding from it would restart twice.
+    let remembered = lock(&ctx.restarts).get(&key).cloned().unwrap_or_default();
+    let recovery = if remembered.is_empty() {
+        plan::recovery(previous, recovery_settings, &now)
+    } else {
+        let mut merged = previous.cloned().unwrap_or_default();
+        merged.recent_restarts.extend(remembered);
+        merged.recent_restarts.sort();
+        merged.recent_restarts.dedup();
+        plan::recovery(Some(&merged), recovery_settings, &now)
+    };
+    if recovery.restart_now {
+        lock(&ctx.restarts).insert(key.clone(), recovery.recent_restarts.clone());
+    }
     let existing_restart = deployment.as_ref().and_then(|d| {
         d.spec
             .as_ref()?

@@ -36,13 +36,11 @@ impl DeploymentHealth {
             && self.available_condition
     }
 
-    /// The rollout of the current template is complete, but pods are not all ready: a loss of
-    /// availability rather than a rollout in progress.
+    /// The Deployment itself says it lacks minimum availability (`Available=False`): a loss,
+    /// not a rolling update, which keeps `Available=True` within `maxUnavailable`.
     pub fn lost_availability(&self) -> bool {
-        self.observed_current
-            && self.desired > 0
-            && self.updated >= self.desired
-            && !self.is_ready()
+        // Not gated on `observed_current`: a restart's new rollout must not hide the loss.
+        self.desired > 0 && !self.available_condition
     }
 }
 
