@@ -811,3 +811,46 @@ async fn service_account_rbac_is_enough_and_no_more_role_mode() -> anyhow::Resul
     watched.delete().await?;
     release_ns.delete().await
 }
+
+/// Every key of values.yaml is described by values.schema.json (objects recursively; maps a
+/// user fills, such as `podAnnotations`, are described as maps).
+#[test]
+fn values_schema_describes_every_value() {
+    fn walk(
+        values: &serde_yaml::Value,
+        schema: &serde_json::Value,
+        path: &str,
+        gaps: &mut Vec<String>,
+    ) {
+        let Some(map) = values.as_mapping() else {
+            return;
+        };
+        if schema.get("properties").is_none() {
+            return; // a free-form object or map: described as such
+        }
+        for (key, value) in map {
+            let key = key.as_str().unwrap_or_default();
+            let child = format!("{path}.{key}");
+            match schema.pointer(&format!("/properties/{key}")) {
+                Some(s) => walk(value, s, &child, gaps),
+                None => gaps.push(child),
+            }
+        }
+    }
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join(CHART).join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml is YAML");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join(CHART).join("values.schema.json"))
+            .expect("values.schema.json"),
+    )
+    .expect("values.schema.json is JSON");
+    assert_eq!(schema["additionalProperties"], serde_json::json!(false));
+    let mut gaps = Vec::new();
+    walk(&values, &schema, "", &mut gaps);
+    assert!(
+        gaps.is_empty(),
+        "values.schema.json does not describe: {gaps:?}"
+    );
+}
