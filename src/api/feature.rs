@@ -32,6 +32,7 @@ use super::DURATION_PATTERN;
     printcolumn(name = "Blocked-By", type_ = "string", json_path = ".status.blockedBy[*].name", description = "Dependencies that hold the feature back"),
     printcolumn(name = "Level", type_ = "integer", json_path = ".status.startupLevel", description = "Depth in the dependency graph (0 = no dependencies)"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name must start with a letter and be a DNS label of at most 63 characters: it also names the feature's Service").reason(Reason::FieldValueInvalid),
     validation = Rule::new("!has(self.spec.dependsOn) || self.spec.dependsOn.all(d, has(d.__namespace__) || d.name != self.metadata.name)").message("a feature cannot depend on itself").field_path(".spec.dependsOn").reason(Reason::FieldValueInvalid),
 )]
 #[serde(rename_all = "camelCase")]

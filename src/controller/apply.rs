@@ -26,6 +26,9 @@ pub enum Applied {
     Written,
     /// A same-named object exists that this feature does not control; left untouched.
     Conflict(String),
+    /// The API server refused the object as invalid: something in the feature's spec that the
+    /// CRD schema cannot catch (a malformed resource quantity, say). Retrying cannot help.
+    Refused(String),
 }
 
 /// A short hash of an object's JSON form.
@@ -96,9 +99,21 @@ where
         }
     }
     let params = PatchParams::apply(&ctx.settings.field_manager).force();
-    api.patch(&name, &params, &Patch::Apply(&desired))
-        .await
-        .map_err(|e| Error::kube(format!("applying {kind} {namespace}/{name}"), e))?;
+    match api.patch(&name, &params, &Patch::Apply(&desired)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+            return Ok(Applied::Refused(format!(
+                "the API server refused the {kind} built from this feature: {}",
+                s.message
+            )));
+        }
+        Err(e) => {
+            return Err(Error::kube(
+                format!("applying {kind} {namespace}/{name}"),
+                e,
+            ));
+        }
+    }
     ctx.metrics
         .object_writes
         .get_or_create(&KindLabels { kind })

@@ -288,9 +288,13 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
     // Forbidden) before the error goes to error_policy, which logs it, counts it and retries, so
     // restoring the permission heals the feature without any other change.
     let mut forbidden = None;
+    let mut deployment_written = false;
     if stall.is_none() {
         stall = match apply_objects(ctx, feature, &plan, &uid, held).await {
-            Ok(conflict) => conflict,
+            Ok((conflict, written)) => {
+                deployment_written = written;
+                conflict
+            }
             Err(e) if e.kind() == "Forbidden" => {
                 let message = format!(
                     "the operator's role does not allow this: {e}; grant the permission (the chart's RBAC lists what the operator needs)"
@@ -316,7 +320,14 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         .await;
     }
 
-    let health = deployment.as_ref().map(|d| deployment_health(d));
+    // The cached Deployment predates a write made just now: its status says nothing about the
+    // new spec yet, so it must not make the new generation Ready (kstatus readers such as
+    // `kubectl wait` would see Ready while the rollout has not begun). Its own event follows.
+    let health = deployment.as_ref().map(|d| {
+        let mut h = deployment_health(d);
+        h.observed_current &= !deployment_written;
+        h
+    });
     let started_at = plan::started_at(previous, feature.metadata.generation, replicas > 0, &now);
     let ready_now = health.as_ref().is_some_and(DeploymentHealth::is_ready);
     let (timed_out, deadline_in) = if ready_now {
@@ -365,13 +376,15 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
     })
 }
 
+/// Applies the owned objects; returns a name conflict, if any, and whether the Deployment was
+/// written (its cached status then predates the new spec).
 async fn apply_objects(
     ctx: &Context,
     feature: &PremiumFeature,
     plan: &FeaturePlan,
     uid: &str,
     held: bool,
-) -> Result<Option<Stall>, Error> {
+) -> Result<(Option<Stall>, bool), Error> {
     let mut outcomes = Vec::new();
     let cm = build::sidecar_configmap(feature, plan);
     outcomes.push(
@@ -405,18 +418,18 @@ async fn apply_objects(
         spec.replicas = None;
     }
     let want = plan.replicas;
-    outcomes.push(
-        apply_owned::<Deployment>(
-            ctx,
-            &ctx.stores.deployments,
-            "Deployment",
-            deploy,
-            &without_replicas,
-            uid,
-            |current| current.spec.as_ref().and_then(|s| s.replicas) == Some(want),
-        )
-        .await?,
-    );
+    let deployment = apply_owned::<Deployment>(
+        ctx,
+        &ctx.stores.deployments,
+        "Deployment",
+        deploy,
+        &without_replicas,
+        uid,
+        |current| current.spec.as_ref().and_then(|s| s.replicas) == Some(want),
+    )
+    .await?;
+    let deployment_written = deployment == Applied::Written;
+    outcomes.push(deployment);
     match build::hpa(feature, plan) {
         Some(h) if !held => outcomes.push(
             apply_owned::<HorizontalPodAutoscaler>(
@@ -444,17 +457,29 @@ async fn apply_objects(
             .await?;
         }
     }
-    let conflicts: Vec<String> = outcomes
-        .into_iter()
-        .filter_map(|o| match o {
-            Applied::Conflict(m) => Some(m),
-            _ => None,
+    let mut conflicts = Vec::new();
+    let mut refused = Vec::new();
+    for o in outcomes {
+        match o {
+            Applied::Conflict(m) => conflicts.push(m),
+            Applied::Refused(m) => refused.push(m),
+            Applied::Unchanged | Applied::Written => {}
+        }
+    }
+    let stall = if !conflicts.is_empty() {
+        Some(Stall {
+            reason: reason::NAME_CONFLICT,
+            message: conflicts.join("; "),
         })
-        .collect();
-    Ok((!conflicts.is_empty()).then(|| Stall {
-        reason: reason::NAME_CONFLICT,
-        message: conflicts.join("; "),
-    }))
+    } else if !refused.is_empty() {
+        Some(Stall {
+            reason: reason::INVALID_SPEC,
+            message: refused.join("; "),
+        })
+    } else {
+        None
+    };
+    Ok((stall, deployment_written))
 }
 
 async fn write_status(
