@@ -173,8 +173,8 @@ async fn kubectl_get_explain_wait_and_the_plugin() -> anyhow::Result<()> {
     assert_eq!(row("catalog")[1..4], ["Ready", "1", "0"], "{get}");
     let lonely = row("lonely");
     assert_eq!(lonely[1], "WaitingForDependencies", "{get}");
-    assert_eq!(
-        lonely[3], "ghost",
+    assert!(
+        lonely.iter().any(|c| c == "ghost"),
         "BLOCKED-BY names the missing dependency: {get}"
     );
 
