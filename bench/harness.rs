@@ -1,0 +1,827 @@
+//! The convergence benchmark, shared by `make bench` (benches/convergence.rs, release build)
+//! and its smoke test in `make test` (tests/bench_smoke.rs, N=20).
+//!
+//! One size runs, against the local control plane:
+//! 1. a baseline: a hand-written client applying the same objects the operator writes
+//!    (ConfigMap, Service, Deployment, HPA per feature, built by the operator's own builders),
+//!    level by level, waiting for each level's Deployments to be Available before the next;
+//! 2. the operator, started fresh and scoped to its own namespace, on N PremiumFeatures in a
+//!    10-level graph under a policy with a budget: convergence (first apply to all Ready), API
+//!    requests and writes from its `/metrics`, dependency hop latency from watch events seen
+//!    here, steady-state writes, a spec change to every feature, a restart, and RSS.
+//!
+//! The crate that includes this file must also have the test `support` module at its root.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::wait::Condition;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use premium_operator::api::{
+    Budget, Dependency, FeaturePool, HealthCheck, PolicyPool, PremiumFeature, PremiumFeatureSpec,
+    PremiumPolicy, PremiumPolicySpec,
+};
+use premium_operator::core::build::{self, FeaturePlan};
+use premium_operator::core::policy::effective_policy;
+use premium_operator::core::settings::{pool_settings, traffic_policy};
+use premium_operator::core::sidecar::{SidecarSpec, Upstream, render};
+use premium_operator::core::status::is_ready;
+use serde::Serialize;
+
+use crate::support::operator::{Operator, ensure_crds};
+use crate::support::{FIELD_MANAGER, TestNamespace, deployment_available};
+
+/// Levels of the dependency graph.
+pub const LEVELS: usize = 10;
+const IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.7.1";
+const TIER: &str = "bench";
+/// Requests the bench itself keeps in flight when it creates or changes objects.
+const IN_FLIGHT: usize = 16;
+
+/// What to run for one size.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub size: usize,
+    pub seed: u64,
+    /// How long to watch for writes once everything is Ready.
+    pub steady_window: Duration,
+    /// Longest wait for any one phase (convergence, change, teardown).
+    pub timeout: Duration,
+    pub baseline: bool,
+}
+
+impl Options {
+    pub fn new(size: usize) -> Self {
+        Self {
+            size,
+            seed: 42,
+            steady_window: Duration::from_secs(60),
+            timeout: Duration::from_secs(60 + size as u64 / 2),
+            baseline: true,
+        }
+    }
+}
+
+/// One feature of the workload: its name and the names it depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub deps: Vec<String>,
+}
+
+/// `size` features in [`LEVELS`] levels; each feature below the top depends on 1-3 features
+/// of the level above, chosen by a seeded generator (same seed, same graph).
+pub fn workload(size: usize, seed: u64) -> Vec<Vec<Node>> {
+    let mut rng = SplitMix(seed);
+    let levels = LEVELS.min(size.max(1));
+    let mut out: Vec<Vec<Node>> = Vec::with_capacity(levels);
+    for level in 0..levels {
+        let count = size / levels + usize::from(level < size % levels);
+        let above: Vec<String> = out
+            .last()
+            .map(|l| l.iter().map(|n| n.name.clone()).collect())
+            .unwrap_or_default();
+        let nodes = (0..count)
+            .map(|i| {
+                let mut deps = Vec::new();
+                if !above.is_empty() {
+                    let want = 1 + (rng.next() % 3) as usize;
+                    while deps.len() < want.min(above.len()) {
+                        let d = above[(rng.next() % above.len() as u64) as usize].clone();
+                        if !deps.contains(&d) {
+                            deps.push(d);
+                        }
+                    }
+                }
+                Node {
+                    name: format!("l{level}-{i:05}"),
+                    deps,
+                }
+            })
+            .collect();
+        out.push(nodes);
+    }
+    out
+}
+
+/// splitmix64: small, seeded, and the same on every platform and crate version.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn feature(node: &Node, namespace: &str) -> PremiumFeature {
+    let mut f = PremiumFeature::new(
+        &node.name,
+        PremiumFeatureSpec {
+            image: IMAGE.into(),
+            port: 9898,
+            health_check: Some(HealthCheck {
+                path: "/readyz".into(),
+                ..Default::default()
+            }),
+            depends_on: node
+                .deps
+                .iter()
+                .map(|d| Dependency {
+                    name: d.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            pool: Some(FeaturePool {
+                min_replicas: Some(1),
+                max_replicas: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    f.metadata.namespace = Some(namespace.into());
+    f.metadata.labels = Some([("tier".to_string(), TIER.to_string())].into());
+    f
+}
+
+/// The policy of the workload: selects every feature, with a shared budget that holds every
+/// feature's maximum (so the allocation runs on every decision but never holds one back).
+fn policy(size: usize, namespace: &str) -> PremiumPolicy {
+    let mut p = PremiumPolicy::new(
+        "bench",
+        PremiumPolicySpec {
+            selector: LabelSelector {
+                match_labels: Some([("tier".to_string(), TIER.to_string())].into()),
+                ..Default::default()
+            },
+            priority: 100,
+            pool: Some(PolicyPool {
+                budget: Some(Budget {
+                    max_replicas: i32::try_from(2 * size).unwrap_or(i32::MAX),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    p.metadata.namespace = Some(namespace.into());
+    p
+}
+
+/// Everything measured for one size; field names are those of `results.json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Results {
+    pub size: usize,
+    pub levels: usize,
+    pub seed: u64,
+    pub baseline_seconds: Option<f64>,
+    pub convergence_seconds: f64,
+    pub ratio_to_baseline: Option<f64>,
+    /// Requests the operator sent from its start until convergence, by verb.
+    pub api_requests: BTreeMap<String, u64>,
+    pub object_writes: u64,
+    pub status_writes: u64,
+    pub writes_per_feature: f64,
+    pub status_writes_per_feature: f64,
+    pub reconciles_per_feature: f64,
+    pub hop_samples: usize,
+    pub hop_p50_ms: f64,
+    pub hop_p99_ms: f64,
+    pub hop_max_ms: f64,
+    pub steady_window_seconds: f64,
+    pub steady_writes: u64,
+    /// Requests other than watches during the steady window (polling shows up here).
+    pub steady_api_requests: u64,
+    /// A spec change to every feature (one env var): what it cost, per feature.
+    pub change_seconds: f64,
+    pub change_reconciles_per_feature: f64,
+    pub change_status_writes_per_feature: f64,
+    pub change_object_writes_per_feature: f64,
+    /// A fresh operator over the converged namespace: what it wrote and how long it took.
+    pub restart_writes: u64,
+    pub restart_reconciles_per_feature: f64,
+    pub restart_settle_seconds: f64,
+    pub rss_peak_mib: f64,
+    pub rss_steady_mib: f64,
+}
+
+/// `/metrics` of an operator, as `name{labels}` → value.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape(BTreeMap<String, f64>);
+
+impl Scrape {
+    pub fn take(op: &Operator) -> anyhow::Result<Self> {
+        let text = op.metrics()?;
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or(&text);
+        Ok(Self(
+            body.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(' ')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect(),
+        ))
+    }
+
+    /// Sum of the samples of one metric family (`name` or `name{...}`).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| {
+                k.as_str() == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('{'))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    fn get(&self, key: &str) -> f64 {
+        self.0.get(key).copied().unwrap_or(0.0)
+    }
+
+    pub fn writes(&self) -> f64 {
+        self.sum("premium_object_writes_total") + self.sum("premium_status_writes_total")
+    }
+
+    pub fn feature_reconciles(&self) -> f64 {
+        self.get("premium_reconciles_total{controller=\"feature\"}")
+    }
+
+    pub fn feature_status_writes(&self) -> f64 {
+        self.get("premium_status_writes_total{kind=\"PremiumFeature\"}")
+    }
+
+    pub fn by_verb(&self) -> BTreeMap<String, f64> {
+        self.0
+            .iter()
+            .filter_map(|(k, v)| {
+                let verb = k
+                    .strip_prefix("premium_api_requests_total{verb=\"")?
+                    .strip_suffix("\"}")?;
+                Some((verb.to_string(), *v))
+            })
+            .collect()
+    }
+}
+
+/// Current and peak resident memory of a process, in MiB (VmRSS, VmHWM).
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(0.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn ready_endpoint(op: &Operator) -> bool {
+    let probe = || -> std::io::Result<bool> {
+        let mut s = TcpStream::connect(("127.0.0.1", op.metrics_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"))
+    };
+    probe().unwrap_or(false)
+}
+
+async fn start_operator(namespace: &str) -> anyhow::Result<Operator> {
+    let op = Operator::start(Some(namespace), &[])?;
+    op.wait_serving(Duration::from_secs(30)).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready_endpoint(&op) {
+        if Instant::now() > deadline {
+            bail!(
+                "operator not ready (caches synced) within 60s; log:\n{}",
+                op.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(op)
+}
+
+/// First time (seen here) each object met a predicate, by name.
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Watches a namespace's objects of one kind and records, per name, when `pred` first held.
+fn record_first<K, F>(api: Api<K>, pred: F) -> (Seen, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    F: Fn(&K) -> bool + Send + 'static,
+{
+    let seen: Seen = Arc::default();
+    let task = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                let Ok(obj) = ev else { continue };
+                if pred(&obj) {
+                    let now = Instant::now();
+                    seen.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(obj.name_any())
+                        .or_insert(now);
+                }
+            }
+        })
+    };
+    (seen, task)
+}
+
+fn feature_ready(f: &PremiumFeature) -> bool {
+    is_ready(f.status.as_ref(), f.metadata.generation)
+}
+
+fn scaled_up(d: &Deployment) -> bool {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .is_some_and(|r| r > 0)
+}
+
+async fn wait_count(
+    what: &str,
+    seen: &Seen,
+    want: usize,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        {
+            let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+            if s.len() >= want {
+                return Ok(s.values().max().copied().unwrap_or_else(Instant::now));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}: {}/{want}",
+                    s.len()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The baseline: the same objects, applied level by level by a plain client. Returns the time
+/// from its first write until the last level's Deployments are Available.
+pub async fn baseline(client: &Client, levels: &[Vec<Node>]) -> anyhow::Result<Duration> {
+    let ns = TestNamespace::new(client, "bench-base").await?;
+    let namespace = ns.name().to_string();
+    let pol = policy(levels.iter().map(Vec::len).sum(), &namespace);
+    let deployments: Api<Deployment> = ns.api();
+    let (available, watch) = record_first(deployments.clone(), |d: &Deployment| {
+        deployment_available().matches_object(Some(d))
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let started = Instant::now();
+    let outcome: anyhow::Result<()> = async {
+        let mut done = 0;
+        for level in levels {
+            futures::stream::iter(level.iter().map(|node| {
+                let f = feature(node, &namespace);
+                let client = client.clone();
+                let namespace = namespace.clone();
+                let pol = pol.clone();
+                let params = params.clone();
+                async move {
+                    let plan = plan_for(&f, &namespace, &pol);
+                    let cm = build::sidecar_configmap(&f, &plan);
+                    let svc = build::service(&f);
+                    let deploy = build::deployment(&f, &plan);
+                    let hpa = build::hpa(&f, &plan);
+                    Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+                        .patch(&cm.name_any(), &params, &Patch::Apply(&cm))
+                        .await?;
+                    Api::<Service>::namespaced(client.clone(), &namespace)
+                        .patch(&svc.name_any(), &params, &Patch::Apply(&svc))
+                        .await?;
+                    Api::<Deployment>::namespaced(client.clone(), &namespace)
+                        .patch(&deploy.name_any(), &params, &Patch::Apply(&deploy))
+                        .await?;
+                    if let Some(h) = hpa {
+                        Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &namespace)
+                            .patch(&h.name_any(), &params, &Patch::Apply(&h))
+                            .await?;
+                    }
+                    anyhow::Ok(())
+                }
+            }))
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+            done += level.len();
+            // Each level's Deployments are Available before the next level starts.
+            wait_count(
+                "baseline Deployments to be Available",
+                &available,
+                done,
+                Duration::from_secs(600),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    let elapsed = started.elapsed();
+    watch.abort();
+    ns.delete().await?;
+    outcome?;
+    Ok(elapsed)
+}
+
+/// What the operator decides for a feature whose dependencies are Ready, without the cluster.
+fn plan_for(f: &PremiumFeature, namespace: &str, pol: &PremiumPolicy) -> FeaturePlan {
+    let effective = effective_policy(f, std::slice::from_ref(pol));
+    let pool = pool_settings(f, &effective.spec);
+    let upstreams: Vec<Upstream> = f
+        .spec
+        .depends_on
+        .iter()
+        .map(|d| Upstream {
+            name: d.name.clone(),
+            namespace: namespace.to_string(),
+            port: Some(9898),
+        })
+        .collect();
+    let sidecar = render(&SidecarSpec {
+        feature: f.name_any(),
+        namespace: namespace.to_string(),
+        app_port: 9898,
+        upstreams: upstreams.clone(),
+        traffic: traffic_policy(&effective.spec).unwrap_or_default(),
+    });
+    FeaturePlan {
+        replicas: pool.min_replicas as i32,
+        autoscale: true,
+        pool,
+        hpa_max_replicas: pool.max_replicas,
+        sidecar,
+        upstreams,
+        sidecar_image: build::DEFAULT_SIDECAR_IMAGE.into(),
+        restarted_at: None,
+    }
+}
+
+/// Runs one size end to end and cleans up after itself (features deleted while the operator
+/// still runs, then the namespaces).
+pub async fn run(opts: &Options) -> anyhow::Result<Results> {
+    let client = crate::support::client().await;
+    ensure_crds(&client).await?;
+    let levels = workload(opts.size, opts.seed);
+    let n = levels.iter().map(Vec::len).sum::<usize>();
+    let mut r = Results {
+        size: n,
+        levels: levels.len(),
+        seed: opts.seed,
+        steady_window_seconds: opts.steady_window.as_secs_f64(),
+        ..Default::default()
+    };
+
+    if opts.baseline {
+        let b = baseline(&client, &levels).await.context("baseline")?;
+        r.baseline_seconds = Some(b.as_secs_f64());
+        eprintln!("[bench N={n}] baseline: {:.2}s", b.as_secs_f64());
+    }
+
+    let ns = TestNamespace::new(&client, "bench").await?;
+    let namespace = ns.name().to_string();
+    let features: Api<PremiumFeature> = ns.api();
+    let mut op = start_operator(&namespace).await?;
+    let outcome = measure(&client, &ns, &levels, opts, &mut op, &mut r).await;
+    // Teardown runs whatever happened, with the operator (maybe the restarted one) still up.
+    let teardown = teardown(&features, &op, opts.timeout).await;
+    drop(op);
+    ns.delete().await?;
+    outcome?;
+    teardown?;
+    Ok(r)
+}
+
+async fn measure(
+    client: &Client,
+    ns: &TestNamespace,
+    levels: &[Vec<Node>],
+    opts: &Options,
+    op: &mut Operator,
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    let namespace = ns.name().to_string();
+    let n = r.size;
+    let features: Api<PremiumFeature> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
+    let policies: Api<PremiumPolicy> = ns.api();
+    let (ready, ready_watch) = record_first(features.clone(), feature_ready);
+    let (scaled, scaled_watch) = record_first(deployments, scaled_up);
+    let m0 = Scrape::take(op)?;
+
+    // Convergence: from the first apply until every feature is Ready.
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let started = Instant::now();
+    let pol = policy(n, &namespace);
+    policies
+        .patch("bench", &params, &Patch::Apply(&pol))
+        .await
+        .context("applying the policy")?;
+    futures::stream::iter(levels.iter().flatten().map(|node| {
+        let f = feature(node, &namespace);
+        let api = features.clone();
+        let params = params.clone();
+        async move { api.patch(&node.name, &params, &Patch::Apply(&f)).await }
+    }))
+    .buffer_unordered(IN_FLIGHT)
+    .try_collect::<Vec<_>>()
+    .await
+    .context("creating the features")?;
+    let last = wait_count("features to be Ready", &ready, n, opts.timeout)
+        .await
+        .with_context(|| format!("operator log tail:\n{}", op.log_tail()))?;
+    r.convergence_seconds = last.duration_since(started).as_secs_f64();
+    r.ratio_to_baseline = r.baseline_seconds.map(|b| r.convergence_seconds / b);
+    eprintln!("[bench N={n}] operator: {:.2}s", r.convergence_seconds);
+    // Let the last status writes and their echoes land before reading the counters.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m1 = Scrape::take(op)?;
+    let (_, peak) = rss_mib(op.pid());
+    r.rss_peak_mib = peak;
+    let before = m0.by_verb();
+    r.api_requests = m1
+        .by_verb()
+        .into_iter()
+        .map(|(verb, v)| {
+            let d = v - before.get(&verb).copied().unwrap_or(0.0);
+            (verb, d.max(0.0) as u64)
+        })
+        .collect();
+    r.object_writes =
+        (m1.sum("premium_object_writes_total") - m0.sum("premium_object_writes_total")) as u64;
+    r.status_writes =
+        (m1.sum("premium_status_writes_total") - m0.sum("premium_status_writes_total")) as u64;
+    r.writes_per_feature = (r.object_writes + r.status_writes) as f64 / n as f64;
+    r.status_writes_per_feature =
+        (m1.feature_status_writes() - m0.feature_status_writes()) / n as f64;
+    r.reconciles_per_feature = (m1.feature_reconciles() - m0.feature_reconciles()) / n as f64;
+
+    // Dependency hop: the last dependency Ready → the dependent's Deployment scaled up.
+    {
+        let ready = ready.lock().unwrap_or_else(|e| e.into_inner());
+        let scaled = scaled.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hops: Vec<f64> = levels
+            .iter()
+            .flatten()
+            .filter(|node| !node.deps.is_empty())
+            .filter_map(|node| {
+                let deps_ready = node
+                    .deps
+                    .iter()
+                    .map(|d| ready.get(d).copied())
+                    .collect::<Option<Vec<_>>>()?;
+                let last_dep = deps_ready.into_iter().max()?;
+                let up = scaled.get(&node.name)?;
+                Some(up.saturating_duration_since(last_dep).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        hops.sort_by(f64::total_cmp);
+        r.hop_samples = hops.len();
+        r.hop_p50_ms = percentile(&hops, 50.0);
+        r.hop_p99_ms = percentile(&hops, 99.0);
+        r.hop_max_ms = hops.last().copied().unwrap_or(0.0);
+    }
+    ready_watch.abort();
+    scaled_watch.abort();
+
+    // Steady state: nothing changes, so nothing should be written.
+    let s0 = Scrape::take(op)?;
+    tokio::time::sleep(opts.steady_window).await;
+    let s1 = Scrape::take(op)?;
+    r.steady_writes = (s1.writes() - s0.writes()).max(0.0) as u64;
+    let non_watch = |s: &Scrape| {
+        s.by_verb()
+            .into_iter()
+            .filter(|(v, _)| v != "watch")
+            .map(|(_, c)| c)
+            .sum::<f64>()
+    };
+    r.steady_api_requests = (non_watch(&s1) - non_watch(&s0)).max(0.0) as u64;
+    let (steady, peak) = rss_mib(op.pid());
+    r.rss_steady_mib = steady;
+    r.rss_peak_mib = r.rss_peak_mib.max(peak);
+    eprintln!(
+        "[bench N={n}] steady: {} writes in {:?}",
+        r.steady_writes, opts.steady_window
+    );
+
+    // One change to every feature: an env var (a new generation and a rollout each).
+    let (changed, changed_watch) = record_first(features.clone(), |f: &PremiumFeature| {
+        f.metadata.generation.unwrap_or(0) >= 2 && feature_ready(f)
+    });
+    let c0 = Scrape::take(op)?;
+    let started = Instant::now();
+    futures::stream::iter(levels.iter().flatten().map(|node| {
+        let mut f = feature(node, &namespace);
+        f.spec.env = vec![EnvVar {
+            name: "BENCH_CHANGE".into(),
+            value: Some("1".into()),
+            ..Default::default()
+        }];
+        let api = features.clone();
+        let params = params.clone();
+        async move { api.patch(&node.name, &params, &Patch::Apply(&f)).await }
+    }))
+    .buffer_unordered(IN_FLIGHT)
+    .try_collect::<Vec<_>>()
+    .await
+    .context("changing the features")?;
+    let last = wait_count("changed features to be Ready", &changed, n, opts.timeout).await?;
+    r.change_seconds = last.duration_since(started).as_secs_f64();
+    changed_watch.abort();
+    settle(op, Duration::from_secs(2), opts.timeout).await?;
+    let c1 = Scrape::take(op)?;
+    r.change_reconciles_per_feature =
+        (c1.feature_reconciles() - c0.feature_reconciles()) / n as f64;
+    r.change_status_writes_per_feature =
+        (c1.feature_status_writes() - c0.feature_status_writes()) / n as f64;
+    r.change_object_writes_per_feature =
+        (c1.sum("premium_object_writes_total") - c0.sum("premium_object_writes_total")) / n as f64;
+    let (_, peak) = rss_mib(op.pid());
+    r.rss_peak_mib = r.rss_peak_mib.max(peak);
+
+    // Restart: a fresh operator over a converged namespace should find nothing to write.
+    op.terminate(Duration::from_secs(30)).await?;
+    let started = Instant::now();
+    *op = start_operator(&namespace).await?;
+    let settled = settle(op, Duration::from_secs(3), opts.timeout).await?;
+    r.restart_settle_seconds = settled.duration_since(started).as_secs_f64();
+    let m = Scrape::take(op)?;
+    r.restart_writes = m.writes() as u64;
+    r.restart_reconciles_per_feature = m.feature_reconciles() / n as f64;
+    let _ = client;
+    Ok(())
+}
+
+/// Waits until the operator's reconcile and write counters stop moving for `quiet`; returns
+/// when they last moved.
+async fn settle(op: &Operator, quiet: Duration, timeout: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    let mut last = (-1.0, -1.0);
+    let mut moved = Instant::now();
+    loop {
+        let s = Scrape::take(op)?;
+        let now = (s.sum("premium_reconciles_total"), s.writes());
+        if now != last {
+            last = now;
+            moved = Instant::now();
+        } else if moved.elapsed() >= quiet {
+            return Ok(moved);
+        }
+        if Instant::now() > deadline {
+            bail!("the operator did not settle within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn teardown(
+    features: &Api<PremiumFeature>,
+    op: &Operator,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    features
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .context("deleting the bench features")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = features
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len();
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{left} features still there {timeout:?} after deleting them; operator log:\n{}",
+                op.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The results as a table, one column per size.
+pub fn table(results: &[Results]) -> String {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |label: &str, f: &dyn Fn(&Results) -> String| {
+        rows.push((label.to_string(), results.iter().map(f).collect()));
+    };
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    row("features", &|r| r.size.to_string());
+    row("baseline (s)", &|r| opt(r.baseline_seconds, 2));
+    row("operator convergence (s)", &|r| {
+        format!("{:.2}", r.convergence_seconds)
+    });
+    row("ratio to baseline", &|r| opt(r.ratio_to_baseline, 2));
+    row("api requests by verb", &|r| {
+        r.api_requests
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    row("writes per feature (obj+status)", &|r| {
+        format!(
+            "{:.2} ({}+{})",
+            r.writes_per_feature, r.object_writes, r.status_writes
+        )
+    });
+    row("status writes per feature", &|r| {
+        format!("{:.2}", r.status_writes_per_feature)
+    });
+    row("reconciles per feature", &|r| {
+        format!("{:.2}", r.reconciles_per_feature)
+    });
+    row("hop p50 / p99 / max (ms)", &|r| {
+        format!(
+            "{:.0} / {:.0} / {:.0} (n={})",
+            r.hop_p50_ms, r.hop_p99_ms, r.hop_max_ms, r.hop_samples
+        )
+    });
+    row("steady writes / requests", &|r| {
+        format!(
+            "{} / {} in {:.0}s",
+            r.steady_writes, r.steady_api_requests, r.steady_window_seconds
+        )
+    });
+    row("change: s, reconciles/status/obj per f.", &|r| {
+        format!(
+            "{:.1}s, {:.2} / {:.2} / {:.2}",
+            r.change_seconds,
+            r.change_reconciles_per_feature,
+            r.change_status_writes_per_feature,
+            r.change_object_writes_per_feature
+        )
+    });
+    row("restart: writes, reconciles/f, settle", &|r| {
+        format!(
+            "{}, {:.2}, {:.1}s",
+            r.restart_writes, r.restart_reconciles_per_feature, r.restart_settle_seconds
+        )
+    });
+    row("RSS peak / steady (MiB)", &|r| {
+        format!("{:.1} / {:.1}", r.rss_peak_mib, r.rss_steady_mib)
+    });
+    let w0 = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..results.len())
+        .map(|i| rows.iter().map(|(_, c)| c[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (label, cells) in &rows {
+        out.push_str(&format!("{label:<w0$}"));
+        for (c, w) in cells.iter().zip(&widths) {
+            out.push_str(&format!(" | {c:>w$}"));
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,105 @@
+//! `make bench`: the operator's convergence, API cost, steady state and memory against a
+//! hand-written baseline, on the local control plane. See bench/harness.rs for what is
+//! measured; results go to target/bench/results.json and a table on stdout.
+//!
+//! Arguments (after `cargo bench --bench convergence --`):
+//!   --sizes 100,1000     sizes to run (default 100,1000)
+//!   --large              also run 10,000
+//!   --steady-seconds S   steady-state window (default 60)
+//!   --seed N             workload seed (default 42)
+//!   --no-baseline        skip the baseline (the ratio is then missing)
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+#[path = "../bench/harness.rs"]
+mod harness;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!(
+        "error: {msg}\nusage: convergence [--sizes 100,1000] [--large] [--steady-seconds 60] [--seed 42] [--no-baseline]"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut sizes = vec![100usize, 1000];
+    let mut steady = 60u64;
+    let mut seed = 42u64;
+    let mut baseline = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            // cargo bench passes --bench to every bench target.
+            "--bench" => {}
+            "--large" => sizes.push(10_000),
+            "--no-baseline" => baseline = false,
+            "--sizes" => match args.next().map(|s| {
+                s.split(',')
+                    .map(|x| x.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+            }) {
+                Some(Ok(s)) if !s.is_empty() && s.iter().all(|n| *n > 0) => sizes = s,
+                _ => return usage("--sizes takes a comma-separated list of positive numbers"),
+            },
+            "--steady-seconds" => match args.next().and_then(|s| s.parse().ok()) {
+                Some(s) => steady = s,
+                None => return usage("--steady-seconds takes a number of seconds"),
+            },
+            "--seed" => match args.next().and_then(|s| s.parse().ok()) {
+                Some(s) => seed = s,
+                None => return usage("--seed takes a number"),
+            },
+            other => return usage(&format!("unknown argument {other}")),
+        }
+    }
+    sizes.dedup();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut results = Vec::new();
+    for size in sizes {
+        let mut opts = harness::Options::new(size);
+        opts.seed = seed;
+        opts.steady_window = Duration::from_secs(steady);
+        opts.baseline = baseline;
+        eprintln!("[bench] N={size}: running");
+        match runtime.block_on(harness::run(&opts)) {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("error: N={size}: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let path = dir.join("results.json");
+    let written = std::fs::create_dir_all(&dir).and_then(|_| {
+        let json = serde_json::to_string_pretty(&results).unwrap_or_default();
+        std::fs::write(&path, json + "\n")
+    });
+    println!("{}", harness::table(&results));
+    match written {
+        Ok(()) => {
+            println!("results: {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: writing {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}

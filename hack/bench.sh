@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make bench`: the convergence benchmark (benches/convergence.rs) on the local control
+# plane. Starts the cluster if it is not up (and leaves it up), builds the operator in release
+# mode, runs sizes 100 and 1000 and writes target/bench/results.json.
+#
+#   hack/bench.sh                      sizes 100 and 1000
+#   hack/bench.sh --large              also 10,000 (needs a node with room for 10,000 pods:
+#                                      PREMIUM_NODE_PODS=20000 hack/cluster-up.sh on a fresh cluster)
+#   hack/bench.sh --sizes 100 --steady-seconds 10
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+"${REPO_ROOT}/hack/cluster-up.sh" >/dev/null
+export KUBECONFIG="${CLUSTER_DIR}/kubeconfig"
+# The bench profile is the release profile: the operator binary it starts is a release build.
+exec cargo bench --bench convergence -- "$@"

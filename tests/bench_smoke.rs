@@ -1,0 +1,58 @@
+//! A short run of the `make bench` harness (N=20) so that `make test` keeps it working, with
+//! the quality bars that hold at any size asserted.
+
+mod support;
+
+#[path = "../bench/harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_harness_at_twenty_features() -> anyhow::Result<()> {
+    let mut opts = harness::Options::new(20);
+    opts.steady_window = Duration::from_secs(5);
+    opts.timeout = Duration::from_secs(60);
+    let r = harness::run(&opts).await?;
+    println!("{}", harness::table(std::slice::from_ref(&r)));
+
+    assert_eq!(r.size, 20);
+    assert!(r.convergence_seconds > 0.0);
+    assert!(r.baseline_seconds.is_some_and(|b| b > 0.0));
+    // Every feature below the top level waited for its dependencies: one hop each.
+    assert_eq!(r.hop_samples, 18, "{r:?}");
+    assert!(
+        r.hop_p99_ms < 2000.0,
+        "dependency hop p99 {} ms",
+        r.hop_p99_ms
+    );
+    assert!(
+        r.api_requests.get("patch").copied().unwrap_or(0) > 0,
+        "{r:?}"
+    );
+    assert!(r.reconciles_per_feature >= 1.0, "{r:?}");
+    assert_eq!(r.steady_writes, 0, "writes in a steady state: {r:?}");
+    assert_eq!(r.restart_writes, 0, "writes after a restart: {r:?}");
+    assert!(r.rss_peak_mib > 0.0 && r.rss_steady_mib > 0.0, "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn workload_is_seeded_levelled_and_points_one_level_up() {
+    let a = harness::workload(100, 7);
+    assert_eq!(a, harness::workload(100, 7));
+    assert_ne!(a, harness::workload(100, 8));
+    assert_eq!(a.len(), harness::LEVELS);
+    assert_eq!(a.iter().map(Vec::len).sum::<usize>(), 100);
+    for (l, level) in a.iter().enumerate() {
+        for node in level {
+            if l == 0 {
+                assert!(node.deps.is_empty());
+            } else {
+                assert!((1..=3).contains(&node.deps.len()));
+                let above: Vec<&str> = a[l - 1].iter().map(|n| n.name.as_str()).collect();
+                assert!(node.deps.iter().all(|d| above.contains(&d.as_str())));
+            }
+        }
+    }
+}
