@@ -13,6 +13,12 @@ build:
 test:
 	bash hack/test.sh
 
+## bench: convergence, API cost, steady state and memory at 100 and 1,000 features against a
+## hand-written baseline (release build, local control plane); BENCH_ARGS=--large adds 10,000.
+.PHONY: bench
+bench:
+	bash hack/bench.sh $(BENCH_ARGS)
+
 ## unit: the tests that need no cluster.
 unit:
 	$(CARGO) test --lib --bins
