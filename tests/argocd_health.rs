@@ -4,11 +4,21 @@
 //! argocd-cm snippet carries exactly the same scripts.
 //!
 //! Argo CD runs gopher-lua (Lua 5.1); the scripts use nothing newer than 5.1.
+//!
+//! `health_of_live_objects` runs the scripts on what the real operator writes, so it needs the
+//! local cluster (`make cluster-up`, or `make test`).
+
+mod support;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use kube::api::Api;
 use mlua::{Lua, Table, Value as LuaValue};
+use premium_operator::api::{PremiumFeature, PremiumPolicy};
 use serde_json::{Value, json};
+use support::TestNamespace;
+use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -364,4 +374,78 @@ fn argocd_cm_snippet_carries_the_same_scripts() {
             "{key} in docs/argocd/argocd-cm.yaml differs from docs/argocd/premium.dev_{kind}.lua"
         );
     }
+}
+
+/// The same scripts on the objects the real operator writes, read back from the local
+/// cluster: Ready features are Healthy, a feature behind a missing dependency Progressing, a
+/// feature on a cycle Degraded, a suspended one Suspended, the policy Healthy.
+#[tokio::test]
+async fn health_of_live_objects() -> anyhow::Result<()> {
+    let client = support::client().await;
+    ensure_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "argocd-health").await?;
+    let n = ns.name().to_string();
+    let operator = Operator::start(Some(&n), &[])?;
+    let manifests = [
+        feature_yaml("base", &[], ""),
+        feature_yaml("app", &["base"], ""),
+        feature_yaml("lonely", &["ghost"], ""),
+        feature_yaml("ping", &["pong"], ""),
+        feature_yaml("pong", &["ping"], ""),
+        feature_yaml("paused", &[], "  suspend: true"),
+        "apiVersion: premium.dev/v1alpha1\nkind: PremiumPolicy\nmetadata: {name: defaults}\nspec: {selector: {matchLabels: {tier: premium}}}\n".to_string(),
+    ]
+    .concat();
+    apply_yaml(&client, &n, &manifests).await?;
+    let features: Api<PremiumFeature> = ns.api();
+    let want = [
+        ("base", "Healthy"),
+        ("app", "Healthy"),
+        ("lonely", "Progressing"),
+        ("ping", "Degraded"),
+        ("pong", "Degraded"),
+        ("paused", "Suspended"),
+    ];
+    let outcome = support::eventually(
+        "every feature to reach its expected Argo CD health",
+        Duration::from_secs(90),
+        || {
+            let features = features.clone();
+            async move {
+                let mut wrong = Vec::new();
+                for (name, expected) in want {
+                    let object = serde_json::to_value(features.get(name).await?)?;
+                    let (status, message) = health("PremiumFeature", &object);
+                    if status != expected {
+                        wrong.push(format!("{name}: {status} ({message}), want {expected}"));
+                    }
+                }
+                if wrong.is_empty() {
+                    Ok(Some(()))
+                } else {
+                    anyhow::bail!("{}", wrong.join("; "))
+                }
+            }
+        },
+    )
+    .await;
+    if let Err(e) = outcome {
+        anyhow::bail!("{e:#}\noperator log:\n{}", operator.log_tail());
+    }
+    let policies: Api<PremiumPolicy> = ns.api();
+    support::eventually(
+        "the policy to be Healthy for Argo CD",
+        Duration::from_secs(30),
+        || {
+            let policies = policies.clone();
+            async move {
+                let policy = serde_json::to_value(policies.get("defaults").await?)?;
+                let (status, message) = health("PremiumPolicy", &policy);
+                anyhow::ensure!(status == "Healthy", "{status}: {message}");
+                Ok(Some(()))
+            }
+        },
+    )
+    .await?;
+    finish(ns, operator).await
 }
