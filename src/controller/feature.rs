@@ -154,6 +154,12 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         stall = stall.clone().or(invalid(e));
         None
     });
+    if let Err(message) = settings::check_resources(feature) {
+        stall = stall.clone().or(Some(Stall {
+            reason: reason::INVALID_SPEC,
+            message,
+        }));
+    }
     let pool = settings::pool_settings(feature, &effective.spec);
     let budget = budget_for_feature(ctx, feature, &graph);
 

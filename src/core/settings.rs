@@ -261,3 +261,61 @@ mod tests {
         assert_eq!(t.max_connections, None);
     }
 }
+
+/// Resource amounts the API server would refuse in the Deployment. The CRD cannot check them
+/// (they are int-or-string), and the server's own refusal of the Deployment is an opaque
+/// conversion error, so they are checked here and reported on the feature.
+pub fn check_resources(feature: &PremiumFeature) -> Result<(), String> {
+    // The grammar the API server quotes when it refuses a quantity.
+    static QUANTITY: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$").ok()
+    });
+    let Some(re) = QUANTITY.as_ref() else {
+        return Ok(());
+    };
+    let Some(res) = &feature.spec.resources else {
+        return Ok(());
+    };
+    let mut bad = Vec::new();
+    for (section, map) in [("requests", &res.requests), ("limits", &res.limits)] {
+        for (name, q) in map.iter().flatten() {
+            if !re.is_match(&q.0) || q.0.matches('.').count() > 1 {
+                bad.push(format!(
+                    "spec.resources.{section}.{name}: {:?} is not a quantity (write it like 100m, 0.5, 64Mi or 1Gi)",
+                    q.0
+                ));
+            }
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    #[test]
+    fn quantities_are_checked() {
+        let with = |cpu: &str| {
+            let mut f = PremiumFeature::new("f", Default::default());
+            f.spec.resources = Some(ResourceRequirements {
+                requests: Some([("cpu".to_string(), Quantity(cpu.to_string()))].into()),
+                ..Default::default()
+            });
+            f
+        };
+        for ok in ["100m", "0.5", "1", "64Mi", "1e3"] {
+            assert!(check_resources(&with(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["half a core", "", "1..2", "Mi"] {
+            let err = check_resources(&with(bad)).unwrap_err();
+            assert!(err.contains("spec.resources.requests.cpu"), "{err}");
+        }
+    }
+}

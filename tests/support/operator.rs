@@ -194,8 +194,19 @@ pub fn feature_yaml(name: &str, deps: &[&str], extra_spec: &str) -> String {
     )
 }
 
-/// Server-side applies YAML documents (a test's manifests) into `namespace`.
+/// Server-side applies YAML documents (a test's manifests) into `namespace` (documents that
+/// name their own namespace keep it).
 pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> anyhow::Result<()> {
+    apply_yaml_labelled(client, namespace, yaml, &[]).await
+}
+
+/// [`apply_yaml`], adding `labels` to every object.
+pub async fn apply_yaml_labelled(
+    client: &Client,
+    namespace: &str,
+    yaml: &str,
+    labels: &[(&str, &str)],
+) -> anyhow::Result<()> {
     use serde::Deserialize;
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(doc)?;
@@ -203,7 +214,16 @@ pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> anyhow:
             continue;
         }
         let mut obj: kube::api::DynamicObject = serde_yaml::from_value(value)?;
-        obj.metadata.namespace = Some(namespace.to_string());
+        let namespace = obj
+            .metadata
+            .namespace
+            .get_or_insert_with(|| namespace.to_string())
+            .clone();
+        let namespace = namespace.as_str();
+        let all = obj.metadata.labels.get_or_insert_with(Default::default);
+        for (k, v) in labels {
+            all.insert(k.to_string(), v.to_string());
+        }
         let types = obj
             .types
             .clone()
