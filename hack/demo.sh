@@ -32,7 +32,8 @@ if [[ -f ${DEMO_DIR}/operator.pid ]] && kill -0 "$(cat "${DEMO_DIR}/operator.pid
 else
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   log "==> starting the operator (metrics on 127.0.0.1:${port}, log in ${DEMO_DIR}/operator.log)"
-  nohup "$BIN" run --metrics-address "127.0.0.1:${port}" >"${DEMO_DIR}/operator.log" 2>&1 &
+  # Scoped to the demo namespace, so a shared cluster's other namespaces are left alone.
+  nohup "$BIN" run --namespace "$NAMESPACE" --metrics-address "127.0.0.1:${port}" >"${DEMO_DIR}/operator.log" 2>&1 &
   echo $! >"${DEMO_DIR}/operator.pid"
   echo "$port" >"${DEMO_DIR}/metrics.port"
 fi
