@@ -19,6 +19,13 @@ test:
 bench:
 	bash hack/bench.sh $(BENCH_ARGS)
 
+## reliability: faults (operator SIGKILLs, leader kill, apiserver restart/freeze, etcd restart,
+## expired watch), the bad-input corpus and the security/isolation cases at full size, with a
+## results table; fault clusters of its own under target/cluster-<name>.
+.PHONY: reliability
+reliability:
+	bash hack/reliability.sh
+
 ## unit: the tests that need no cluster.
 unit:
 	$(CARGO) test --lib --bins
