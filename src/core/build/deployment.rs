@@ -153,6 +153,18 @@ fn sidecar_container(plan: &FeaturePlan) -> Container {
             period_seconds: Some(5),
             ..Default::default()
         }),
+        // A native sidecar's startup probe holds the app back until Envoy listens, which it
+        // does only once its clusters and routes are loaded: the app's first outbound call
+        // never meets a missing listener.
+        startup_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(ENVOY_INBOUND_PORT)),
+                ..Default::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(60),
+            ..Default::default()
+        }),
         // Requests on every container let CPU autoscaling work; Envoy's are small and fixed.
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
@@ -209,6 +221,12 @@ mod tests {
         let init = &pod(&d).init_containers.as_ref().unwrap()[0];
         assert_eq!(init.name, "envoy");
         assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+        assert!(
+            init.startup_probe
+                .as_ref()
+                .and_then(|p| p.tcp_socket.as_ref())
+                .is_some()
+        );
         assert_eq!(
             init.volume_mounts.as_ref().unwrap()[0].mount_path,
             "/etc/envoy"
