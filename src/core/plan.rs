@@ -107,12 +107,15 @@ pub fn gate(
         } else {
             match view(&target) {
                 Some(v) if v.ready => None,
+                // The message names no phase: it would change with every step of the
+                // dependency's start-up and cost a status write of each dependent per step.
                 Some(v) => Some((
                     reason::DEPENDENCY_NOT_READY,
-                    format!(
-                        "{shown} is {}",
-                        v.phase.map(Phase::as_str).unwrap_or("not reconciled yet")
-                    ),
+                    if v.given_up {
+                        format!("{shown} stopped trying (Stalled or suspended); see its conditions")
+                    } else {
+                        format!("{shown} is not Ready yet")
+                    },
                     v.given_up,
                 )),
                 None => Some((
@@ -380,7 +383,8 @@ mod tests {
         assert_eq!(gate.blocked_by.len(), 1);
         assert_eq!(gate.blocked_by[0].name, "soundcheck");
         assert_eq!(gate.blocked_by[0].reason, reason::DEPENDENCY_NOT_READY);
-        assert_eq!(gate.blocked_by[0].message, "soundcheck is Starting");
+        // No phase in the message: it would change (and be written) at every step.
+        assert_eq!(gate.blocked_by[0].message, "soundcheck is not Ready yet");
         let open = super::gate(
             &key("aika"),
             &d,
