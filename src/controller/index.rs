@@ -8,10 +8,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kube::ResourceExt;
 
+use crate::api::conditions as cond;
 use crate::api::{PremiumFeature, PremiumPolicy};
 use crate::core::graph::FeatureKey;
 use crate::core::plan::dependency_key;
 use crate::core::policy::selects;
+use crate::core::status::{condition, is_ready};
 
 /// Namespace and name of a policy.
 pub type PolicyKey = FeatureKey;
@@ -22,6 +24,12 @@ struct FeatureEntry {
     /// Everything of the feature that policies and budgets read: labels and pool.
     selection: String,
     phase: Option<String>,
+    /// What a dependent's reconcile reads of this feature: ready, given up, port, deleting.
+    /// Dependents are woken only when it changes, not on every status write.
+    view: (bool, bool, i32, bool),
+    /// What its own reconcile acts on besides status: generation, labels, annotations,
+    /// finalizers, deletion. Its own status writes (and their echoes) wake nobody.
+    meta: String,
 }
 
 /// What an event means for other objects.
@@ -42,6 +50,20 @@ pub struct Index {
 
 fn key_of_feature(f: &PremiumFeature) -> FeatureKey {
     FeatureKey::new(f.namespace().unwrap_or_default(), f.name_any())
+}
+
+/// A feature as its dependents see it (see `feature::dependency_view`).
+fn dependency_view(f: &PremiumFeature) -> (bool, bool, i32, bool) {
+    let st = f.status.as_ref();
+    let stalled = st
+        .and_then(|s| condition(&s.conditions, cond::STALLED))
+        .is_some_and(|c| c.status == "True");
+    (
+        is_ready(st, f.metadata.generation),
+        stalled || f.spec.suspend,
+        f.spec.port,
+        f.metadata.deletion_timestamp.is_some(),
+    )
 }
 
 fn key_of_policy(p: &PremiumPolicy) -> PolicyKey {
@@ -125,9 +147,21 @@ impl Index {
                 .as_ref()
                 .and_then(|s| s.phase)
                 .map(|p| p.to_string()),
+            view: dependency_view(f),
+            meta: format!(
+                "{:?}|{:?}|{:?}|{:?}|{:?}",
+                f.metadata.generation,
+                f.labels(),
+                f.annotations(),
+                f.finalizers(),
+                f.metadata.deletion_timestamp
+            ),
         };
         let previous = self.features.insert(key.clone(), entry.clone());
         let mut wake = Wake::default();
+        if previous.as_ref().map(|p| &p.meta) != Some(&entry.meta) {
+            wake.features.insert(key.clone());
+        }
         let graph_changed = previous.as_ref().map(|p| &p.deps) != Some(&deps);
         if graph_changed {
             self.graph_version += 1;
@@ -146,7 +180,7 @@ impl Index {
             }
             // Levels and cycles of everything downstream may have moved.
             wake.features.extend(self.transitive_dependents(&key));
-        } else {
+        } else if previous.as_ref().map(|p| p.view) != Some(entry.view) {
             wake.features.extend(self.dependents(&key));
         }
         if previous.as_ref().map(|p| &p.selection) != Some(&entry.selection) {
@@ -289,16 +323,36 @@ mod tests {
         let wake = idx.apply_feature(&feature("catalog", &[], "premium"));
         assert!(wake.features.contains(&k("aika")));
         assert!(idx.graph_version() > v);
-        // A status-only update of catalog wakes aika without a graph change.
+        // A status write that changes nothing aika reads (catalog's own write) wakes nobody.
         let v = idx.graph_version();
+        let mut starting = feature("catalog", &[], "premium");
+        starting.status = Some(crate::api::PremiumFeatureStatus {
+            phase: Some(crate::api::Phase::Starting),
+            ..Default::default()
+        });
+        assert_eq!(idx.apply_feature(&starting).features, BTreeSet::new());
+        // Catalog turning Ready wakes aika, not catalog, without a graph change.
         let mut ready = feature("catalog", &[], "premium");
         ready.status = Some(crate::api::PremiumFeatureStatus {
             phase: Some(crate::api::Phase::Ready),
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: cond::READY.into(),
+                status: "True".into(),
+                reason: "Available".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
+            }],
             ..Default::default()
         });
         let wake = idx.apply_feature(&ready);
         assert_eq!(wake.features, BTreeSet::from([k("aika")]));
         assert_eq!(idx.graph_version(), v);
+        // A spec change (new generation) wakes the feature itself.
+        ready.metadata.generation = Some(2);
+        assert!(idx.apply_feature(&ready).features.contains(&k("catalog")));
     }
 
     #[test]

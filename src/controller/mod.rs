@@ -623,12 +623,13 @@ fn feature_key(f: &PremiumFeature) -> FeatureKey {
 }
 
 fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFeature>>) {
+    // The index wakes the feature itself unless only its status moved (its own write); one
+    // that does not match the schema is handed to the reconciler, which reports it.
     if let WatchEvent::Apply(g) = ev
-        && let Ok(f) = &g.0
+        && let Err(invalid) = &g.0
+        && let (Some(name), Some(ns)) = (&invalid.metadata.name, &invalid.metadata.namespace)
     {
-        let _ = ctx
-            .feature_triggers
-            .send(ObjectRef::new(&f.name_any()).within(&f.namespace().unwrap_or_default()));
+        let _ = ctx.feature_triggers.send(ObjectRef::new(name).within(ns));
     }
     let wake = {
         let mut index = lock(&ctx.index);
