@@ -31,7 +31,7 @@ use crate::core::sidecar::{SidecarSpec, Upstream, render};
 use crate::core::status::{
     self, DeploymentHealth, Observation, Stall, condition, feature_status, now_time,
 };
-use crate::runtime::metrics::{ControllerLabels, KindLabels};
+use crate::runtime::metrics::KindLabels;
 
 const CONTROLLER: &str = "feature";
 
@@ -81,37 +81,13 @@ pub async fn reconcile(
     guard: Arc<DeserializeGuard<PremiumFeature>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let feature = match &guard.0 {
-        Ok(f) => f,
-        Err(invalid) => {
-            // A malformed object must not stall the others: report and move on.
-            warn!(
-                name = invalid.metadata.name.as_deref().unwrap_or(""),
-                namespace = invalid.metadata.namespace.as_deref().unwrap_or(""),
-                error = %invalid.error,
-                "skipping a PremiumFeature that does not match the schema"
-            );
-            ctx.metrics
-                .reconcile_errors
-                .get_or_create(&super::ErrorLabels::new(CONTROLLER, "InvalidObject"))
-                .inc();
-            return Ok(Action::await_change());
-        }
+    let Some(feature) = super::valid_or_report(&guard, &ctx, CONTROLLER) else {
+        return Ok(Action::await_change());
     };
     let span = tracing::Span::current();
     span.record("feature", feature.name_any());
     span.record("namespace", feature.namespace().unwrap_or_default());
-    let labels = ControllerLabels {
-        controller: CONTROLLER,
-    };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let started = std::time::Instant::now();
-    let result = reconcile_feature(feature, &ctx).await;
-    ctx.metrics
-        .reconcile_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
+    super::measured(&ctx, CONTROLLER, reconcile_feature(feature, &ctx)).await
 }
 
 async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Action, Error> {

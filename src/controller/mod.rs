@@ -36,7 +36,9 @@ use crate::core::build::DEFAULT_SIDECAR_IMAGE;
 use crate::core::graph::FeatureKey;
 use crate::runtime::http::{HttpState, serve};
 use crate::runtime::leader::{Election, LeaderConfig};
-use crate::runtime::metrics::{ErrorLabels, Metrics, PhaseLabels, request_counter};
+use crate::runtime::metrics::{
+    ControllerLabels, ErrorLabels, Metrics, PhaseLabels, request_counter,
+};
 use crate::runtime::telemetry;
 use context::{Context, Settings, Stores, lock};
 
@@ -95,6 +97,52 @@ impl ErrorLabels {
     pub fn new(controller: &'static str, kind: &'static str) -> Self {
         Self { controller, kind }
     }
+}
+
+/// The object inside a guard; a malformed one is logged and counted instead, so it never
+/// stalls the others.
+fn valid_or_report<'a, K>(
+    guard: &'a DeserializeGuard<K>,
+    ctx: &Context,
+    controller: &'static str,
+) -> Option<&'a K>
+where
+    K: Resource<DynamicType = ()>,
+{
+    match &guard.0 {
+        Ok(k) => Some(k),
+        Err(invalid) => {
+            warn!(
+                kind = %K::kind(&()),
+                name = invalid.metadata.name.as_deref().unwrap_or(""),
+                namespace = invalid.metadata.namespace.as_deref().unwrap_or(""),
+                error = %invalid.error,
+                "skipping an object that does not match the schema"
+            );
+            ctx.metrics
+                .reconcile_errors
+                .get_or_create(&ErrorLabels::new(controller, "InvalidObject"))
+                .inc();
+            None
+        }
+    }
+}
+
+/// Runs one reconcile, counting it and timing it.
+async fn measured(
+    ctx: &Context,
+    controller: &'static str,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let labels = ControllerLabels { controller };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
 }
 
 /// Flags of `premium-operator run`.

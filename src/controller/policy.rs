@@ -9,7 +9,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{field, instrument, warn};
+use tracing::{field, instrument};
 
 use super::Error;
 use super::context::{Context, lock};
@@ -21,7 +21,7 @@ use crate::core::graph::{FeatureKey, GraphAnalysis};
 use crate::core::policy::{conflicts_by_policy, effective_policy, selects};
 use crate::core::settings::pool_settings;
 use crate::core::status::{Stamp, now_time, set_condition};
-use crate::runtime::metrics::{ControllerLabels, KindLabels};
+use crate::runtime::metrics::KindLabels;
 
 const CONTROLLER: &str = "policy";
 
@@ -88,11 +88,12 @@ pub fn budget_for_feature(
     if budgeted.is_empty() {
         return FeatureBudget::default();
     }
-    let features = ctx.features_in(&namespace);
     let name = feature.name_any();
     let mut out = FeatureBudget::default();
     for p in budgeted {
-        let a = allocation(p, &features, &policies, graph);
+        let a = ctx.allocation(p, || {
+            allocation(p, &ctx.features_in(&namespace), &policies, graph)
+        });
         if let Some(max) = a.max_replicas.get(&name) {
             out.max_replicas = Some(out.max_replicas.map_or(*max, |m| m.min(*max)));
         } else if a.waiting.contains(&name) {
@@ -133,35 +134,13 @@ pub async fn reconcile(
     guard: Arc<DeserializeGuard<PremiumPolicy>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let policy = match &guard.0 {
-        Ok(p) => p,
-        Err(invalid) => {
-            warn!(
-                name = invalid.metadata.name.as_deref().unwrap_or(""),
-                error = %invalid.error,
-                "skipping a PremiumPolicy that does not match the schema"
-            );
-            ctx.metrics
-                .reconcile_errors
-                .get_or_create(&super::ErrorLabels::new(CONTROLLER, "InvalidObject"))
-                .inc();
-            return Ok(Action::await_change());
-        }
+    let Some(policy) = super::valid_or_report(&guard, &ctx, CONTROLLER) else {
+        return Ok(Action::await_change());
     };
     let span = tracing::Span::current();
     span.record("policy", policy.name_any());
     span.record("namespace", policy.namespace().unwrap_or_default());
-    let labels = ControllerLabels {
-        controller: CONTROLLER,
-    };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let started = std::time::Instant::now();
-    let result = reconcile_policy(policy, &ctx).await;
-    ctx.metrics
-        .reconcile_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
+    super::measured(&ctx, CONTROLLER, reconcile_policy(policy, &ctx)).await
 }
 
 async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Action, Error> {
@@ -191,7 +170,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
         .as_ref()
         .and_then(|p| p.budget.as_ref())
         .is_some();
-    let alloc = allocation(policy, &features, &policies, &graph);
+    let alloc = ctx.allocation(policy, || allocation(policy, &features, &policies, &graph));
 
     // Wake the features whose share of the budget moved.
     if has_budget {
