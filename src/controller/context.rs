@@ -14,6 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::index::{Index, Wake};
 use crate::api::{PremiumFeature, PremiumPolicy};
+use crate::core::budget::BudgetAllocation;
 use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, GraphAnalysis, analyze};
 use crate::core::plan::dependency_key;
 use crate::core::policy::selects;
@@ -51,6 +52,9 @@ pub struct Context {
     pub stores: Stores,
     pub index: Mutex<Index>,
     graph: Mutex<Option<(u64, Arc<GraphAnalysis>)>>,
+    /// Budget allocations per policy, valid for one index budget version: computed once per
+    /// change, not once per feature reconcile (each is O(features) policy merges).
+    allocations: Mutex<(u64, BTreeMap<FeatureKey, Arc<BudgetAllocation>>)>,
     pub slots: Mutex<StartSlots>,
     /// Last budget shares per policy, to wake only the features whose share moved.
     pub budget_shares: Mutex<BTreeMap<FeatureKey, BTreeMap<String, u32>>>,
@@ -79,6 +83,7 @@ impl Context {
             stores,
             index: Mutex::default(),
             graph: Mutex::default(),
+            allocations: Mutex::default(),
             slots: Mutex::default(),
             budget_shares: Mutex::default(),
             restarts: Mutex::default(),
@@ -181,6 +186,32 @@ impl Context {
         let graph = Arc::new(analyze(&nodes, |a, b| self.permitted(a, b)));
         *cached = Some((version, graph.clone()));
         graph
+    }
+
+    /// The budget allocation of `policy`, from the cache while nothing it depends on changed.
+    pub fn allocation(
+        &self,
+        policy: &PremiumPolicy,
+        compute: impl FnOnce() -> BudgetAllocation,
+    ) -> Arc<BudgetAllocation> {
+        // The version is read before the caches: a change landing meanwhile bumps it again.
+        let version = lock(&self.index).budget_version();
+        let key = FeatureKey::new(policy.namespace().unwrap_or_default(), policy.name_any());
+        {
+            let cached = lock(&self.allocations);
+            if cached.0 == version
+                && let Some(a) = cached.1.get(&key)
+            {
+                return a.clone();
+            }
+        }
+        let a = Arc::new(compute());
+        let mut cached = lock(&self.allocations);
+        if cached.0 != version {
+            *cached = (version, BTreeMap::new());
+        }
+        cached.1.insert(key, a.clone());
+        a
     }
 
     /// Queues reconciles for what an event woke.

@@ -23,7 +23,6 @@ struct FeatureEntry {
     deps: Vec<FeatureKey>,
     /// Everything of the feature that policies and budgets read: labels and pool.
     selection: String,
-    phase: Option<String>,
     /// What a dependent's reconcile reads of this feature: ready, given up, port, deleting.
     /// Dependents are woken only when it changes, not on every status write.
     view: (bool, bool, i32, bool),
@@ -46,6 +45,7 @@ pub struct Index {
     policies: BTreeMap<PolicyKey, PremiumPolicy>,
     selected: HashMap<PolicyKey, BTreeSet<FeatureKey>>,
     graph_version: u64,
+    budget_version: u64,
 }
 
 fn key_of_feature(f: &PremiumFeature) -> FeatureKey {
@@ -74,6 +74,12 @@ impl Index {
     /// Bumped whenever the dependency graph or a cross-namespace grant may have changed.
     pub fn graph_version(&self) -> u64 {
         self.graph_version
+    }
+
+    /// Bumped whenever a budget allocation may have changed: a feature's labels, pool,
+    /// suspension or deletion, the graph (levels order admission), or a policy.
+    pub fn budget_version(&self) -> u64 {
+        self.budget_version
     }
 
     /// Features that list `key` in `dependsOn`.
@@ -107,16 +113,6 @@ impl Index {
         seen
     }
 
-    fn policies_selecting(&self, f: &PremiumFeature) -> BTreeSet<PolicyKey> {
-        let ns = f.namespace().unwrap_or_default();
-        self.policies
-            .range(FeatureKey::new(ns.clone(), "")..)
-            .take_while(|(k, _)| k.namespace == ns)
-            .filter(|(_, p)| selects(p, f))
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
-
     fn all_policies_in(&self, namespace: &str) -> BTreeSet<PolicyKey> {
         self.policies
             .range(FeatureKey::new(namespace, "")..)
@@ -141,12 +137,14 @@ impl Index {
         };
         let entry = FeatureEntry {
             deps: deps.clone(),
-            selection: format!("{:?}|{:?}|{:?}", f.labels(), f.spec.pool, f.spec.depends_on),
-            phase: f
-                .status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .map(|p| p.to_string()),
+            selection: format!(
+                "{:?}|{:?}|{:?}|{}|{}",
+                f.labels(),
+                f.spec.pool,
+                f.spec.depends_on,
+                f.spec.suspend,
+                f.metadata.deletion_timestamp.is_some()
+            ),
             view: dependency_view(f),
             meta: format!(
                 "{:?}|{:?}|{:?}|{:?}|{:?}",
@@ -183,12 +181,14 @@ impl Index {
         } else if previous.as_ref().map(|p| p.view) != Some(entry.view) {
             wake.features.extend(self.dependents(&key));
         }
+        if graph_changed || previous.as_ref().map(|p| &p.selection) != Some(&entry.selection) {
+            self.budget_version += 1;
+        }
         if previous.as_ref().map(|p| &p.selection) != Some(&entry.selection) {
             // Selection, budget shares and start-up order of the policies here may change.
+            // (A phase change alone wakes no policy: a policy's status does not read phases,
+            // and start-up slots are handed on by the feature reconciler.)
             wake.policies.extend(self.all_policies_in(&key.namespace));
-        } else if previous.as_ref().map(|p| &p.phase) != Some(&entry.phase) {
-            // Start-up slots of the selecting policies may have freed.
-            wake.policies.extend(self.policies_selecting(f));
         }
         wake
     }
@@ -198,6 +198,7 @@ impl Index {
         let mut wake = Wake::default();
         if let Some(old) = self.features.remove(key) {
             self.graph_version += 1;
+            self.budget_version += 1;
             for d in &old.deps {
                 if let Some(set) = self.dependents.get_mut(d) {
                     set.remove(key);
@@ -229,6 +230,7 @@ impl Index {
         let mut wake = Wake::default();
         let spec_changed = previous.as_ref().map(|o| &o.spec) != Some(&p.spec);
         if spec_changed || before.as_ref() != Some(&now) {
+            self.budget_version += 1;
             wake.features.extend(now.iter().cloned());
             wake.features.extend(before.into_iter().flatten());
             if previous
@@ -251,6 +253,7 @@ impl Index {
     pub fn delete_policy(&mut self, key: &PolicyKey) -> Wake {
         let mut wake = Wake::default();
         self.policies.remove(key);
+        self.budget_version += 1;
         if let Some(selected) = self.selected.remove(key) {
             self.graph_version += 1;
             for f in &selected {
