@@ -115,5 +115,13 @@ launch_component() {
   [[ -f ${CLUSTER_DIR}/cmd/${name} ]] || die "no recorded command for ${name} in ${CLUSTER_DIR}/cmd"
   mapfile -d '' -t args <"${CLUSTER_DIR}/cmd/${name}"
   setsid "${args[@]}" >>"${CLUSTER_DIR}/logs/${name}.log" 2>&1 </dev/null 9>&- &
-  echo $! >"${CLUSTER_DIR}/pids/${name}.pid"
+  local pid=$! i
+  echo "$pid" >"${CLUSTER_DIR}/pids/${name}.pid"
+  # Until the child has exec'd, its command line is this script's, and pid_is_ours would call
+  # it dead (seen on a loaded machine): wait for the exec (at most 5 s).
+  for ((i = 0; i < 100; i++)); do
+    pid_is_ours "${CLUSTER_DIR}/pids/${name}.pid" && break
+    [[ -e /proc/$pid ]] || break
+    sleep 0.05
+  done
 }

@@ -14,18 +14,21 @@ cd "$REPO_ROOT"
 
 export PREMIUM_RELIABILITY="${PREMIUM_RELIABILITY:-1}"
 SUITES=(security_isolation reliability_bad_input reliability_faults)
-OWN_CLUSTERS=(isolation badinput leader faults)
-RESULTS="${REPO_ROOT}/target/reliability/results.tsv"
+SUITES+=(reliability_malformed)
+RESULTS="${REPO_ROOT}/target/reliability/results-$(date +%Y%m%dT%H%M%S)-$$.tsv"
+export PREMIUM_RESULTS_FILE="$RESULTS"
 
 was_up=0
 cluster_healthy && was_up=1
 cleanup() {
-  local c
-  # A test that failed halfway may leave its own cluster: never the shared one.
-  for c in "${OWN_CLUSTERS[@]}"; do
-    if [[ -d ${REPO_ROOT}/target/cluster-${c} ]]; then
-      PREMIUM_CLUSTER_DIR="target/cluster-${c}" "${REPO_ROOT}/hack/cluster-down.sh" >/dev/null 2>&1 || true
-    fi
+  local d pid
+  # A test killed halfway may leave its own cluster (target/cluster-<name>-<test pid>): bring
+  # down those whose test process is gone. Never the shared one.
+  for d in "${REPO_ROOT}"/target/cluster-*-[0-9]*; do
+    [[ -d $d ]] || continue
+    pid=${d##*-}
+    kill -0 "$pid" 2>/dev/null && continue
+    PREMIUM_CLUSTER_DIR="$d" "${REPO_ROOT}/hack/cluster-down.sh" >/dev/null 2>&1 || true
   done
   if [[ $was_up == 0 ]]; then "${REPO_ROOT}/hack/cluster-down.sh" >/dev/null 2>&1 || true; fi
 }
@@ -45,7 +48,7 @@ durations=()
 for suite in "${SUITES[@]}"; do
   log "==> cargo test --test ${suite} (PREMIUM_RELIABILITY=${PREMIUM_RELIABILITY})"
   start=$SECONDS
-  if cargo test --test "$suite" -- --test-threads=1; then
+  if cargo test --test "$suite" -- --test-threads=1 2>&1 | grep -v '^{"timestamp"'; then
     durations+=("${suite}: passed in $((SECONDS - start))s")
   else
     status=1

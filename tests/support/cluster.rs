@@ -28,17 +28,21 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Appends one row to the results table (`target/reliability/results.tsv`): area, case,
-/// result, figures. `make reliability` prints it.
+/// Appends one row to the results table (`$PREMIUM_RESULTS_FILE`, which `make reliability` sets
+/// per run; else `target/reliability/results.tsv`): area, case, result, figures.
 pub fn report(area: &str, case: &str, result: &str, figures: &str) {
-    let dir = repo().join("target/reliability");
-    let _ = std::fs::create_dir_all(&dir);
+    let file = std::env::var_os("PREMIUM_RESULTS_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/reliability/results.tsv"));
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
     let line = format!("{area}\t{case}\t{result}\t{figures}\n");
     eprintln!("RESULT {}", line.trim_end());
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("results.tsv"))
+        .open(&file)
     {
         let _ = f.write_all(line.as_bytes());
     }
@@ -52,10 +56,12 @@ pub struct OwnCluster {
 }
 
 impl OwnCluster {
-    /// Starts `target/cluster-<name>` with extra kube-apiserver flags; `{dir}` in a flag is
+    /// Starts `target/cluster-<name>-<pid>` with extra kube-apiserver flags; `{dir}` in a flag is
     /// replaced by the state directory.
     pub fn up(name: &str, apiserver_args: &[&str]) -> anyhow::Result<Self> {
-        let dir = repo().join(format!("target/cluster-{name}"));
+        // The test process's pid in the name: the same test run twice at once from one checkout
+        // (two engineers' `make test`) must not share, and so tear down, one cluster.
+        let dir = repo().join(format!("target/cluster-{name}-{}", std::process::id()));
         let args: Vec<String> = apiserver_args
             .iter()
             .map(|a| a.replace("{dir}", &dir.to_string_lossy()))
@@ -113,6 +119,21 @@ impl Drop for OwnCluster {
         for c in ["etcd", "kube-apiserver"] {
             let _ = self.fault(&["thaw", c]);
         }
+        // Keep the control plane's logs for a post-mortem.
+        let name = self
+            .dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let keep = repo().join("target/reliability/logs").join(name);
+        let _ = std::fs::remove_dir_all(&keep);
+        let _ = std::fs::create_dir_all(&keep);
+        let _ = Command::new("cp")
+            .arg("-r")
+            .arg(self.dir.join("logs"))
+            .arg(&keep)
+            .output();
         let _ = Command::new("bash")
             .arg(repo().join("hack/cluster-down.sh"))
             .env("PREMIUM_CLUSTER_DIR", &self.dir)
