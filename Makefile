@@ -34,6 +34,10 @@ unit:
 crds:
 	$(CARGO) run --quiet -- crd > crds/premium.dev_crds.yaml
 
+## api-docs: regenerate docs/api.md from the CRD schema.
+api-docs:
+	$(CARGO) run --quiet -- api-docs > docs/api.md
+
 fmt:
 	$(CARGO) fmt --all
 
