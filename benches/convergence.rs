@@ -77,7 +77,14 @@ fn main() -> ExitCode {
         opts.baseline = baseline;
         eprintln!("[bench] N={size}: running");
         match runtime.block_on(harness::run(&opts)) {
-            Ok(r) => results.push(r),
+            Ok(r) => {
+                eprintln!("{}", harness::table(std::slice::from_ref(&r)));
+                results.push(r);
+                // Written after every size, so a long run that is stopped keeps what it has.
+                if let Err(e) = write(&results) {
+                    eprintln!("error: {e}");
+                }
+            }
             Err(e) => {
                 eprintln!("error: N={size}: {e:#}");
                 return ExitCode::FAILURE;
@@ -85,21 +92,25 @@ fn main() -> ExitCode {
         }
     }
 
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    let path = dir.join("results.json");
-    let written = std::fs::create_dir_all(&dir).and_then(|_| {
-        let json = serde_json::to_string_pretty(&results).unwrap_or_default();
-        std::fs::write(&path, json + "\n")
-    });
     println!("{}", harness::table(&results));
-    match written {
-        Ok(()) => {
+    match write(&results) {
+        Ok(path) => {
             println!("results: {}", path.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: writing {}: {e}", path.display());
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn write(results: &[harness::Results]) -> Result<PathBuf, String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let path = dir.join("results.json");
+    let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&path, json + "\n"))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
 }
