@@ -42,6 +42,8 @@ use crate::runtime::metrics::{
 use crate::runtime::telemetry;
 use context::{Context, Settings, Stores, lock};
 
+/// Longest wait for any answer from the API server.
+const API_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a shutdown waits for in-flight reconciles.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -249,9 +251,15 @@ where
 /// supervisor restarts it as a standby).
 pub async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = Arc::new(Metrics::default());
-    let config = kube::Config::infer().await.map_err(|e| {
+    let mut config = kube::Config::infer().await.map_err(|e| {
         format!("no Kubernetes configuration found (in-cluster or KUBECONFIG): {e}")
     })?;
+    // No request may hang forever on a connection an API server outage left dead: a frozen
+    // server would otherwise leave reconciles (and with them the whole queue) waiting after it
+    // came back. Counted from when the request is sent; a quiet watch that hits it simply
+    // resumes from its last resourceVersion.
+    config.read_timeout = Some(API_READ_TIMEOUT);
+    config.reset_reader_on_write = true;
     let client = kube::client::ClientBuilder::try_from(config)
         .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?
         .with_layer(&request_counter(metrics.clone()))
