@@ -219,11 +219,50 @@ impl GraphAnalysis {
 
 /// Renders a path for a message: `aika -> soundcheck -> aika`, with keys
 /// outside `from_namespace` shown as `ns/name`.
+///
+/// A long path keeps its first and last [`PATH_ENDS`] steps and says how many it left out, so a
+/// message stays readable and a 10,000-feature cycle does not make every member's message (and
+/// so the whole report) grow with the square of its length.
 pub fn path_string(path: &[FeatureKey], from_namespace: &str) -> String {
-    path.iter()
-        .map(|key| key.relative_to(from_namespace))
-        .collect::<Vec<_>>()
-        .join(" -> ")
+    let show = |keys: &[FeatureKey]| {
+        keys.iter()
+            .map(|key| key.relative_to(from_namespace))
+            .collect::<Vec<_>>()
+            .join(" -> ")
+    };
+    if path.len() <= 2 * PATH_ENDS + 1 {
+        return show(path);
+    }
+    let hidden = path.len() - 2 * PATH_ENDS;
+    format!(
+        "{} -> … {hidden} more … -> {}",
+        show(&path[..PATH_ENDS]),
+        show(&path[path.len() - PATH_ENDS..])
+    )
+}
+
+/// Steps shown at each end of a long path.
+pub const PATH_ENDS: usize = 8;
+
+#[cfg(test)]
+mod path_string_tests {
+    use super::*;
+
+    #[test]
+    fn short_paths_are_spelled_out_and_long_ones_shortened() {
+        let keys = |n: usize| {
+            (0..n)
+                .map(|i| FeatureKey::new("ns", format!("f{i}")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(path_string(&keys(3), "ns"), "f0 -> f1 -> f2");
+        assert_eq!(path_string(&keys(17), "ns").matches(" -> ").count(), 16);
+        let long = path_string(&keys(10_001), "ns");
+        assert!(long.starts_with("f0 -> f1 -> "), "{long}");
+        assert!(long.contains("… 9985 more …"), "{long}");
+        assert!(long.ends_with("f9999 -> f10000"), "{long}");
+        assert!(long.len() < 300);
+    }
 }
 
 /// Analyses `nodes`.
