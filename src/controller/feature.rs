@@ -367,39 +367,34 @@ async fn apply_objects(
     uid: &str,
     held: bool,
 ) -> Result<(Option<Stall>, bool), Error> {
-    let mut outcomes = Vec::new();
+    // The four objects are independent (a pod waits for its ConfigMap volume, an HPA for its
+    // target), so they are written at once: a reconcile costs one round trip, not four.
     let cm = build::sidecar_configmap(feature, plan);
-    outcomes.push(
-        apply_owned::<ConfigMap>(
-            ctx,
-            &ctx.stores.configmaps,
-            "ConfigMap",
-            cm.clone(),
-            &cm,
-            uid,
-            |_| true,
-        )
-        .await?,
-    );
     let svc = build::service(feature);
-    outcomes.push(
-        apply_owned::<Service>(
-            ctx,
-            &ctx.stores.services,
-            "Service",
-            svc.clone(),
-            &svc,
-            uid,
-            |_| true,
-        )
-        .await?,
-    );
     let deploy = build::deployment(feature, plan);
     let mut without_replicas = deploy.clone();
     if let Some(spec) = without_replicas.spec.as_mut() {
         spec.replicas = None;
     }
     let want = plan.replicas;
+    let configmap = apply_owned::<ConfigMap>(
+        ctx,
+        &ctx.stores.configmaps,
+        "ConfigMap",
+        cm.clone(),
+        &cm,
+        uid,
+        |_| true,
+    );
+    let service = apply_owned::<Service>(
+        ctx,
+        &ctx.stores.services,
+        "Service",
+        svc.clone(),
+        &svc,
+        uid,
+        |_| true,
+    );
     let deployment = apply_owned::<Deployment>(
         ctx,
         &ctx.stores.deployments,
@@ -408,37 +403,41 @@ async fn apply_objects(
         &without_replicas,
         uid,
         |current| current.spec.as_ref().and_then(|s| s.replicas) == Some(want),
-    )
-    .await?;
-    let deployment_written = deployment == Applied::Written;
-    outcomes.push(deployment);
-    match build::hpa(feature, plan) {
-        Some(h) if !held => outcomes.push(
-            apply_owned::<HorizontalPodAutoscaler>(
-                ctx,
-                &ctx.stores.hpas,
-                "HorizontalPodAutoscaler",
-                h.clone(),
-                &h,
-                uid,
-                |_| true,
-            )
-            .await?,
-        ),
-        _ => {
-            let ns = feature.namespace().unwrap_or_default();
-            delete_owned::<HorizontalPodAutoscaler>(
-                ctx,
-                &ctx.stores.hpas,
-                "HorizontalPodAutoscaler",
-                &ns,
-                &feature.name_any(),
-                uid,
-                false,
-            )
-            .await?;
+    );
+    let autoscaler = async {
+        match build::hpa(feature, plan) {
+            Some(h) if !held => {
+                apply_owned::<HorizontalPodAutoscaler>(
+                    ctx,
+                    &ctx.stores.hpas,
+                    "HorizontalPodAutoscaler",
+                    h.clone(),
+                    &h,
+                    uid,
+                    |_| true,
+                )
+                .await
+            }
+            _ => {
+                let ns = feature.namespace().unwrap_or_default();
+                delete_owned::<HorizontalPodAutoscaler>(
+                    ctx,
+                    &ctx.stores.hpas,
+                    "HorizontalPodAutoscaler",
+                    &ns,
+                    &feature.name_any(),
+                    uid,
+                    false,
+                )
+                .await
+                .map(|_| Applied::Unchanged)
+            }
         }
-    }
+    };
+    let (configmap, service, deployment, autoscaler) =
+        futures::try_join!(configmap, service, deployment, autoscaler)?;
+    let deployment_written = deployment == Applied::Written;
+    let outcomes = [configmap, service, deployment, autoscaler];
     let mut conflicts = Vec::new();
     let mut refused = Vec::new();
     for o in outcomes {
