@@ -27,6 +27,14 @@ fn usage(msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // `cargo test --all-targets` also runs bench targets, without `--bench`: the benchmark is
+    // minutes long and has its own command; the N=20 smoke of it is tests/bench_smoke.rs.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "convergence benchmark: run it with `make bench` (tests/bench_smoke.rs covers N=20 in `make test`)"
+        );
+        return ExitCode::SUCCESS;
+    }
     let mut sizes = vec![100usize, 1000];
     let mut steady = 60u64;
     let mut seed = 42u64;
