@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use premium_operator::api::{Phase, PremiumFeature};
-use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish};
+use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish, wait_phase};
 use support::{DEFAULT_TIMEOUT, TestNamespace, client, wait_for};
 
 fn condition<'a>(
@@ -23,24 +23,6 @@ fn condition<'a>(
 
 fn is(f: &PremiumFeature, ty: &str, status: &str) -> bool {
     condition(f, ty).is_some_and(|c| c.status == status)
-}
-
-fn phase(f: Option<&PremiumFeature>) -> Option<Phase> {
-    f.and_then(|f| f.status.as_ref()?.phase)
-}
-
-async fn wait_phase(
-    api: &Api<PremiumFeature>,
-    name: &str,
-    want: Phase,
-) -> anyhow::Result<PremiumFeature> {
-    wait_for(
-        api,
-        name,
-        move |f: Option<&PremiumFeature>| phase(f) == Some(want),
-        DEFAULT_TIMEOUT,
-    )
-    .await
 }
 
 const POLICY: &str = "apiVersion: premium.dev/v1alpha1

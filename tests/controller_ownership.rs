@@ -14,26 +14,8 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use premium_operator::api::{Phase, PremiumFeature};
-use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish};
+use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish, wait_phase};
 use support::{DEFAULT_TIMEOUT, TestNamespace, client, eventually, wait_for};
-
-fn phase(f: Option<&PremiumFeature>) -> Option<Phase> {
-    f.and_then(|f| f.status.as_ref()?.phase)
-}
-
-async fn wait_phase(
-    api: &Api<PremiumFeature>,
-    name: &str,
-    want: Phase,
-) -> anyhow::Result<PremiumFeature> {
-    wait_for(
-        api,
-        name,
-        move |f: Option<&PremiumFeature>| phase(f) == Some(want),
-        DEFAULT_TIMEOUT,
-    )
-    .await
-}
 
 #[tokio::test]
 async fn a_same_named_object_of_someone_else_is_never_touched() -> anyhow::Result<()> {

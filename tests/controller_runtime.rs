@@ -8,26 +8,8 @@ use std::time::{Duration, Instant};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use premium_operator::api::{Phase, PremiumFeature, PremiumPolicy};
-use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish};
+use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish, wait_phase};
 use support::{DEFAULT_TIMEOUT, TestNamespace, client, eventually, wait_for};
-
-fn phase(f: Option<&PremiumFeature>) -> Option<Phase> {
-    f.and_then(|f| f.status.as_ref()?.phase)
-}
-
-async fn wait_phase(
-    api: &Api<PremiumFeature>,
-    name: &str,
-    want: Phase,
-) -> anyhow::Result<PremiumFeature> {
-    wait_for(
-        api,
-        name,
-        move |f: Option<&PremiumFeature>| phase(f) == Some(want),
-        DEFAULT_TIMEOUT,
-    )
-    .await
-}
 
 fn portal() -> String {
     [

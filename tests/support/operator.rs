@@ -287,3 +287,23 @@ pub async fn finish(ns: super::TestNamespace, operator: Operator) -> anyhow::Res
     drop(operator);
     ns.delete().await
 }
+
+/// A feature's phase, if it has a status.
+pub fn phase(f: Option<&PremiumFeature>) -> Option<premium_operator::api::Phase> {
+    f.and_then(|f| f.status.as_ref()?.phase)
+}
+
+/// Waits until a feature reports `want` as its phase.
+pub async fn wait_phase(
+    api: &Api<PremiumFeature>,
+    name: &str,
+    want: premium_operator::api::Phase,
+) -> anyhow::Result<PremiumFeature> {
+    super::wait_for(
+        api,
+        name,
+        move |f: Option<&PremiumFeature>| phase(f) == Some(want),
+        super::DEFAULT_TIMEOUT,
+    )
+    .await
+}
