@@ -65,34 +65,8 @@ fn stdout_ok(out: &Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The portal examples without their Namespace (applied into the test's namespace).
 fn examples() -> String {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
-        .expect("examples/")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    let mut docs = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(file).expect("readable");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let mut value: serde_yaml::Value =
-                serde::Deserialize::deserialize(doc).expect("examples are YAML");
-            if value.is_null() || value["kind"].as_str() == Some("Namespace") {
-                continue;
-            }
-            // The examples name namespace portal; the test's own namespace replaces it.
-            if let Some(meta) = value
-                .get_mut("metadata")
-                .and_then(serde_yaml::Value::as_mapping_mut)
-            {
-                meta.remove("namespace");
-            }
-            docs.push(serde_yaml::to_string(&value).expect("serializable"));
-        }
-    }
-    docs.join("---\n")
+    support::operator::portal_examples()
 }
 
 #[tokio::test]

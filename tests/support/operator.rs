@@ -307,3 +307,35 @@ pub async fn wait_phase(
     )
     .await
 }
+
+/// The portal examples (features and policies, not the Namespace), with their namespace
+/// removed so they apply into a test's own.
+pub fn portal_examples() -> String {
+    let mut files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples"))
+            .expect("examples/")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("readable");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut value: serde_yaml::Value =
+                serde::Deserialize::deserialize(doc).expect("examples are YAML");
+            if value.is_null() || value["kind"].as_str() == Some("Namespace") {
+                continue;
+            }
+            // The examples name namespace portal; the test's own namespace replaces it.
+            if let Some(meta) = value
+                .get_mut("metadata")
+                .and_then(serde_yaml::Value::as_mapping_mut)
+            {
+                meta.remove("namespace");
+            }
+            docs.push(serde_yaml::to_string(&value).expect("serializable"));
+        }
+    }
+    docs.join("---\n")
+}
