@@ -33,6 +33,8 @@ pub mod reason {
     pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     pub const WAITING_FOR_STARTUP_SLOT: &str = "WaitingForStartupSlot";
     pub const ROLLING_OUT: &str = "RollingOut";
+    /// A new pod template rolls out while the previous pods keep serving.
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
     pub const AVAILABLE: &str = "Available";
     pub const UNAVAILABLE: &str = "Unavailable";
     pub const HEALTHY: &str = "Healthy";

@@ -14,8 +14,8 @@ use super::Error;
 use super::context::Context;
 use crate::runtime::metrics::KindLabels;
 
-/// Annotation holding the hash of what the operator last applied to an object.
-pub const APPLIED_HASH_ANNOTATION: &str = "premium.dev/applied-hash";
+pub use crate::core::signal::APPLIED_HASH_ANNOTATION;
+use crate::core::signal::Signalled;
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,7 @@ where
         + Debug
         + Serialize
         + DeserializeOwned
+        + Signalled
         + Send
         + Sync,
 {
@@ -99,15 +100,20 @@ where
         }
     }
     let params = PatchParams::apply(&ctx.settings.field_manager).force();
+    // Remembered before the request: the watch may deliver the echo before the answer.
+    ctx.echoes
+        .remember(kind, &namespace, &name, desired.signal().written);
     match api.patch(&name, &params, &Patch::Apply(&desired)).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+            ctx.echoes.forget(kind, &namespace, &name);
             return Ok(Applied::Refused(format!(
                 "the API server refused the {kind} built from this feature: {}",
                 s.message
             )));
         }
         Err(e) => {
+            ctx.echoes.forget(kind, &namespace, &name);
             return Err(Error::kube(
                 format!("applying {kind} {namespace}/{name}"),
                 e,

@@ -1,6 +1,6 @@
 //! What every reconcile is handed: the client, the caches, the index and the telemetry.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -18,6 +18,7 @@ use crate::core::budget::BudgetAllocation;
 use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, GraphAnalysis, analyze};
 use crate::core::plan::dependency_key;
 use crate::core::policy::selects;
+use crate::core::signal::Written;
 use crate::runtime::metrics::Metrics;
 
 /// Operator settings from the command line.
@@ -47,6 +48,34 @@ pub struct StartSlots {
     pub waiting: BTreeMap<FeatureKey, BTreeSet<FeatureKey>>,
 }
 
+/// What this instance last wrote to each owned object (kind, namespace, name), until the
+/// watch echoes it back: that echo tells the writer nothing and wakes nobody.
+#[derive(Debug, Default)]
+pub struct Echoes(Mutex<HashMap<(&'static str, String, String), Written>>);
+
+impl Echoes {
+    pub fn remember(&self, kind: &'static str, namespace: &str, name: &str, written: Written) {
+        lock(&self.0).insert((kind, namespace.to_string(), name.to_string()), written);
+    }
+
+    /// Whether `seen` is the echo of the last write remembered for the object; a matching echo
+    /// is forgotten, so the map only holds writes still in flight.
+    pub fn is_echo(&self, kind: &'static str, namespace: &str, name: &str, seen: &Written) -> bool {
+        let key = (kind, namespace.to_string(), name.to_string());
+        let mut map = lock(&self.0);
+        if map.get(&key) == Some(seen) {
+            map.remove(&key);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn forget(&self, kind: &'static str, namespace: &str, name: &str) {
+        lock(&self.0).remove(&(kind, namespace.to_string(), name.to_string()));
+    }
+}
+
 pub struct Context {
     pub client: Client,
     pub stores: Stores,
@@ -61,6 +90,9 @@ pub struct Context {
     /// Recovery restarts done by this instance, until the cached status shows them.
     pub restarts:
         Mutex<BTreeMap<FeatureKey, Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>>>,
+    /// Since when (and for which generation) a transitional status is held back unwritten.
+    pub held_status: Mutex<HashMap<FeatureKey, (Option<i64>, std::time::Instant)>>,
+    pub echoes: Arc<Echoes>,
     pub feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
     pub policy_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumPolicy>>>,
     pub metrics: Arc<Metrics>,
@@ -69,9 +101,11 @@ pub struct Context {
 }
 
 impl Context {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         stores: Stores,
+        echoes: Arc<Echoes>,
         feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
         policy_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumPolicy>>>,
         metrics: Arc<Metrics>,
@@ -87,6 +121,8 @@ impl Context {
             slots: Mutex::default(),
             budget_shares: Mutex::default(),
             restarts: Mutex::default(),
+            held_status: Mutex::default(),
+            echoes,
             feature_triggers,
             policy_triggers,
             metrics,

@@ -28,6 +28,7 @@ use crate::core::plan::{self, DependencyView, dependency_key};
 use crate::core::policy::effective_policy;
 use crate::core::settings;
 use crate::core::sidecar::{SidecarSpec, Upstream, render};
+use crate::core::signal::deployment_health;
 use crate::core::status::{
     self, DeploymentHealth, Observation, Stall, condition, feature_status, now_time,
 };
@@ -44,31 +45,9 @@ fn dependency_view(ctx: &Context, key: &FeatureKey) -> Option<DependencyView> {
         .is_some_and(|c| c.status == "True");
     Some(DependencyView {
         phase: st.and_then(|s| s.phase),
-        ready: status::is_ready(st, f.metadata.generation),
+        ready: status::is_serving(st),
         given_up: stalled || f.spec.suspend,
     })
-}
-
-/// The Deployment's health, from its status only.
-fn deployment_health(d: &Deployment) -> DeploymentHealth {
-    let st = d.status.clone().unwrap_or_default();
-    let conds = st.conditions.unwrap_or_default();
-    DeploymentHealth {
-        observed_current: st.observed_generation.is_some()
-            && st.observed_generation == d.metadata.generation,
-        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-        updated: st.updated_replicas.unwrap_or(0),
-        ready: st.ready_replicas.unwrap_or(0),
-        available: st.available_replicas.unwrap_or(0),
-        available_condition: conds
-            .iter()
-            .any(|c| c.type_ == "Available" && c.status == "True"),
-        progress_deadline_exceeded: conds.iter().any(|c| {
-            c.type_ == "Progressing"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        }),
-    }
 }
 
 fn seconds_since(t: Option<&Time>, now: &Time) -> Duration {
@@ -340,22 +319,77 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
     if new_status.phase != Some(Phase::Starting) && new_status.phase != Some(Phase::Pending) {
         release_slot(ctx, &key);
     }
-    if previous != Some(&new_status) {
-        write_status(ctx, feature, &namespace, previous, &new_status, &now).await?;
-    }
+    // A status that starts the recovery clock (it just turned unhealthy) must bring this
+    // feature back when the clock runs out: no other event may come.
+    let recovery_due = if previous != Some(&new_status) && !recovery.restart_now {
+        plan::recovery(Some(&new_status), recovery_settings, &now).recheck_after
+    } else {
+        None
+    };
+    let held_for = if previous != Some(&new_status) {
+        let held = hold_transitional(ctx, &key, previous, &new_status);
+        if held.is_none() {
+            write_status(ctx, feature, &namespace, previous, &new_status, &now).await?;
+        }
+        held
+    } else {
+        lock(&ctx.held_status).remove(&key);
+        None
+    };
 
     if let Some(e) = forbidden {
         return Err(e);
     }
 
-    let next = [gate.recheck_after, deadline_in, recovery.recheck_after]
-        .into_iter()
-        .flatten()
-        .min();
+    let next = [
+        gate.recheck_after,
+        deadline_in,
+        recovery.recheck_after,
+        recovery_due,
+        held_for,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     Ok(match next {
         Some(d) => Action::requeue(d.max(Duration::from_millis(500))),
         None => Action::await_change(),
     })
+}
+
+/// How long a transitional status ("starting", "rolling out") may stay unwritten. Start-ups
+/// and rollouts that finish within it cost one status write (the outcome) instead of two;
+/// slower ones show the step once it has lasted this long. Until then the previous status
+/// stands, and after a spec change its stale `observedGeneration` already tells kstatus
+/// readers (kubectl wait, Flux, Argo CD) that the change is in progress.
+const STATUS_HOLD: Duration = Duration::from_secs(5);
+
+/// Whether to hold back the write of `new` for now, and for how long at most.
+fn hold_transitional(
+    ctx: &Context,
+    key: &FeatureKey,
+    previous: Option<&PremiumFeatureStatus>,
+    new: &PremiumFeatureStatus,
+) -> Option<Duration> {
+    let mut held = lock(&ctx.held_status);
+    if !status::is_transitional_step(previous, new) {
+        held.remove(key);
+        return None;
+    }
+    let now = std::time::Instant::now();
+    let since = held
+        .entry(key.clone())
+        .or_insert((new.observed_generation, now));
+    if since.0 != new.observed_generation {
+        *since = (new.observed_generation, now);
+    }
+    let waited = now.duration_since(since.1);
+    if waited < STATUS_HOLD {
+        Some(STATUS_HOLD - waited)
+    } else {
+        held.remove(key);
+        None
+    }
 }
 
 /// Applies the owned objects; returns a name conflict, if any, and whether the Deployment was
@@ -640,6 +674,7 @@ async fn teardown(
         return Ok(Action::requeue(Duration::from_secs(10)));
     }
     release_slot(ctx, key);
+    lock(&ctx.held_status).remove(key);
     let api: Api<PremiumFeature> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let finalizers: Vec<String> = feature
         .finalizers()

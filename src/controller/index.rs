@@ -13,7 +13,7 @@ use crate::api::{PremiumFeature, PremiumPolicy};
 use crate::core::graph::FeatureKey;
 use crate::core::plan::dependency_key;
 use crate::core::policy::selects;
-use crate::core::status::{condition, is_ready};
+use crate::core::status::{condition, is_serving};
 
 /// Namespace and name of a policy.
 pub type PolicyKey = FeatureKey;
@@ -59,7 +59,7 @@ fn dependency_view(f: &PremiumFeature) -> (bool, bool, i32, bool) {
         .and_then(|s| condition(&s.conditions, cond::STALLED))
         .is_some_and(|c| c.status == "True");
     (
-        is_ready(st, f.metadata.generation),
+        is_serving(st),
         stalled || f.spec.suspend,
         f.spec.port,
         f.metadata.deletion_timestamp.is_some(),

@@ -34,6 +34,7 @@ use crate::api::{
 };
 use crate::core::build::DEFAULT_SIDECAR_IMAGE;
 use crate::core::graph::FeatureKey;
+use crate::core::signal::{Signal, Signalled, should_wake};
 use crate::runtime::http::{HttpState, serve};
 use crate::runtime::leader::{Election, LeaderConfig};
 use crate::runtime::metrics::{
@@ -434,7 +435,7 @@ fn drive<K>(
     api: Api<K>,
     config: watcher::Config,
     strip: fn(&mut K),
-    on_event: impl Fn(&WatchEvent<K>) + Send + 'static,
+    mut on_event: impl FnMut(&WatchEvent<K>) + Send + 'static,
 ) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -472,16 +473,68 @@ fn owner_ref<K: Resource>(obj: &K) -> Option<ObjectRef<DeserializeGuard<PremiumF
     Some(ObjectRef::new(&owner.name).within(&obj.namespace()?))
 }
 
-fn forward_owner<K: Resource>(
-    tx: mpsc::UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
-) -> impl Fn(&WatchEvent<K>) + Send + 'static {
+type FeatureRef = ObjectRef<DeserializeGuard<PremiumFeature>>;
+
+/// Turns events of an owned kind into reconcile requests of the owning feature, but only for
+/// events that change what its reconcile reads (`core::signal`): not for status fields that
+/// move no verdict, and not for the echo of the operator's own write. Objects that vanished
+/// while the watch was down (absent from the relist) wake their owners too.
+fn forward_owner<K>(
+    tx: mpsc::UnboundedSender<FeatureRef>,
+    echoes: Arc<context::Echoes>,
+) -> impl FnMut(&WatchEvent<K>) + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Signalled,
+{
+    let kind: &'static str = match K::kind(&()).as_ref() {
+        "Deployment" => "Deployment",
+        "Service" => "Service",
+        "ConfigMap" => "ConfigMap",
+        "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
+        _ => "owned object",
+    };
+    let mut last: std::collections::HashMap<(String, String), (FeatureRef, Signal)> =
+        Default::default();
+    let mut relisted: Option<std::collections::HashSet<(String, String)>> = None;
     move |ev| match ev {
-        WatchEvent::Apply(o) | WatchEvent::Delete(o) | WatchEvent::InitApply(o) => {
-            if let Some(r) = owner_ref(o) {
-                let _ = tx.send(r);
+        WatchEvent::Init => relisted = Some(Default::default()),
+        WatchEvent::InitDone => {
+            if let Some(seen) = relisted.take() {
+                last.retain(|key, (owner, _)| {
+                    let kept = seen.contains(key);
+                    if !kept {
+                        echoes.forget(kind, &key.0, &key.1);
+                        let _ = tx.send(owner.clone());
+                    }
+                    kept
+                });
             }
         }
-        WatchEvent::Init | WatchEvent::InitDone => {}
+        WatchEvent::Apply(o) | WatchEvent::InitApply(o) => {
+            let key = (o.namespace().unwrap_or_default(), o.name_any());
+            if let Some(seen) = relisted.as_mut() {
+                seen.insert(key.clone());
+            }
+            let signal = o.signal();
+            let previous = last.get(&key);
+            let Some(owner) = owner_ref(o).or_else(|| previous.map(|(r, _)| r.clone())) else {
+                return;
+            };
+            let echo = echoes.is_echo(kind, &key.0, &key.1, &signal.written);
+            let expected = echo.then_some(&signal.written);
+            if should_wake(previous.map(|(_, s)| s), &signal, expected) {
+                let _ = tx.send(owner.clone());
+            }
+            last.insert(key, (owner, signal));
+        }
+        WatchEvent::Delete(o) => {
+            let key = (o.namespace().unwrap_or_default(), o.name_any());
+            echoes.forget(kind, &key.0, &key.1);
+            let previous = last.remove(&key).map(|(r, _)| r);
+            if let Some(owner) = owner_ref(o).or(previous) {
+                let _ = tx.send(owner);
+            }
+        }
     }
 }
 
@@ -504,31 +557,32 @@ async fn run_controllers(
     let (feature_tx, feature_rx) = mpsc::unbounded_channel();
     let (policy_tx, policy_rx) = mpsc::unbounded_channel();
 
-    // Owned objects: label-filtered caches with managedFields dropped to save memory; each
-    // event asks for a reconcile of the feature that controls the object.
+    // Owned objects: label-filtered caches with managedFields dropped to save memory; an event
+    // that changes what the reconcile reads asks for a reconcile of the controlling feature.
+    let echoes = Arc::new(context::Echoes::default());
     let (deploy_reader, deploy_task) = drive(
         api::<Deployment>(&client, ns),
         owned_config(),
         strip_managed_fields,
-        forward_owner(feature_tx.clone()),
+        forward_owner(feature_tx.clone(), echoes.clone()),
     );
     let (svc_reader, svc_task) = drive(
         api::<Service>(&client, ns),
         owned_config(),
         strip_managed_fields,
-        forward_owner(feature_tx.clone()),
+        forward_owner(feature_tx.clone(), echoes.clone()),
     );
     let (cm_reader, cm_task) = drive(
         api::<ConfigMap>(&client, ns),
         owned_config(),
         strip_managed_fields,
-        forward_owner(feature_tx.clone()),
+        forward_owner(feature_tx.clone(), echoes.clone()),
     );
     let (hpa_reader, hpa_task) = drive(
         api::<HorizontalPodAutoscaler>(&client, ns),
         owned_config(),
         strip_managed_fields,
-        forward_owner(feature_tx.clone()),
+        forward_owner(feature_tx.clone(), echoes.clone()),
     );
 
     // The context needs the policy store before the policy watch starts, so that watch is
@@ -552,6 +606,7 @@ async fn run_controllers(
             configmaps: cm_reader,
             hpas: hpa_reader,
         },
+        echoes,
         feature_tx.clone(),
         policy_tx.clone(),
         metrics.clone(),

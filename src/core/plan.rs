@@ -17,7 +17,8 @@ use crate::core::status::condition;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DependencyView {
     pub phase: Option<Phase>,
-    /// Ready for its current generation.
+    /// Serving: Ready, or rolling out a new generation while its previous pods serve
+    /// (`status::is_serving`).
     pub ready: bool,
     /// It cannot make progress by itself (Stalled=True) or is suspended: no point waiting.
     pub given_up: bool,

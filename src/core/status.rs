@@ -89,7 +89,8 @@ struct Verdict {
     degraded: (bool, &'static str, String),
 }
 
-fn verdict(o: &Observation, previous_phase: Option<Phase>) -> Verdict {
+fn verdict(o: &Observation, previous: Option<&PremiumFeatureStatus>) -> Verdict {
+    let previous_phase = previous.and_then(|p| p.phase);
     let no = |r: &'static str, m: &str| (false, r, m.to_string());
     let yes = |r: &'static str, m: &str| (true, r, m.to_string());
     let calm_stall = no(reason::NOT_STALLED, "");
@@ -182,7 +183,11 @@ fn verdict(o: &Observation, previous_phase: Option<Phase>) -> Verdict {
             degraded,
         };
     }
-    let was_serving = matches!(previous_phase, Some(Phase::Ready | Phase::Degraded));
+    // Serving before this step: Ready (or Degraded), or already in a rolling update.
+    let was_serving = matches!(previous_phase, Some(Phase::Ready | Phase::Degraded))
+        || previous
+            .and_then(|p| condition(&p.conditions, cond::READY))
+            .is_some_and(|c| c.reason == reason::ROLLING_UPDATE);
     if was_serving && health.lost_availability() {
         let m = format!(
             "{} of {} replicas ready: the feature lost availability",
@@ -202,12 +207,20 @@ fn verdict(o: &Observation, previous_phase: Option<Phase>) -> Verdict {
     if let Some(m) = &o.waiting_for_slot {
         return waiting(Phase::Pending, reason::WAITING_FOR_STARTUP_SLOT, m.clone());
     }
+    if was_serving && health.available_condition {
+        // A new pod template: the Deployment keeps the old pods until new ones are ready, so
+        // dependents keep being served (see `is_serving`).
+        return waiting(
+            Phase::Starting,
+            reason::ROLLING_UPDATE,
+            "rolling out a new pod template; the previous pods keep serving until it is ready"
+                .into(),
+        );
+    }
+    // No counts of updated pods in the message: each step of a rollout would cost a write.
     let m = match &o.deployment {
         None => "creating the Deployment".to_string(),
-        Some(h) => format!(
-            "rolling out: {} of {} replicas ready, {} updated",
-            h.ready, h.desired, h.updated
-        ),
+        Some(h) => format!("rolling out: {} of {} replicas ready", h.ready, h.desired),
     };
     waiting(Phase::Starting, reason::ROLLING_OUT, m)
 }
@@ -294,7 +307,7 @@ pub fn feature_status(
     now: &Time,
 ) -> PremiumFeatureStatus {
     let prev_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
-    let v = verdict(o, previous.and_then(|p| p.phase));
+    let v = verdict(o, previous);
     let mut conditions = Vec::with_capacity(5);
 
     let deps = if let Some(path) = &o.cycle {
@@ -387,6 +400,28 @@ pub fn feature_status(
 /// The condition of a type in a status, if present.
 pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether a feature serves its dependents: Ready for some generation, or in a rolling update
+/// whose previous pods still serve. A spec change alone does not stop a dependency from
+/// serving, so it wakes and degrades none of its dependents.
+pub fn is_serving(status: Option<&PremiumFeatureStatus>) -> bool {
+    status
+        .and_then(|s| condition(&s.conditions, cond::READY))
+        .is_some_and(|c| c.status == "True" || c.reason == reason::ROLLING_UPDATE)
+}
+
+/// A status that only says a start-up or rollout is under way, after one that did not: such a
+/// step is usually followed within seconds by Ready, so the controller may hold its write for
+/// a short while and write only the outcome (one status write per change).
+pub fn is_transitional_step(
+    previous: Option<&PremiumFeatureStatus>,
+    new: &PremiumFeatureStatus,
+) -> bool {
+    new.phase == Some(Phase::Starting)
+        && previous.and_then(|p| p.phase) != Some(Phase::Starting)
+        && condition(&new.conditions, cond::READY)
+            .is_some_and(|c| c.reason == reason::ROLLING_OUT || c.reason == reason::ROLLING_UPDATE)
 }
 
 /// Whether a status says the feature is Ready for its current generation.
@@ -533,6 +568,79 @@ mod tests {
             &t(50),
         );
         assert_eq!(fresh.phase, Some(Phase::Starting));
+    }
+
+    #[test]
+    fn a_rolling_update_keeps_serving_and_its_steps_are_transitional() {
+        let ready = feature_status(
+            None,
+            &Observation {
+                generation: Some(1),
+                deployment: Some(ready_health(1)),
+                ..Default::default()
+            },
+            &t(1),
+        );
+        assert!(is_serving(Some(&ready)));
+        // Generation 2 rolls out: the old pod is still available, the new one is not ready.
+        let mut rolling = ready_health(1);
+        rolling.updated = 0;
+        let update = feature_status(
+            Some(&ready),
+            &Observation {
+                generation: Some(2),
+                deployment: Some(rolling.clone()),
+                ..Default::default()
+            },
+            &t(5),
+        );
+        assert_eq!(update.phase, Some(Phase::Starting));
+        assert_eq!(cond_of(&update, cond::READY).reason, reason::ROLLING_UPDATE);
+        assert!(is_serving(Some(&update)));
+        assert!(!is_ready(Some(&update), Some(2)));
+        assert!(is_transitional_step(Some(&ready), &update));
+        // Written once, the rolling update stays one (and stays quiet) until it ends.
+        let again = feature_status(
+            Some(&update),
+            &Observation {
+                generation: Some(2),
+                deployment: Some(rolling),
+                ..Default::default()
+            },
+            &t(9),
+        );
+        assert_eq!(again, update);
+        assert!(!is_transitional_step(Some(&update), &again));
+        // A first start is not serving, though it is a transitional step too.
+        let mut first = ready_health(1);
+        first.ready = 0;
+        first.available_condition = false;
+        let starting = feature_status(
+            None,
+            &Observation {
+                generation: Some(1),
+                deployment: Some(first),
+                ..Default::default()
+            },
+            &t(1),
+        );
+        assert_eq!(cond_of(&starting, cond::READY).reason, reason::ROLLING_OUT);
+        assert!(!is_serving(Some(&starting)));
+        assert!(is_transitional_step(None, &starting));
+        // Failures are never held back.
+        let failed = feature_status(
+            Some(&ready),
+            &Observation {
+                generation: Some(2),
+                stall: Some(Stall {
+                    reason: reason::INVALID_SPEC,
+                    message: "bad".into(),
+                }),
+                ..Default::default()
+            },
+            &t(5),
+        );
+        assert!(!is_transitional_step(Some(&ready), &failed));
     }
 
     #[test]

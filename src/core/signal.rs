@@ -1,0 +1,254 @@
+//! Which events of owned objects are worth a reconcile.
+//!
+//! A feature's reconcile reads two things of an object it owns: what the operator itself wrote
+//! (the applied-hash annotation, the Deployment's replicas, the controller reference) and what
+//! other controllers report (the Deployment's rollout health). Every other change — a
+//! Deployment status field that moves no verdict, an HPA's metrics, the echo of the operator's
+//! own write — wakes nobody. Pure: the watch shell keeps the last signal per object and asks
+//! [`should_wake`].
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::{Resource, ResourceExt};
+
+use crate::core::status::DeploymentHealth;
+
+/// Annotation holding the hash of what the operator last applied to an object.
+pub const APPLIED_HASH_ANNOTATION: &str = "premium.dev/applied-hash";
+
+/// The part of an owned object the operator writes and later compares against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Written {
+    pub applied_hash: Option<String>,
+    /// `spec.replicas` of a Deployment (the HPA moves it too); `None` for other kinds.
+    pub replicas: Option<i32>,
+    pub controller_uid: Option<String>,
+    pub deleting: bool,
+}
+
+/// What a reconcile of the owner reads of one owned object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Signal {
+    pub written: Written,
+    /// What other controllers report that changes a decision; `None` when nothing is read.
+    pub observed: Option<Observed>,
+}
+
+/// The Deployment's rollout, reduced to what moves the feature's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Observed {
+    pub ready: bool,
+    pub lost_availability: bool,
+    pub progress_deadline_exceeded: bool,
+    /// Ready pods, capped at the desired count: the surge pod of a rolling update that is
+    /// ready next to the old one changes nothing a person reads.
+    pub ready_pods: i32,
+}
+
+/// Kinds whose events are filtered by [`should_wake`].
+pub trait Signalled: Resource {
+    fn signal(&self) -> Signal;
+}
+
+fn written_of<K: Resource>(obj: &K, replicas: Option<i32>) -> Written {
+    Written {
+        applied_hash: obj.annotations().get(APPLIED_HASH_ANNOTATION).cloned(),
+        replicas,
+        controller_uid: obj
+            .owner_references()
+            .iter()
+            .find(|r| r.controller == Some(true))
+            .map(|r| r.uid.clone()),
+        deleting: obj.meta().deletion_timestamp.is_some(),
+    }
+}
+
+/// The Deployment's health, from its status only.
+pub fn deployment_health(d: &Deployment) -> DeploymentHealth {
+    let st = d.status.as_ref();
+    let conds = st.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]);
+    DeploymentHealth {
+        observed_current: st.and_then(|s| s.observed_generation).is_some()
+            && st.and_then(|s| s.observed_generation) == d.metadata.generation,
+        desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        updated: st.and_then(|s| s.updated_replicas).unwrap_or(0),
+        ready: st.and_then(|s| s.ready_replicas).unwrap_or(0),
+        available: st.and_then(|s| s.available_replicas).unwrap_or(0),
+        available_condition: conds
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True"),
+        progress_deadline_exceeded: conds.iter().any(|c| {
+            c.type_ == "Progressing"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        }),
+    }
+}
+
+impl Signalled for Deployment {
+    fn signal(&self) -> Signal {
+        let h = deployment_health(self);
+        Signal {
+            written: written_of(self, self.spec.as_ref().and_then(|s| s.replicas)),
+            observed: Some(Observed {
+                ready: h.is_ready(),
+                lost_availability: h.lost_availability(),
+                progress_deadline_exceeded: h.progress_deadline_exceeded,
+                ready_pods: h.ready.min(h.desired).max(0),
+            }),
+        }
+    }
+}
+
+impl Signalled for Service {
+    fn signal(&self) -> Signal {
+        Signal {
+            written: written_of(self, None),
+            observed: None,
+        }
+    }
+}
+
+impl Signalled for ConfigMap {
+    fn signal(&self) -> Signal {
+        Signal {
+            written: written_of(self, None),
+            observed: None,
+        }
+    }
+}
+
+impl Signalled for HorizontalPodAutoscaler {
+    fn signal(&self) -> Signal {
+        Signal {
+            written: written_of(self, None),
+            observed: None,
+        }
+    }
+}
+
+/// Whether an event that turned `previous` into `now` must wake the owner.
+///
+/// `expected` is what the operator itself last wrote to this object, if it remembers a write:
+/// the echo of that write carries nothing the writer does not know already.
+pub fn should_wake(previous: Option<&Signal>, now: &Signal, expected: Option<&Written>) -> bool {
+    let ours = expected == Some(&now.written);
+    match previous {
+        // A new object: news unless it is exactly what this operator just created (its
+        // status then says nothing yet; the controllers' first reports come as changes).
+        None => !ours,
+        Some(p) => (p.written != now.written && !ours) || p.observed != now.observed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use proptest::prelude::*;
+
+    fn deployment(replicas: i32, hash: &str, status: Option<DeploymentStatus>) -> Deployment {
+        let mut d = Deployment {
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            }),
+            status,
+            ..Default::default()
+        };
+        d.metadata.generation = Some(2);
+        d.metadata.annotations = Some([(APPLIED_HASH_ANNOTATION.into(), hash.into())].into());
+        d.metadata.owner_references = Some(vec![OwnerReference {
+            uid: "u1".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        d
+    }
+
+    fn status(observed: i64, updated: i32, ready: i32, available: bool) -> DeploymentStatus {
+        DeploymentStatus {
+            observed_generation: Some(observed),
+            replicas: Some(ready.max(updated)),
+            updated_replicas: Some(updated),
+            ready_replicas: Some(ready),
+            available_replicas: Some(ready),
+            conditions: Some(vec![DeploymentCondition {
+                type_: "Available".into(),
+                status: if available { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn echo_of_own_write_wakes_nobody_but_a_foreign_change_does() {
+        let before = deployment(0, "h1", Some(status(2, 0, 0, true))).signal();
+        let after = deployment(1, "h2", Some(status(2, 0, 0, true))).signal();
+        assert!(!should_wake(Some(&before), &after, Some(&after.written)));
+        // The HPA moved replicas: not what the operator wrote.
+        let hpa_moved = deployment(2, "h2", Some(status(2, 0, 0, true))).signal();
+        assert!(should_wake(Some(&after), &hpa_moved, Some(&after.written)));
+        // Nothing remembered: any change of the written part is news.
+        assert!(should_wake(Some(&before), &after, None));
+    }
+
+    #[test]
+    fn rollout_steps_wake_only_when_a_verdict_moves() {
+        let rolling = deployment(1, "h", Some(status(2, 0, 1, true))).signal();
+        let surge_ready = deployment(1, "h", Some(status(2, 1, 2, true))).signal();
+        let done = deployment(1, "h", Some(status(2, 1, 1, true))).signal();
+        // The surge pod became ready next to the old one: nothing to tell.
+        assert!(!should_wake(Some(&rolling), &surge_ready, None));
+        // The old pod is gone and the Deployment reports itself complete: Ready.
+        assert!(should_wake(Some(&surge_ready), &done, None));
+        let lost = deployment(1, "h", Some(status(2, 1, 0, false))).signal();
+        assert!(should_wake(Some(&done), &lost, None));
+    }
+
+    #[test]
+    fn new_objects_wake_unless_just_created_here() {
+        let created = deployment(0, "h", None).signal();
+        assert!(!should_wake(None, &created, Some(&created.written)));
+        assert!(should_wake(None, &created, None));
+        let cm = ConfigMap::default().signal();
+        assert!(!should_wake(None, &cm, Some(&cm.written)));
+    }
+
+    #[test]
+    fn deletion_and_ownership_are_written_parts() {
+        let a = deployment(1, "h", None);
+        let mut b = a.clone();
+        b.metadata.deletion_timestamp = Some(crate::core::status::now_time());
+        assert!(should_wake(
+            Some(&a.signal()),
+            &b.signal(),
+            Some(&a.signal().written)
+        ));
+        let mut c = a.clone();
+        c.metadata.owner_references = None;
+        assert!(should_wake(
+            Some(&a.signal()),
+            &c.signal(),
+            Some(&a.signal().written)
+        ));
+    }
+
+    proptest! {
+        // An unchanged signal never wakes; a changed observed part always does.
+        #[test]
+        fn unchanged_is_quiet_and_health_always_speaks(
+            replicas in 0..5i32, updated in 0..5i32, ready in 0..5i32, available: bool,
+            ready2 in 0..5i32, available2: bool, remembered: bool,
+        ) {
+            let s = deployment(replicas, "h", Some(status(2, updated, ready, available))).signal();
+            let expected = remembered.then(|| s.written.clone());
+            prop_assert!(!should_wake(Some(&s), &s, expected.as_ref()));
+            let t = deployment(replicas, "h", Some(status(2, updated, ready2, available2))).signal();
+            prop_assert_eq!(should_wake(Some(&s), &t, expected.as_ref()), s.observed != t.observed);
+        }
+    }
+}
