@@ -43,8 +43,16 @@ use crate::runtime::metrics::{
 use crate::runtime::telemetry;
 use context::{Context, Settings, Stores, lock};
 
-/// Longest wait for any answer from the API server.
+/// Longest wait for any answer from the API server (counted from each request write and each
+/// read, so a slow but flowing response is never cut).
 const API_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Server-side timeout of every watch request, in seconds. It must stay below
+/// [`API_READ_TIMEOUT`]: a quiet watch (no bookmarks: an API server with its watch cache off
+/// sends none) then ends cleanly at the server and is resumed from its resourceVersion, instead
+/// of being cut by the read timeout every two minutes as a failed watch (a warning and a
+/// backoff each time). kube's own client-side idle timeout (this plus 5 s) also stays below it.
+const WATCH_TIMEOUT_SECS: u32 = 100;
+const _: () = assert!(WATCH_TIMEOUT_SECS as u64 + 5 < API_READ_TIMEOUT.as_secs());
 /// How long a shutdown waits for in-flight reconciles.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -81,6 +89,9 @@ impl Error {
                 source: kube::Error::Api(s),
                 ..
             } => match s.code {
+                // Creating in a namespace being deleted is refused with 403 too; it is no
+                // missing permission, and must not be reported as one.
+                403 if namespace_terminating(s) => "NamespaceTerminating",
                 403 => "Forbidden",
                 404 => "NotFound",
                 409 => "Conflict",
@@ -94,6 +105,15 @@ impl Error {
             Error::NotSynced => "NotSynced",
         }
     }
+}
+
+/// Whether a refusal comes from the namespace being deleted (the API server's
+/// NamespaceLifecycle admission), not from RBAC.
+fn namespace_terminating(s: &kube::core::Status) -> bool {
+    s.details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+        || s.message.contains("because it is being terminated")
 }
 
 impl ErrorLabels {
@@ -257,8 +277,8 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     })?;
     // No request may hang forever on a connection an API server outage left dead: a frozen
     // server would otherwise leave reconciles (and with them the whole queue) waiting after it
-    // came back. Counted from when the request is sent; a quiet watch that hits it simply
-    // resumes from its last resourceVersion.
+    // came back. Counted from when the request is sent; watches end at the server before it
+    // (WATCH_TIMEOUT_SECS), so a quiet watch is never cut by it.
     config.read_timeout = Some(API_READ_TIMEOUT);
     config.reset_reader_on_write = true;
     let client = kube::client::ClientBuilder::try_from(config)
@@ -422,8 +442,13 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Every watch's base configuration: see [`WATCH_TIMEOUT_SECS`].
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
+}
+
 fn owned_config() -> watcher::Config {
-    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY},{FEATURE_LABEL}"))
+    watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY},{FEATURE_LABEL}"))
 }
 
 /// Drives one watch into its store on a task of its own and calls `on_event` for every event.
@@ -551,8 +576,8 @@ async fn run_controllers(
 ) {
     let ns = &args.namespace;
     let selected = || match &args.selector {
-        Some(sel) => watcher::Config::default().labels(sel),
-        None => watcher::Config::default(),
+        Some(sel) => watch_config().labels(sel),
+        None => watch_config(),
     };
     let (feature_tx, feature_rx) = mpsc::unbounded_channel();
     let (policy_tx, policy_rx) = mpsc::unbounded_channel();
@@ -729,18 +754,31 @@ fn strip_guard(g: &mut DeserializeGuard<PremiumFeature>) {
     }
 }
 
+/// The reconcile request of a watched object, readable or not.
+fn guard_ref<K>(g: &DeserializeGuard<K>) -> Option<ObjectRef<DeserializeGuard<K>>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let meta = match &g.0 {
+        Ok(k) => k.meta(),
+        Err(invalid) => &invalid.metadata,
+    };
+    Some(ObjectRef::new(meta.name.as_deref()?).within(meta.namespace.as_deref()?))
+}
+
 fn feature_key(f: &PremiumFeature) -> FeatureKey {
     FeatureKey::new(f.namespace().unwrap_or_default(), f.name_any())
 }
 
 fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFeature>>) {
     // The index wakes the feature itself unless only its status moved (its own write); one
-    // that does not match the schema is handed to the reconciler, which reports it.
-    if let WatchEvent::Apply(g) = ev
-        && let Err(invalid) = &g.0
-        && let (Some(name), Some(ns)) = (&invalid.metadata.name, &invalid.metadata.namespace)
+    // that does not match the schema is handed to the reconciler, which reports it, also when
+    // it was stored before start-up (the queue holds it until the controller runs).
+    if let WatchEvent::Apply(g) | WatchEvent::InitApply(g) = ev
+        && g.0.is_err()
+        && let Some(r) = guard_ref(g)
     {
-        let _ = ctx.feature_triggers.send(ObjectRef::new(name).within(ns));
+        let _ = ctx.feature_triggers.send(r);
     }
     let wake = {
         let mut index = lock(&ctx.index);
@@ -760,12 +798,15 @@ fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFe
 }
 
 fn index_policy_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumPolicy>>) {
-    if let WatchEvent::Apply(g) = ev
-        && let Ok(p) = &g.0
-    {
-        let _ = ctx
-            .policy_triggers
-            .send(ObjectRef::new(&p.name_any()).within(&p.namespace().unwrap_or_default()));
+    // A changed policy is reconciled; valid ones that existed before start-up are queued once
+    // the caches are synced, a malformed one is handed to the reconciler here (it reports it).
+    let trigger = match ev {
+        WatchEvent::Apply(g) => guard_ref(g),
+        WatchEvent::InitApply(g) if g.0.is_err() => guard_ref(g),
+        _ => None,
+    };
+    if let Some(r) = trigger {
+        let _ = ctx.policy_triggers.send(r);
     }
     let wake = match ev {
         WatchEvent::Apply(g) | WatchEvent::InitApply(g) => match &g.0 {
@@ -831,4 +872,40 @@ fn error_policy_policy(
         .get_or_create(&ErrorLabels::new("policy", error.kind()))
         .inc();
     backoff_for(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, message: &str, cause: Option<&str>) -> Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "code": code,
+            "reason": "Forbidden",
+            "message": message,
+            "details": {"causes": cause.map(|c| vec![serde_json::json!({"reason": c, "message": message})]).unwrap_or_default()},
+        }))
+        .expect("a Status");
+        Error::kube(
+            "applying Deployment ns/a",
+            kube::Error::Api(Box::new(status)),
+        )
+    }
+
+    #[test]
+    fn a_namespace_being_deleted_is_not_a_missing_permission() {
+        let terminating = api_error(
+            403,
+            "deployments.apps \"a\" is forbidden: unable to create new content in namespace ns because it is being terminated",
+            Some("NamespaceTerminating"),
+        );
+        assert_eq!(terminating.kind(), "NamespaceTerminating");
+        let rbac = api_error(
+            403,
+            "deployments.apps \"a\" is forbidden: User \"system:serviceaccount:ns:po\" cannot patch resource \"deployments\"",
+            None,
+        );
+        assert_eq!(rbac.kind(), "Forbidden");
+    }
 }
