@@ -19,32 +19,16 @@ use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt};
 use premium_operator::api::{Phase, PremiumFeature};
 use support::cluster::{CHART_NAME, OwnCluster, chart_rbac_kubeconfig, report, time_until};
-use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish};
+use support::operator::{
+    Operator, apply_yaml, ensure_crds, feature_yaml, finish, phase, wait_phase,
+};
 use support::{DEFAULT_TIMEOUT, TestNamespace, client, kubeconfig_path, wait_for};
-
-fn phase(f: Option<&PremiumFeature>) -> Option<Phase> {
-    f.and_then(|f| f.status.as_ref()?.phase)
-}
 
 fn condition<'a>(
     f: &'a PremiumFeature,
     ty: &str,
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     f.status.as_ref()?.conditions.iter().find(|c| c.type_ == ty)
-}
-
-async fn wait_phase(
-    api: &Api<PremiumFeature>,
-    name: &str,
-    want: Phase,
-) -> anyhow::Result<PremiumFeature> {
-    wait_for(
-        api,
-        name,
-        move |f: Option<&PremiumFeature>| phase(f) == Some(want),
-        DEFAULT_TIMEOUT,
-    )
-    .await
 }
 
 /// An operator in `ns` authenticated as the chart's ServiceAccount with the chart's Role.
