@@ -203,6 +203,13 @@ pub struct Results {
     pub hop_p50_ms: f64,
     pub hop_p99_ms: f64,
     pub hop_max_ms: f64,
+    /// Where the rest of a level's time goes: the dependent's Deployment scaled up → its
+    /// Deployment Available (the cluster's own rollout), and Available → the feature Ready
+    /// (the operator noticing and writing status). p50 / p99 over all features.
+    pub rollout_p50_ms: f64,
+    pub rollout_p99_ms: f64,
+    pub report_p50_ms: f64,
+    pub report_p99_ms: f64,
     pub steady_window_seconds: f64,
     pub steady_writes: u64,
     /// Requests other than watches during the steady window (polling shows up here).
@@ -551,7 +558,11 @@ async fn measure(
     let deployments: Api<Deployment> = ns.api();
     let policies: Api<PremiumPolicy> = ns.api();
     let (ready, ready_watch) = record_first(features.clone(), feature_ready);
-    let (scaled, scaled_watch) = record_first(deployments, scaled_up);
+    let (scaled, scaled_watch) = record_first(deployments.clone(), scaled_up);
+    // Available with pods: a Deployment held at zero replicas is Available too.
+    let (available, available_watch) = record_first(deployments, |d: &Deployment| {
+        scaled_up(d) && deployment_available().matches_object(Some(d))
+    });
     let m0 = Scrape::take(op)?;
 
     // Convergence: from the first apply until every feature is Ready.
@@ -625,9 +636,25 @@ async fn measure(
         r.hop_p50_ms = percentile(&hops, 50.0);
         r.hop_p99_ms = percentile(&hops, 99.0);
         r.hop_max_ms = hops.last().copied().unwrap_or(0.0);
+        let available = available.lock().unwrap_or_else(|e| e.into_inner());
+        let between = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
+            let mut v: Vec<f64> = levels
+                .iter()
+                .flatten()
+                .filter_map(|node| {
+                    let (a, b) = (from.get(&node.name)?, to.get(&node.name)?);
+                    Some(b.saturating_duration_since(*a).as_secs_f64() * 1000.0)
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            (percentile(&v, 50.0), percentile(&v, 99.0))
+        };
+        (r.rollout_p50_ms, r.rollout_p99_ms) = between(&scaled, &available);
+        (r.report_p50_ms, r.report_p99_ms) = between(&available, &ready);
     }
     ready_watch.abort();
     scaled_watch.abort();
+    available_watch.abort();
 
     // Steady state: nothing changes, so nothing should be written.
     let s0 = Scrape::take(op)?;
@@ -785,6 +812,12 @@ pub fn table(results: &[Results]) -> String {
         format!(
             "{:.0} / {:.0} / {:.0} (n={})",
             r.hop_p50_ms, r.hop_p99_ms, r.hop_max_ms, r.hop_samples
+        )
+    });
+    row("rollout / report p50, p99 (ms)", &|r| {
+        format!(
+            "{:.0}, {:.0} / {:.0}, {:.0}",
+            r.rollout_p50_ms, r.rollout_p99_ms, r.report_p50_ms, r.report_p99_ms
         )
     });
     row("steady writes / requests", &|r| {

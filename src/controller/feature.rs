@@ -357,13 +357,6 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
     })
 }
 
-/// How long a transitional status ("starting", "rolling out") may stay unwritten. Start-ups
-/// and rollouts that finish within it cost one status write (the outcome) instead of two;
-/// slower ones show the step once it has lasted this long. Until then the previous status
-/// stands, and after a spec change its stale `observedGeneration` already tells kstatus
-/// readers (kubectl wait, Flux, Argo CD) that the change is in progress.
-const STATUS_HOLD: Duration = Duration::from_secs(5);
-
 /// Whether to hold back the write of `new` for now, and for how long at most.
 fn hold_transitional(
     ctx: &Context,
@@ -372,10 +365,10 @@ fn hold_transitional(
     new: &PremiumFeatureStatus,
 ) -> Option<Duration> {
     let mut held = lock(&ctx.held_status);
-    if !status::is_transitional_step(previous, new) {
+    let Some(hold) = status::status_hold(previous, new) else {
         held.remove(key);
         return None;
-    }
+    };
     let now = std::time::Instant::now();
     let since = held
         .entry(key.clone())
@@ -384,8 +377,8 @@ fn hold_transitional(
         *since = (new.observed_generation, now);
     }
     let waited = now.duration_since(since.1);
-    if waited < STATUS_HOLD {
-        Some(STATUS_HOLD - waited)
+    if waited < hold {
+        Some(hold - waited)
     } else {
         held.remove(key);
         None
@@ -561,7 +554,12 @@ async fn write_status(
             _ => EventType::Normal,
         };
         info!(from = ?old_phase, to = %phase, "phase changed");
-        publish(ctx, feature, kind, phase.as_str(), &note).await;
+        // A new feature that waits is no event (its status says why); every later change is.
+        let first_wait =
+            old_phase.is_none() && matches!(phase, Phase::WaitingForDependencies | Phase::Pending);
+        if !first_wait {
+            publish(ctx, feature, kind, phase.as_str(), &note).await;
+        }
     }
     Ok(())
 }

@@ -199,8 +199,9 @@ pub struct RunArgs {
     /// Envoy image of the sidecar.
     #[arg(long, default_value = DEFAULT_SIDECAR_IMAGE, env = "SIDECAR_IMAGE")]
     pub sidecar_image: String,
-    /// Most reconciles running at once, per controller.
-    #[arg(long, default_value_t = 16)]
+    /// Most reconciles running at once, per controller. Reconciles mostly wait on the API
+    /// server, and a narrow window queues a dependency's "Ready" behind a burst of new features.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: u16,
     /// Log format: json (default) or text.
     #[arg(long, default_value = "json")]

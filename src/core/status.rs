@@ -411,17 +411,25 @@ pub fn is_serving(status: Option<&PremiumFeatureStatus>) -> bool {
         .is_some_and(|c| c.status == "True" || c.reason == reason::ROLLING_UPDATE)
 }
 
-/// A status that only says a start-up or rollout is under way, after one that did not: such a
-/// step is usually followed within seconds by Ready, so the controller may hold its write for
-/// a short while and write only the outcome (one status write per change).
-pub fn is_transitional_step(
+/// How long the write of `new` may be held back, if it only says that a start-up or rollout
+/// is under way, after a status that did not. Such a step is usually followed within seconds
+/// by its outcome, so the controller writes only the outcome (one status write per change)
+/// unless the step lasts: a first start shows itself after 5 s, a rolling update (the
+/// previous pods keep serving, and the stale `observedGeneration` already tells kstatus
+/// readers such as kubectl wait, Flux and Argo CD that the change is in progress) after 15 s.
+pub fn status_hold(
     previous: Option<&PremiumFeatureStatus>,
     new: &PremiumFeatureStatus,
-) -> bool {
-    new.phase == Some(Phase::Starting)
-        && previous.and_then(|p| p.phase) != Some(Phase::Starting)
-        && condition(&new.conditions, cond::READY)
-            .is_some_and(|c| c.reason == reason::ROLLING_OUT || c.reason == reason::ROLLING_UPDATE)
+) -> Option<std::time::Duration> {
+    if new.phase != Some(Phase::Starting) || previous.and_then(|p| p.phase) == Some(Phase::Starting)
+    {
+        return None;
+    }
+    match condition(&new.conditions, cond::READY).map(|c| c.reason.as_str()) {
+        Some(reason::ROLLING_OUT) => Some(std::time::Duration::from_secs(5)),
+        Some(reason::ROLLING_UPDATE) => Some(std::time::Duration::from_secs(15)),
+        _ => None,
+    }
 }
 
 /// Whether a status says the feature is Ready for its current generation.
@@ -598,7 +606,10 @@ mod tests {
         assert_eq!(cond_of(&update, cond::READY).reason, reason::ROLLING_UPDATE);
         assert!(is_serving(Some(&update)));
         assert!(!is_ready(Some(&update), Some(2)));
-        assert!(is_transitional_step(Some(&ready), &update));
+        assert_eq!(
+            status_hold(Some(&ready), &update),
+            Some(std::time::Duration::from_secs(15))
+        );
         // Written once, the rolling update stays one (and stays quiet) until it ends.
         let again = feature_status(
             Some(&update),
@@ -610,7 +621,7 @@ mod tests {
             &t(9),
         );
         assert_eq!(again, update);
-        assert!(!is_transitional_step(Some(&update), &again));
+        assert_eq!(status_hold(Some(&update), &again), None);
         // A first start is not serving, though it is a transitional step too.
         let mut first = ready_health(1);
         first.ready = 0;
@@ -626,7 +637,10 @@ mod tests {
         );
         assert_eq!(cond_of(&starting, cond::READY).reason, reason::ROLLING_OUT);
         assert!(!is_serving(Some(&starting)));
-        assert!(is_transitional_step(None, &starting));
+        assert_eq!(
+            status_hold(None, &starting),
+            Some(std::time::Duration::from_secs(5))
+        );
         // Failures are never held back.
         let failed = feature_status(
             Some(&ready),
@@ -640,7 +654,7 @@ mod tests {
             },
             &t(5),
         );
-        assert!(!is_transitional_step(Some(&ready), &failed));
+        assert_eq!(status_hold(Some(&ready), &failed), None);
     }
 
     #[test]

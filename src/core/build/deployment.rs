@@ -39,6 +39,10 @@ pub fn deployment(feature: &PremiumFeature, plan: &FeaturePlan) -> Deployment {
         metadata: owned_meta(feature, name.clone()),
         spec: Some(DeploymentSpec {
             replicas: Some(plan.replicas),
+            // Held at zero, the Deployment is also paused: the cluster's Deployment controller
+            // then creates no ReplicaSet for it, which keeps a thousand features waiting on
+            // their dependencies from slowing the rollouts of those that may start.
+            paused: (plan.replicas == 0).then_some(true),
             revision_history_limit: Some(3),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(feature)),
@@ -211,7 +215,14 @@ mod tests {
     fn gated_deployment_has_zero_replicas() {
         let f = testing::feature();
         let d = deployment(&f, &testing::plan(&f, 0));
-        assert_eq!(d.spec.unwrap().replicas, Some(0));
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(0));
+        assert_eq!(spec.paused, Some(true));
+        let running = deployment(&f, &testing::plan(&f, 1)).spec.unwrap();
+        assert_eq!(
+            running.paused, None,
+            "SSA drops the field once it is not applied"
+        );
     }
 
     #[test]
