@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::index::{Index, Wake};
-use crate::api::{PremiumFeature, PremiumPolicy};
+use crate::api::{PremiumFeature, PremiumFeatureStatus, PremiumPolicy};
 use crate::core::budget::BudgetAllocation;
 use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, GraphAnalysis, analyze};
 use crate::core::plan::dependency_key;
@@ -93,6 +93,10 @@ pub struct Context {
     /// Since when (and for which generation) a transitional status is held back unwritten.
     pub held_status: Mutex<HashMap<FeatureKey, (Option<i64>, std::time::Instant)>>,
     pub echoes: Arc<Echoes>,
+    /// The status this instance last wrote per feature, until the cache shows it: a reconcile
+    /// that runs before the echo arrives compares against it, not against the older cached
+    /// status (which would write, and announce, the same step twice).
+    pub written_status: Mutex<HashMap<FeatureKey, (PremiumFeatureStatus, std::time::Instant)>>,
     pub feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
     pub policy_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumPolicy>>>,
     pub metrics: Arc<Metrics>,
@@ -122,6 +126,7 @@ impl Context {
             budget_shares: Mutex::default(),
             restarts: Mutex::default(),
             held_status: Mutex::default(),
+            written_status: Mutex::default(),
             echoes,
             feature_triggers,
             policy_triggers,
@@ -248,6 +253,23 @@ impl Context {
         }
         cached.1.insert(key, a.clone());
         a
+    }
+
+    /// The last status written for `key` if the cache does not show it yet.
+    pub fn newer_status(
+        &self,
+        key: &FeatureKey,
+        cached: Option<&PremiumFeatureStatus>,
+    ) -> Option<PremiumFeatureStatus> {
+        /// After this long an unseen write is taken as overtaken (someone else wrote status).
+        const MEMORY: std::time::Duration = std::time::Duration::from_secs(30);
+        let mut map = lock(&self.written_status);
+        let (status, at) = map.get(key)?;
+        if cached == Some(status) || at.elapsed() > MEMORY {
+            map.remove(key);
+            return None;
+        }
+        Some(status.clone())
     }
 
     /// Queues reconciles for what an event woke.

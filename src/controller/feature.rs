@@ -170,7 +170,8 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         .unwrap_or(pool.max_replicas)
         .min(pool.max_replicas);
 
-    let previous = feature.status.as_ref();
+    let newer = ctx.newer_status(&key, feature.status.as_ref());
+    let previous = newer.as_ref().or(feature.status.as_ref());
     // Restarts are remembered in memory too: the cached status may not show the last one yet,
     // and deciding from it would restart twice.
     let remembered = lock(&ctx.restarts).get(&key).cloned().unwrap_or_default();
@@ -519,6 +520,10 @@ async fn write_status(
             kind: "PremiumFeature",
         })
         .inc();
+    lock(&ctx.written_status).insert(
+        FeatureKey::new(namespace, feature.name_any()),
+        (new.clone(), std::time::Instant::now()),
+    );
 
     let flipped_true = |ty: &str| {
         let before = previous
@@ -673,6 +678,7 @@ async fn teardown(
     }
     release_slot(ctx, key);
     lock(&ctx.held_status).remove(key);
+    lock(&ctx.written_status).remove(key);
     let api: Api<PremiumFeature> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let finalizers: Vec<String> = feature
         .finalizers()

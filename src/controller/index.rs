@@ -27,7 +27,7 @@ struct FeatureEntry {
     /// Dependents are woken only when it changes, not on every status write.
     view: (bool, bool, i32, bool),
     /// What its own reconcile acts on besides status: generation, labels, annotations,
-    /// finalizers, deletion. Its own status writes (and their echoes) wake nobody.
+    /// deletion. Its own status writes (and their echoes) wake nobody.
     meta: String,
 }
 
@@ -146,12 +146,14 @@ impl Index {
                 f.metadata.deletion_timestamp.is_some()
             ),
             view: dependency_view(f),
+            // Not the finalizers: the echo of the operator adding its own would wake the
+            // feature again while its status write is still on the way (a reconcile on a
+            // stale status). Deletion shows in the deletion timestamp.
             meta: format!(
-                "{:?}|{:?}|{:?}|{:?}|{:?}",
+                "{:?}|{:?}|{:?}|{:?}",
                 f.metadata.generation,
                 f.labels(),
                 f.annotations(),
-                f.finalizers(),
                 f.metadata.deletion_timestamp
             ),
         };
