@@ -128,6 +128,51 @@ impl Signalled for HorizontalPodAutoscaler {
     }
 }
 
+/// Cached copies of owned objects keep only what a reconcile reads (metadata, the
+/// Deployment's replicas, pod-template metadata and status): the pod spec, ConfigMap data
+/// (the Envoy configuration) and the Service and HPA specs are most of an object's size, and
+/// the operator compares what it wrote by the applied-hash annotation instead.
+pub trait Trimmed: Resource {
+    fn trim(&mut self);
+}
+
+fn trim_meta<K: Resource>(o: &mut K) {
+    o.managed_fields_mut().clear();
+}
+
+impl Trimmed for Deployment {
+    fn trim(&mut self) {
+        trim_meta(self);
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template.spec = None;
+        }
+    }
+}
+
+impl Trimmed for ConfigMap {
+    fn trim(&mut self) {
+        trim_meta(self);
+        self.data = None;
+        self.binary_data = None;
+    }
+}
+
+impl Trimmed for Service {
+    fn trim(&mut self) {
+        trim_meta(self);
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Trimmed for HorizontalPodAutoscaler {
+    fn trim(&mut self) {
+        trim_meta(self);
+        self.spec = None;
+        self.status = None;
+    }
+}
+
 /// Whether an event that turned `previous` into `now` must wake the owner.
 ///
 /// `expected` is what the operator itself last wrote to this object, if it remembers a write:
@@ -206,7 +251,10 @@ mod tests {
         let mut written = deployment(1, "h2", Some(status(2, 1, 1, true)));
         written.metadata.generation = Some(3);
         let (before, after) = (ready.signal(), written.signal());
-        assert_ne!(before.observed, after.observed, "generation 3 is not observed yet");
+        assert_ne!(
+            before.observed, after.observed,
+            "generation 3 is not observed yet"
+        );
         assert!(!should_wake(Some(&before), &after, Some(&after.written)));
         assert!(should_wake(Some(&before), &after, None));
     }
@@ -250,6 +298,33 @@ mod tests {
             &c.signal(),
             Some(&a.signal().written)
         ));
+    }
+
+    #[test]
+    fn trimming_keeps_everything_a_reconcile_reads() {
+        let mut d = deployment(2, "h", Some(status(2, 1, 1, true)));
+        if let Some(spec) = d.spec.as_mut() {
+            spec.template.spec = Some(Default::default());
+            spec.template.metadata = Some(kube::api::ObjectMeta {
+                annotations: Some([("premium.dev/restartedAt".into(), "t".into())].into()),
+                ..Default::default()
+            });
+        }
+        let before = d.signal();
+        let template_meta = d.spec.as_ref().unwrap().template.metadata.clone();
+        d.trim();
+        assert_eq!(d.signal(), before);
+        assert!(d.spec.as_ref().unwrap().template.spec.is_none());
+        assert_eq!(d.spec.as_ref().unwrap().template.metadata, template_meta);
+        let mut cm = ConfigMap {
+            data: Some([("envoy.yaml".into(), "x".repeat(4096))].into()),
+            ..Default::default()
+        };
+        cm.metadata.annotations = Some([(APPLIED_HASH_ANNOTATION.into(), "h".into())].into());
+        let before = cm.signal();
+        cm.trim();
+        assert_eq!(cm.signal(), before);
+        assert!(cm.data.is_none());
     }
 
     proptest! {
