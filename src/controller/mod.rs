@@ -34,7 +34,7 @@ use crate::api::{
 };
 use crate::core::build::DEFAULT_SIDECAR_IMAGE;
 use crate::core::graph::FeatureKey;
-use crate::core::signal::{Signal, Signalled, should_wake};
+use crate::core::signal::{Signal, Signalled, Trimmed, should_wake};
 use crate::runtime::http::{HttpState, serve};
 use crate::runtime::leader::{Election, LeaderConfig};
 use crate::runtime::metrics::{
@@ -486,8 +486,8 @@ where
     (reader, task)
 }
 
-fn strip_managed_fields<K: Resource>(o: &mut K) {
-    o.managed_fields_mut().clear();
+fn trim<K: Trimmed>(o: &mut K) {
+    o.trim();
 }
 
 /// The feature that controls an owned object, as a reconcile request.
@@ -583,31 +583,31 @@ async fn run_controllers(
     let (feature_tx, feature_rx) = mpsc::unbounded_channel();
     let (policy_tx, policy_rx) = mpsc::unbounded_channel();
 
-    // Owned objects: label-filtered caches with managedFields dropped to save memory; an event
+    // Owned objects: label-filtered caches trimmed to what a reconcile reads; an event
     // that changes what the reconcile reads asks for a reconcile of the controlling feature.
     let echoes = Arc::new(context::Echoes::default());
     let (deploy_reader, deploy_task) = drive(
         api::<Deployment>(&client, ns),
         owned_config(),
-        strip_managed_fields,
+        trim,
         forward_owner(feature_tx.clone(), echoes.clone()),
     );
     let (svc_reader, svc_task) = drive(
         api::<Service>(&client, ns),
         owned_config(),
-        strip_managed_fields,
+        trim,
         forward_owner(feature_tx.clone(), echoes.clone()),
     );
     let (cm_reader, cm_task) = drive(
         api::<ConfigMap>(&client, ns),
         owned_config(),
-        strip_managed_fields,
+        trim,
         forward_owner(feature_tx.clone(), echoes.clone()),
     );
     let (hpa_reader, hpa_task) = drive(
         api::<HorizontalPodAutoscaler>(&client, ns),
         owned_config(),
-        strip_managed_fields,
+        trim,
         forward_owner(feature_tx.clone(), echoes.clone()),
     );
 
