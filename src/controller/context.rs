@@ -1,6 +1,7 @@
 //! What every reconcile is handed: the client, the caches, the index and the telemetry.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -97,6 +98,12 @@ pub struct Context {
     /// that runs before the echo arrives compares against it, not against the older cached
     /// status (which would write, and announce, the same step twice).
     pub written_status: Mutex<HashMap<FeatureKey, (PremiumFeatureStatus, std::time::Instant)>>,
+    /// First reconciles of new features, fed to the controller only while few reconciles run
+    /// (see [`Context::next_new_feature`]).
+    new_features: Mutex<(VecDeque<FeatureKey>, BTreeSet<FeatureKey>)>,
+    new_feature_queued: tokio::sync::Notify,
+    /// Feature reconciles running now.
+    pub in_flight: AtomicUsize,
     pub feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
     pub policy_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumPolicy>>>,
     pub metrics: Arc<Metrics>,
@@ -127,6 +134,9 @@ impl Context {
             restarts: Mutex::default(),
             held_status: Mutex::default(),
             written_status: Mutex::default(),
+            new_features: Mutex::default(),
+            new_feature_queued: tokio::sync::Notify::new(),
+            in_flight: AtomicUsize::new(0),
             echoes,
             feature_triggers,
             policy_triggers,
@@ -272,8 +282,43 @@ impl Context {
         Some(status.clone())
     }
 
+    /// Waits for the next new feature whose first reconcile may start: there is one queued
+    /// and fewer than `max_in_flight` feature reconciles run. Everything else (a dependency
+    /// turning Ready, a Deployment's rollout, a spec change) goes to the controller at once,
+    /// so those never wait behind the first reconciles of a thousand features just applied;
+    /// the new ones fill the capacity left over, in the order they came.
+    pub async fn next_new_feature(&self, max_in_flight: usize) -> FeatureKey {
+        loop {
+            if lock(&self.new_features).0.is_empty() {
+                // Idle until something is queued (a permit is kept if it came just now).
+                self.new_feature_queued.notified().await;
+                continue;
+            }
+            if self.in_flight.load(Ordering::Relaxed) < max_in_flight {
+                let mut queue = lock(&self.new_features);
+                if let Some(f) = queue.0.pop_front() {
+                    queue.1.remove(&f);
+                    return f;
+                }
+                continue;
+            }
+            // Busy: look again shortly, when some reconciles have finished.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Queues reconciles for what an event woke.
     pub fn wake(&self, wake: Wake) {
+        if !wake.new_features.is_empty() {
+            let mut queue = lock(&self.new_features);
+            for f in wake.new_features {
+                if queue.1.insert(f.clone()) {
+                    queue.0.push_back(f);
+                }
+            }
+            drop(queue);
+            self.new_feature_queued.notify_one();
+        }
         for f in wake.features {
             let _ = self
                 .feature_triggers

@@ -36,6 +36,10 @@ struct FeatureEntry {
 pub struct Wake {
     pub features: BTreeSet<FeatureKey>,
     pub policies: BTreeSet<PolicyKey>,
+    /// Features seen for the first time (just created, or listed at start-up): their first
+    /// reconcile creates their objects and says what they wait for. Queued behind everything else (see
+    /// `Context::wake`), so a burst of new features never delays a running start-up.
+    pub new_features: BTreeSet<FeatureKey>,
 }
 
 #[derive(Debug, Default)]
@@ -159,7 +163,9 @@ impl Index {
         };
         let previous = self.features.insert(key.clone(), entry.clone());
         let mut wake = Wake::default();
-        if previous.as_ref().map(|p| &p.meta) != Some(&entry.meta) {
+        if previous.is_none() {
+            wake.new_features.insert(key.clone());
+        } else if previous.as_ref().map(|p| &p.meta) != Some(&entry.meta) {
             wake.features.insert(key.clone());
         }
         let graph_changed = previous.as_ref().map(|p| &p.deps) != Some(&deps);
@@ -327,6 +333,9 @@ mod tests {
         let v = idx.graph_version();
         let wake = idx.apply_feature(&feature("catalog", &[], "premium"));
         assert!(wake.features.contains(&k("aika")));
+        // A brand-new feature goes to the back lane; what it unblocks does not.
+        assert_eq!(wake.new_features, BTreeSet::from([k("catalog")]));
+        assert!(!wake.features.contains(&k("catalog")));
         assert!(idx.graph_version() > v);
         // A status write that changes nothing aika reads (catalog's own write) wakes nobody.
         let v = idx.graph_version();

@@ -151,6 +151,22 @@ where
     }
 }
 
+/// Counts a running feature reconcile until dropped (also when the reconcile is cancelled).
+struct InFlight<'a>(&'a Context);
+
+impl<'a> InFlight<'a> {
+    fn enter(ctx: &'a Context) -> Self {
+        ctx.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(ctx)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Runs one reconcile, counting it and timing it.
 async fn measured(
     ctx: &Context,
@@ -160,7 +176,9 @@ async fn measured(
     let labels = ControllerLabels { controller };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
+    let counted = (controller == "feature").then(|| InFlight::enter(ctx));
     let result = reconcile.await;
+    drop(counted);
     ctx.metrics
         .reconcile_duration
         .get_or_create(&labels)
@@ -703,11 +721,32 @@ async fn run_controllers(
     }
     ready.store(true, Ordering::Relaxed);
     info!("caches synced; reconciling");
-    // Everything that existed before the first list gets one reconcile.
-    for f in ctx.features() {
-        let _ = feature_tx
-            .send(ObjectRef::new(&f.name_any()).within(&f.namespace().unwrap_or_default()));
-    }
+    // Everything that existed before the first list gets one reconcile, in the back lane:
+    // events that arrive meanwhile go first.
+    ctx.wake(index::Wake {
+        new_features: ctx.features().iter().map(|f| feature_key(f)).collect(),
+        ..Default::default()
+    });
+    // The back lane: first reconciles of new features, fed while at most a quarter of the
+    // reconcile slots are busy.
+    let back_lane = {
+        let ctx = ctx.clone();
+        let tx = feature_tx.clone();
+        let max = (usize::from(args.concurrency) / 4).max(1);
+        tokio::spawn(async move {
+            loop {
+                let f = ctx.next_new_feature(max).await;
+                if tx
+                    .send(ObjectRef::new(&f.name).within(&f.namespace))
+                    .is_err()
+                {
+                    break;
+                }
+                // Give the controller a moment to start it, so the count above sees it.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
     for p in valid_policies(&policy_reader) {
         let _ = policy_tx.send(p);
     }
@@ -732,6 +771,7 @@ async fn run_controllers(
     .run(policy::reconcile, error_policy_policy, ctx.clone())
     .for_each(|_| futures::future::ready(()));
     tokio::join!(feature_controller, policy_controller);
+    back_lane.abort();
     for t in &tasks {
         t.abort();
     }
