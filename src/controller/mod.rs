@@ -727,12 +727,12 @@ async fn run_controllers(
         new_features: ctx.features().iter().map(|f| feature_key(f)).collect(),
         ..Default::default()
     });
-    // The back lane: first reconciles of new features, fed while at most a quarter of the
+    // The back lane: first reconciles of new features, fed while at most an eighth of the
     // reconcile slots are busy.
     let back_lane = {
         let ctx = ctx.clone();
         let tx = feature_tx.clone();
-        let max = (usize::from(args.concurrency) / 4).max(1);
+        let max = (usize::from(args.concurrency) / 8).max(1);
         tokio::spawn(async move {
             loop {
                 let f = ctx.next_new_feature(max).await;
