@@ -215,9 +215,12 @@ impl Context {
         {
             return g.clone();
         }
-        let nodes: Vec<FeatureNode> = self
-            .features()
+        // Straight from the store: the analysis needs names and edges, not copies of whole
+        // features (a burst of new features recomputes it often).
+        let state = self.stores.features.state();
+        let nodes: Vec<FeatureNode> = state
             .iter()
+            .filter_map(|g| g.0.as_ref().ok())
             .map(|f| {
                 let ns = f.namespace().unwrap_or_default();
                 FeatureNode {

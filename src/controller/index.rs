@@ -50,6 +50,9 @@ pub struct Index {
     selected: HashMap<PolicyKey, BTreeSet<FeatureKey>>,
     graph_version: u64,
     budget_version: u64,
+    /// Features whose dependency edges changed; what lies downstream of them is woken in
+    /// batches by `take_downstream`.
+    changed_edges: BTreeSet<FeatureKey>,
 }
 
 fn key_of_feature(f: &PremiumFeature) -> FeatureKey {
@@ -103,9 +106,15 @@ impl Index {
             .collect()
     }
 
-    fn transitive_dependents(&self, key: &FeatureKey) -> BTreeSet<FeatureKey> {
+    /// Everything downstream of the features whose edges changed since the last call, in
+    /// one walk over the graph. A burst of N new features that all sit upstream of each other
+    /// (a long chain or cycle applied one by one) costs one walk per call, not one per feature
+    /// (which is quadratic: 5·10⁷ visits for a 10,000-long chain).
+    pub fn take_downstream(&mut self) -> BTreeSet<FeatureKey> {
         let mut seen = BTreeSet::new();
-        let mut stack = vec![key.clone()];
+        let mut stack: Vec<FeatureKey> = std::mem::take(&mut self.changed_edges)
+            .into_iter()
+            .collect();
         while let Some(k) = stack.pop() {
             for d in self.dependents.get(&k).into_iter().flatten() {
                 if seen.insert(d.clone()) {
@@ -113,7 +122,6 @@ impl Index {
                 }
             }
         }
-        seen.remove(key);
         seen
     }
 
@@ -184,8 +192,9 @@ impl Index {
                     .or_default()
                     .insert(key.clone());
             }
-            // Levels and cycles of everything downstream may have moved.
-            wake.features.extend(self.transitive_dependents(&key));
+            // Levels and cycles of everything downstream may have moved (see
+            // `take_downstream`).
+            self.changed_edges.insert(key.clone());
         } else if previous.as_ref().map(|p| p.view) != Some(entry.view) {
             wake.features.extend(self.dependents(&key));
         }
@@ -214,7 +223,7 @@ impl Index {
                 // A dependency waiting to be torn down after its dependents can go now.
                 wake.features.insert(d.clone());
             }
-            wake.features.extend(self.transitive_dependents(key));
+            self.changed_edges.insert(key.clone());
             wake.policies.extend(self.all_policies_in(&key.namespace));
         }
         wake
@@ -332,8 +341,9 @@ mod tests {
         idx.apply_feature(&feature("aika", &["catalog"], "premium"));
         let v = idx.graph_version();
         let wake = idx.apply_feature(&feature("catalog", &[], "premium"));
-        assert!(wake.features.contains(&k("aika")));
-        // A brand-new feature goes to the back lane; what it unblocks does not.
+        assert!(idx.take_downstream().contains(&k("aika")));
+        assert!(idx.take_downstream().is_empty(), "taken once");
+        // A brand-new feature goes to the back lane itself.
         assert_eq!(wake.new_features, BTreeSet::from([k("catalog")]));
         assert!(!wake.features.contains(&k("catalog")));
         assert!(idx.graph_version() > v);
@@ -375,8 +385,16 @@ mod tests {
         idx.apply_feature(&feature("catalog", &[], "premium"));
         idx.apply_feature(&feature("soundcheck", &["catalog"], "premium"));
         idx.apply_feature(&feature("aika", &["soundcheck"], "premium"));
-        let wake = idx.apply_feature(&feature("catalog", &["base"], "premium"));
-        assert_eq!(wake.features, BTreeSet::from([k("aika"), k("soundcheck")]));
+        idx.take_downstream();
+        idx.apply_feature(&feature("catalog", &["base"], "premium"));
+        assert_eq!(
+            idx.take_downstream(),
+            BTreeSet::from([k("aika"), k("soundcheck")])
+        );
+        // Two changes in one batch: one walk, the union.
+        idx.apply_feature(&feature("soundcheck", &["catalog", "extra"], "premium"));
+        idx.apply_feature(&feature("aika", &["soundcheck", "x"], "premium"));
+        assert_eq!(idx.take_downstream(), BTreeSet::from([k("aika")]));
     }
 
     #[test]
@@ -384,9 +402,13 @@ mod tests {
         let mut idx = Index::default();
         idx.apply_feature(&feature("catalog", &[], "premium"));
         idx.apply_feature(&feature("aika", &["catalog"], "premium"));
+        idx.apply_feature(&feature("top", &["aika"], "premium"));
+        idx.take_downstream();
         let wake = idx.delete_feature(&k("aika"));
         assert!(wake.features.contains(&k("catalog")));
         assert!(idx.dependents(&k("catalog")).is_empty());
+        // What depended on it now misses it.
+        assert_eq!(idx.take_downstream(), BTreeSet::from([k("top")]));
     }
 
     #[test]

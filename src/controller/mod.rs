@@ -722,7 +722,9 @@ async fn run_controllers(
     ready.store(true, Ordering::Relaxed);
     info!("caches synced; reconciling");
     // Everything that existed before the first list gets one reconcile, in the back lane:
-    // events that arrive meanwhile go first.
+    // events that arrive meanwhile go first. (What the first list changed downstream is
+    // covered by that: no second wake.)
+    let _ = lock(&ctx.index).take_downstream();
     ctx.wake(index::Wake {
         new_features: ctx.features().iter().map(|f| feature_key(f)).collect(),
         ..Default::default()
@@ -751,6 +753,26 @@ async fn run_controllers(
         let _ = policy_tx.send(p);
     }
 
+    // Features downstream of a changed edge (their level, cycle or missing dependency may have
+    // moved), gathered over a tenth of a second and woken in one walk.
+    let downstream = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let features = lock(&ctx.index).take_downstream();
+                if !features.is_empty() {
+                    ctx.wake(index::Wake {
+                        features,
+                        ..Default::default()
+                    });
+                }
+            }
+        })
+    };
+
     let controller_config = ControllerConfig::default().concurrency(args.concurrency);
     let feature_controller = Controller::for_stream(
         futures::stream::pending::<Result<DeserializeGuard<PremiumFeature>, watcher::Error>>(),
@@ -772,6 +794,7 @@ async fn run_controllers(
     .for_each(|_| futures::future::ready(()));
     tokio::join!(feature_controller, policy_controller);
     back_lane.abort();
+    downstream.abort();
     for t in &tasks {
         t.abort();
     }
