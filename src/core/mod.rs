@@ -7,6 +7,6 @@ pub mod graph;
 pub mod plan;
 pub mod policy;
 pub mod settings;
-pub mod signal;
 pub mod sidecar;
+pub mod signal;
 pub mod status;
