@@ -625,16 +625,9 @@ async fn measure(
         .patch("bench", &params, &Patch::Apply(&pol))
         .await
         .context("applying the policy")?;
-    futures::stream::iter(levels.iter().flatten().map(|node| {
-        let f = feature(node, &namespace);
-        let api = features.clone();
-        let params = params.clone();
-        async move { api.patch(&node.name, &params, &Patch::Apply(&f)).await }
-    }))
-    .buffer_unordered(IN_FLIGHT)
-    .try_collect::<Vec<_>>()
-    .await
-    .context("creating the features")?;
+    apply_features(&features, levels, |node| feature(node, &namespace))
+        .await
+        .context("creating the features")?;
     let last = wait_count("features to be Ready", &ready, n, opts.timeout)
         .await
         .with_context(|| format!("operator log tail:\n{}", op.log_tail()))?;
@@ -736,19 +729,15 @@ async fn measure(
     });
     let c0 = Scrape::take(op)?;
     let started = Instant::now();
-    futures::stream::iter(levels.iter().flatten().map(|node| {
+    apply_features(&features, levels, |node| {
         let mut f = feature(node, &namespace);
         f.spec.env = vec![EnvVar {
             name: "BENCH_CHANGE".into(),
             value: Some("1".into()),
             ..Default::default()
         }];
-        let api = features.clone();
-        let params = params.clone();
-        async move { api.patch(&node.name, &params, &Patch::Apply(&f)).await }
-    }))
-    .buffer_unordered(IN_FLIGHT)
-    .try_collect::<Vec<_>>()
+        f
+    })
     .await
     .context("changing the features")?;
     let last = wait_count("changed features to be Ready", &changed, n, opts.timeout).await?;
@@ -776,6 +765,24 @@ async fn measure(
     r.restart_reconciles_per_feature = m.feature_reconciles() / n as f64;
     let _ = client;
     Ok(())
+}
+
+/// Applies one PremiumFeature per node, [`IN_FLIGHT`] at a time.
+async fn apply_features(
+    api: &Api<PremiumFeature>,
+    levels: &[Vec<Node>],
+    build: impl Fn(&Node) -> PremiumFeature,
+) -> kube::Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    futures::stream::iter(levels.iter().flatten().map(|node| {
+        let f = build(node);
+        let params = params.clone();
+        async move { api.patch(&node.name, &params, &Patch::Apply(&f)).await }
+    }))
+    .buffer_unordered(IN_FLIGHT)
+    .try_collect::<Vec<_>>()
+    .await
+    .map(|_| ())
 }
 
 /// Waits until the operator's reconcile and write counters stop moving for `quiet`; returns

@@ -528,15 +528,9 @@ fn forward_owner<K>(
     echoes: Arc<context::Echoes>,
 ) -> impl FnMut(&WatchEvent<K>) + Send + 'static
 where
-    K: Resource<DynamicType = ()> + Signalled,
+    K: Resource<DynamicType = ()> + k8s_openapi::Resource + Signalled,
 {
-    let kind: &'static str = match K::kind(&()).as_ref() {
-        "Deployment" => "Deployment",
-        "Service" => "Service",
-        "ConfigMap" => "ConfigMap",
-        "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
-        _ => "owned object",
-    };
+    let kind = K::KIND;
     let mut last: std::collections::HashMap<(String, String), (FeatureRef, Signal)> =
         Default::default();
     let mut relisted: Option<std::collections::HashSet<(String, String)>> = None;
@@ -721,14 +715,10 @@ async fn run_controllers(
     }
     ready.store(true, Ordering::Relaxed);
     info!("caches synced; reconciling");
-    // Everything that existed before the first list gets one reconcile, in the back lane:
-    // events that arrive meanwhile go first. (What the first list changed downstream is
-    // covered by that: no second wake.)
+    // Everything that existed before the first list is already queued in the back lane (the
+    // index saw each for the first time), so it gets one reconcile and events that arrive
+    // meanwhile go first. What the first list changed downstream is covered by that.
     let _ = lock(&ctx.index).take_downstream();
-    ctx.wake(index::Wake {
-        new_features: ctx.features().iter().map(|f| feature_key(f)).collect(),
-        ..Default::default()
-    });
     // The back lane: first reconciles of new features, fed while at most an eighth of the
     // reconcile slots are busy.
     let back_lane = {
