@@ -73,6 +73,14 @@ stop_pidfile() {
     if [[ -e /proc/$pid ]] && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; then
       log "$(basename "$pidfile" .pid) (pid $pid) ignored TERM for ${grace}s; sending KILL"
       kill -KILL "$pid" 2>/dev/null || true
+      # KILL is delivered asynchronously: wait until the process is gone, or a successor
+      # started at once finds its port and data directory still held (etcd then never
+      # comes up, and nor does the API server).
+      for ((i = 0; i < 50; i++)); do
+        [[ -e /proc/$pid ]] || break
+        [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]] && break
+        sleep 0.1
+      done
     fi
   fi
   rm -f "$pidfile"
