@@ -207,6 +207,11 @@ pub struct Results {
     pub hop_p50_ms: f64,
     pub hop_p99_ms: f64,
     pub hop_max_ms: f64,
+    /// The same hop timed inside the operator (its Ready write → its scale-up write), without
+    /// the bench's watch delays: `premium_dependency_hop_seconds`, bucketed.
+    pub operator_hop_samples: u64,
+    pub operator_hop_p50_ms: Option<f64>,
+    pub operator_hop_p99_ms: Option<f64>,
     /// Where the rest of a level's time goes: the dependent's Deployment scaled up → its
     /// Deployment Available (the cluster's own rollout), and Available → the feature Ready
     /// (the operator noticing and writing status). p50 / p99 over all features.
@@ -239,7 +244,12 @@ impl Scrape {
     pub fn take(op: &Operator) -> anyhow::Result<Self> {
         let text = op.metrics()?;
         let body = text.split("\r\n\r\n").nth(1).unwrap_or(&text);
-        Ok(Self(
+        Ok(Self::parse(body))
+    }
+
+    /// Parses Prometheus text exposition (sample lines; comments skipped).
+    pub fn parse(body: &str) -> Self {
+        Self(
             body.lines()
                 .filter(|l| !l.starts_with('#'))
                 .filter_map(|l| {
@@ -247,7 +257,7 @@ impl Scrape {
                     Some((k.to_string(), v.parse().ok()?))
                 })
                 .collect(),
-        ))
+        )
     }
 
     /// Sum of the samples of one metric family (`name` or `name{...}`).
@@ -275,6 +285,49 @@ impl Scrape {
 
     pub fn feature_status_writes(&self) -> f64 {
         self.get("premium_status_writes_total{kind=\"PremiumFeature\"}")
+    }
+
+    /// The `q` quantile of histogram `name` over the observations made between `before` and
+    /// this scrape, interpolated linearly inside its bucket as Prometheus' `histogram_quantile`
+    /// does; `None` without observations.
+    pub fn quantile_since(&self, before: &Scrape, name: &str, q: f64) -> Option<f64> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut buckets: Vec<(f64, f64)> = self
+            .0
+            .iter()
+            .filter_map(|(k, v)| {
+                let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, v - before.get(k)))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for (le, cumulative) in buckets {
+            if cumulative >= rank {
+                if le.is_infinite() {
+                    return Some(lower);
+                }
+                let inside = cumulative - below;
+                let fraction = if inside > 0.0 {
+                    (rank - below) / inside
+                } else {
+                    1.0
+                };
+                return Some(lower + (le - lower) * fraction);
+            }
+            (lower, below) = (le, cumulative);
+        }
+        Some(lower)
     }
 
     pub fn by_verb(&self) -> BTreeMap<String, f64> {
@@ -682,6 +735,11 @@ async fn measure(
         r.hop_p50_ms = percentile(&hops, 50.0);
         r.hop_p99_ms = percentile(&hops, 99.0);
         r.hop_max_ms = hops.last().copied().unwrap_or(0.0);
+        let hop = "premium_dependency_hop_seconds";
+        r.operator_hop_samples =
+            (m1.get(&format!("{hop}_count")) - m0.get(&format!("{hop}_count"))) as u64;
+        r.operator_hop_p50_ms = m1.quantile_since(&m0, hop, 0.50).map(|s| s * 1000.0);
+        r.operator_hop_p99_ms = m1.quantile_since(&m0, hop, 0.99).map(|s| s * 1000.0);
         let available = available.lock().unwrap_or_else(|e| e.into_inner());
         let between = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
             let mut v: Vec<f64> = levels
@@ -888,6 +946,14 @@ pub fn table(results: &[Results]) -> String {
         format!(
             "{:.0} / {:.0} / {:.0} (n={})",
             r.hop_p50_ms, r.hop_p99_ms, r.hop_max_ms, r.hop_samples
+        )
+    });
+    row("operator-side hop p50 / p99 (ms)", &|r| {
+        format!(
+            "{} / {} (n={})",
+            opt(r.operator_hop_p50_ms, 0),
+            opt(r.operator_hop_p99_ms, 0),
+            r.operator_hop_samples
         )
     });
     row("rollout / report p50, p99 (ms)", &|r| {

@@ -26,6 +26,9 @@ async fn bench_harness_at_twenty_features() -> anyhow::Result<()> {
         "dependency hop p99 {} ms",
         r.hop_p99_ms
     );
+    // The operator timed the same hops itself.
+    assert_eq!(r.operator_hop_samples, 18, "{r:?}");
+    assert!(r.operator_hop_p99_ms.is_some_and(|p| p > 0.0), "{r:?}");
     assert!(
         r.api_requests.get("patch").copied().unwrap_or(0) > 0,
         "{r:?}"
@@ -55,4 +58,22 @@ fn workload_is_seeded_levelled_and_points_one_level_up() {
             }
         }
     }
+}
+
+#[test]
+fn histogram_quantiles_interpolate_inside_the_bucket() {
+    let h = "h_bucket{le=\"0.1\"}";
+    let before = harness::Scrape::parse(&format!(
+        "{h} 5\nh_bucket{{le=\"0.2\"}} 5\nh_bucket{{le=\"+Inf\"}} 5\n"
+    ));
+    // Since `before`: 10 observations ≤ 0.1 s, 10 more in (0.1, 0.2], none above.
+    let after = harness::Scrape::parse(&format!(
+        "# HELP h a histogram\n{h} 15\nh_bucket{{le=\"0.2\"}} 25\nh_bucket{{le=\"+Inf\"}} 25\n"
+    ));
+    let q = |q: f64| after.quantile_since(&before, "h", q).unwrap();
+    assert!((q(0.5) - 0.1).abs() < 1e-9, "{}", q(0.5));
+    assert!((q(0.75) - 0.15).abs() < 1e-9, "{}", q(0.75));
+    assert!((q(0.25) - 0.05).abs() < 1e-9, "{}", q(0.25));
+    assert_eq!(after.quantile_since(&after, "h", 0.5), None);
+    assert_eq!(after.quantile_since(&before, "missing", 0.5), None);
 }

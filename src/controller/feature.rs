@@ -87,7 +87,7 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
     }
 
     let now = now_time();
-    let graph = ctx.graph();
+    let graph = ctx.graph().await;
     let policies = ctx.policies_in(&namespace);
     let effective = effective_policy(feature, &policies);
     let mut stall: Option<Stall> = None;
@@ -255,6 +255,9 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         stall = match apply_objects(ctx, feature, &plan, &uid, held).await {
             Ok((conflict, written)) => {
                 deployment_written = written;
+                if written && !running && replicas > 0 {
+                    observe_hop(ctx, &namespace, feature);
+                }
                 conflict
             }
             Err(e) if e.kind() == "Forbidden" => {
@@ -491,6 +494,26 @@ async fn apply_objects(
     Ok((stall, deployment_written))
 }
 
+/// Dependency hop as the operator sees it: from its write of the last required dependency's
+/// Ready status to this feature's Deployment scaled up. Not observed when a dependency turned
+/// Ready before this instance started (or for a feature without required dependencies).
+fn observe_hop(ctx: &Context, namespace: &str, feature: &PremiumFeature) {
+    let ready = lock(&ctx.ready_since);
+    let last = feature
+        .spec
+        .depends_on
+        .iter()
+        .filter(|d| !d.optional)
+        .map(|d| ready.get(&dependency_key(namespace, d)).copied())
+        .collect::<Option<Vec<_>>>()
+        .and_then(|times| times.into_iter().max());
+    if let Some(last) = last {
+        ctx.metrics
+            .dependency_hop
+            .observe(last.elapsed().as_secs_f64());
+    }
+}
+
 async fn write_status(
     ctx: &Context,
     feature: &PremiumFeature,
@@ -536,6 +559,12 @@ async fn write_status(
         ctx.metrics
             .dependency_wait
             .observe(seconds_since(feature.creation_timestamp().as_ref(), now).as_secs_f64());
+    }
+    if flipped_true(cond::READY) {
+        lock(&ctx.ready_since).insert(
+            FeatureKey::new(namespace, feature.name_any()),
+            std::time::Instant::now(),
+        );
     }
     if flipped_true(cond::READY)
         && let Some(start) = &new.started_at
@@ -645,7 +674,7 @@ async fn teardown(
         return Ok(Action::await_change());
     }
     // Members of one dependency cycle cannot go in order; they go together.
-    let graph = ctx.graph();
+    let graph = ctx.graph().await;
     let on_cycle = |k: &FeatureKey| graph.cycle(key).is_some_and(|path| path.contains(k));
     let dependents_leaving: Vec<String> = lock(&ctx.index)
         .dependents(key)
@@ -679,6 +708,7 @@ async fn teardown(
     release_slot(ctx, key);
     lock(&ctx.held_status).remove(key);
     lock(&ctx.written_status).remove(key);
+    lock(&ctx.ready_since).remove(key);
     let api: Api<PremiumFeature> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let finalizers: Vec<String> = feature
         .finalizers()

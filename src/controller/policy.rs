@@ -154,7 +154,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
     let key = FeatureKey::new(namespace.clone(), name.clone());
     let features = ctx.features_in(&namespace);
     let policies = ctx.policies_in(&namespace);
-    let graph = ctx.graph();
+    let graph = ctx.graph().await;
     // Make sure the index knows this exact version (the watch may be a step behind a trigger).
     let wake = lock(&ctx.index).apply_policy(policy, features.iter().map(|f| f.as_ref()));
     ctx.wake(Wake {
