@@ -738,6 +738,7 @@ async fn service_account_rbac_is_enough_and_no_more_cluster_mode() -> anyhow::Re
         format!("patch premiumpolicies.premium.dev -n {w}"),
         format!("update deployments.apps -n {w}"),
         format!("create events -n {w}"),
+        format!("patch events.events.k8s.io -n {w}"),
         "list nodes".to_string(),
         "list namespaces".to_string(),
         "create clusterroles.rbac.authorization.k8s.io".to_string(),

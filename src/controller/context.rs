@@ -8,7 +8,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::core::DeserializeGuard;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
@@ -16,6 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::index::{Index, Wake};
 use crate::api::{PremiumFeature, PremiumFeatureStatus, PremiumPolicy};
 use crate::core::budget::BudgetAllocation;
+use crate::core::build::EventSource;
 use crate::core::fair::FairQueue;
 use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, GraphAnalysis, analyze};
 use crate::core::plan::dependency_key;
@@ -110,7 +110,7 @@ pub struct Context {
     pub feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
     pub policy_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumPolicy>>>,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    pub events: EventSource,
     pub settings: Settings,
 }
 
@@ -123,7 +123,7 @@ impl Context {
         feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
         policy_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumPolicy>>>,
         metrics: Arc<Metrics>,
-        recorder: Recorder,
+        events: EventSource,
         settings: Settings,
     ) -> Self {
         Self {
@@ -145,7 +145,7 @@ impl Context {
             feature_triggers,
             policy_triggers,
             metrics,
-            recorder,
+            events,
             settings,
         }
     }

@@ -7,10 +7,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -606,24 +607,18 @@ pub async fn publish(
     reason: &str,
     note: &str,
 ) {
-    let mut note = note.to_string();
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push('…');
-    }
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: (!note.is_empty()).then_some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &feature.object_ref(&())).await {
-        warn!(error = %e, "could not record an event");
+    let event = build::event(
+        feature.object_ref(&()),
+        matches!(type_, EventType::Warning),
+        reason,
+        note,
+        &ctx.events,
+        Timestamp::now(),
+    );
+    let api: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ctx.client.clone(), &feature.namespace().unwrap_or_default());
+    if let Err(e) = api.create(&PostParams::default(), &event).await {
+        warn!(error = %e, reason, "could not record an event");
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::core::build::EventSource;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -19,7 +20,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -627,12 +627,13 @@ async fn run_controllers(
     // wired by hand below.
     let (policy_reader, policy_writer) = reflector::store::<DeserializeGuard<PremiumPolicy>>();
 
-    let reporter = Reporter {
+    let events = EventSource {
         controller: FIELD_MANAGER.into(),
         instance: args
             .identity
             .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok()),
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| FIELD_MANAGER.into()),
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -648,7 +649,7 @@ async fn run_controllers(
         feature_tx.clone(),
         policy_tx.clone(),
         metrics.clone(),
-        Recorder::new(client.clone(), reporter),
+        events,
         Settings {
             sidecar_image: args.sidecar_image.clone(),
             field_manager: FIELD_MANAGER.into(),

@@ -81,8 +81,8 @@ Lease, which lives in the release namespace). Verified against src/controller: *
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Events on transitions (kube's Recorder creates, then patches a series).
+# Events on transitions (one new Event each; no series is patched).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}

@@ -1,15 +1,18 @@
-//! Builders of the objects a feature owns: Deployment, Service, ConfigMap and HPA.
+//! Builders of the objects a feature owns: Deployment, Service, ConfigMap and HPA, and of the
+//! Events it records.
 //!
 //! Each builder returns the complete object the operator applies with server-side apply, from
 //! the feature and a [`FeaturePlan`] of already-decided values; nothing here reads the cluster.
 
 mod configmap;
 mod deployment;
+mod event;
 mod hpa;
 mod service;
 
 pub use configmap::sidecar_configmap;
 pub use deployment::deployment;
+pub use event::{EventSource, event};
 pub use hpa::hpa;
 pub use service::service;
 
