@@ -174,7 +174,8 @@ pub struct PremiumFeatureStatus {
     pub phase: Option<Phase>,
 
     /// Depth in the dependency graph: 0 for a feature without dependencies. Absent while the
-    /// feature is on or behind a dependency cycle.
+    /// feature is on or behind a dependency cycle, or needs a dependency that is missing or not
+    /// permitted (its depth is not known yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_level: Option<i32>,
 

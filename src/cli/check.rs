@@ -942,8 +942,6 @@ fn plans(analysis: &GraphAnalysis, nodes: &[FeatureNode]) -> BTreeMap<String, Pl
             Some(format!("missing {}", missing.join(", ")))
         } else if !not_permitted.is_empty() {
             Some(format!("not permitted to use {}", not_permitted.join(", ")))
-        } else if analysis.level(key).is_none() {
-            Some("behind a dependency cycle".to_string())
         } else {
             None
         };
@@ -971,6 +969,12 @@ fn plans(analysis: &GraphAnalysis, nodes: &[FeatureNode]) -> BTreeMap<String, Pl
                 );
                 queue.push(dependent);
             }
+        }
+    }
+    // What is left without a level is behind a cycle through an optional dependency.
+    for node in nodes {
+        if analysis.level(&node.key).is_none() && !reasons.contains_key(&node.key) {
+            reasons.insert(&node.key, "behind a dependency cycle".to_string());
         }
     }
 
@@ -1091,8 +1095,18 @@ spec:
             [
                 "a (on a dependency cycle)",
                 "b (on a dependency cycle)",
-                "c (behind a dependency cycle)"
+                "c (waits for a)"
             ]
+        );
+        // Behind the cycle through an optional dependency only.
+        let text = [feature("a", "b"), feature("b", "a"), feature("e", "a?")].join("---\n");
+        let report = run(&[("e.yaml", &text)]);
+        assert!(
+            report.plans["portal"]
+                .blocked
+                .contains(&"e (behind a dependency cycle)".to_string()),
+            "{:?}",
+            report.plans["portal"].blocked
         );
     }
 

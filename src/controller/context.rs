@@ -210,7 +210,7 @@ impl Context {
     }
 
     /// The dependency graph of every feature in the cache, recomputed only when the index says
-    /// an edge, a feature or a grant changed, and paced (see [`next_analysis`]): while features
+    /// an edge, a feature or a grant changed (see also [`Context::refresh_graph`]), and paced (see [`next_analysis`]): while features
     /// arrive one by one, reconciles wait for the next analysis instead of each paying for one.
     pub async fn graph(&self) -> Arc<GraphAnalysis> {
         let mut cache = self.graph.lock().await;
@@ -230,11 +230,33 @@ impl Context {
             }
             let started = tokio::time::Instant::now();
             let graph = Arc::new(self.analyze_store());
+            // Every analysis is compared with the one it replaces, so whoever's level, cycle
+            // or missing dependencies moved is reconciled again, and no one else.
+            if let Some(older) = cache.graph.as_ref() {
+                let changed = graph.changed_since(older);
+                if !changed.is_empty() {
+                    self.wake(Wake {
+                        features: changed.into_iter().collect(),
+                        ..Default::default()
+                    });
+                }
+            }
             let finished = tokio::time::Instant::now();
             cache.version = version;
             cache.graph = Some(graph.clone());
             cache.next = Some(finished + next_analysis(finished - started));
             return graph;
+        }
+    }
+
+    /// Brings the analysis up to date if the graph changed since the last one (which then
+    /// wakes whoever it concerns): called every tenth of a second, so a change that no
+    /// reconcile asks about (a feature deleted) still reaches the features it concerns.
+    pub async fn refresh_graph(&self) {
+        let version = lock(&self.index).graph_version();
+        let stale = self.graph.lock().await.version != version;
+        if stale {
+            self.graph().await;
         }
     }
 

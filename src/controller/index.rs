@@ -50,9 +50,6 @@ pub struct Index {
     selected: HashMap<PolicyKey, BTreeSet<FeatureKey>>,
     graph_version: u64,
     budget_version: u64,
-    /// Features whose dependency edges changed; what lies downstream of them is woken in
-    /// batches by `take_downstream`.
-    changed_edges: BTreeSet<FeatureKey>,
 }
 
 fn key_of_feature(f: &PremiumFeature) -> FeatureKey {
@@ -104,25 +101,6 @@ impl Index {
             .take_while(|(k, _)| k.namespace == namespace)
             .map(|(_, p)| p.clone())
             .collect()
-    }
-
-    /// Everything downstream of the features whose edges changed since the last call, in
-    /// one walk over the graph. A burst of N new features that all sit upstream of each other
-    /// (a long chain or cycle applied one by one) costs one walk per call, not one per feature
-    /// (which is quadratic: 5·10⁷ visits for a 10,000-long chain).
-    pub fn take_downstream(&mut self) -> BTreeSet<FeatureKey> {
-        let mut seen = BTreeSet::new();
-        let mut stack: Vec<FeatureKey> = std::mem::take(&mut self.changed_edges)
-            .into_iter()
-            .collect();
-        while let Some(k) = stack.pop() {
-            for d in self.dependents.get(&k).into_iter().flatten() {
-                if seen.insert(d.clone()) {
-                    stack.push(d.clone());
-                }
-            }
-        }
-        seen
     }
 
     fn all_policies_in(&self, namespace: &str) -> BTreeSet<PolicyKey> {
@@ -192,9 +170,8 @@ impl Index {
                     .or_default()
                     .insert(key.clone());
             }
-            // Levels and cycles of everything downstream may have moved (see
-            // `take_downstream`).
-            self.changed_edges.insert(key.clone());
+            // Levels, cycles and missing dependencies downstream may have moved: the next
+            // analysis says whose (`Context::graph`).
         } else if previous.as_ref().map(|p| p.view) != Some(entry.view) {
             wake.features.extend(self.dependents(&key));
         }
@@ -223,7 +200,6 @@ impl Index {
                 // A dependency waiting to be torn down after its dependents can go now.
                 wake.features.insert(d.clone());
             }
-            self.changed_edges.insert(key.clone());
             wake.policies.extend(self.all_policies_in(&key.namespace));
         }
         wake
@@ -341,8 +317,6 @@ mod tests {
         idx.apply_feature(&feature("aika", &["catalog"], "premium"));
         let v = idx.graph_version();
         let wake = idx.apply_feature(&feature("catalog", &[], "premium"));
-        assert!(idx.take_downstream().contains(&k("aika")));
-        assert!(idx.take_downstream().is_empty(), "taken once");
         // A brand-new feature goes to the back lane itself.
         assert_eq!(wake.new_features, BTreeSet::from([k("catalog")]));
         assert!(!wake.features.contains(&k("catalog")));
@@ -380,21 +354,20 @@ mod tests {
     }
 
     #[test]
-    fn graph_changes_wake_everything_downstream() {
+    fn edge_changes_and_only_they_bump_the_graph_version() {
+        // Who is woken by a graph change is decided by comparing analyses
+        // (`GraphAnalysis::changed_since`); the index only says when to analyse again.
         let mut idx = Index::default();
         idx.apply_feature(&feature("catalog", &[], "premium"));
-        idx.apply_feature(&feature("soundcheck", &["catalog"], "premium"));
-        idx.apply_feature(&feature("aika", &["soundcheck"], "premium"));
-        idx.take_downstream();
+        idx.apply_feature(&feature("aika", &["catalog"], "premium"));
+        let v = idx.graph_version();
         idx.apply_feature(&feature("catalog", &["base"], "premium"));
-        assert_eq!(
-            idx.take_downstream(),
-            BTreeSet::from([k("aika"), k("soundcheck")])
-        );
-        // Two changes in one batch: one walk, the union.
-        idx.apply_feature(&feature("soundcheck", &["catalog", "extra"], "premium"));
-        idx.apply_feature(&feature("aika", &["soundcheck", "x"], "premium"));
-        assert_eq!(idx.take_downstream(), BTreeSet::from([k("aika")]));
+        assert!(idx.graph_version() > v);
+        let v = idx.graph_version();
+        idx.apply_feature(&feature("catalog", &["base"], "free"));
+        assert_eq!(idx.graph_version(), v, "a label is not an edge");
+        idx.delete_feature(&k("aika"));
+        assert!(idx.graph_version() > v);
     }
 
     #[test]
@@ -403,12 +376,9 @@ mod tests {
         idx.apply_feature(&feature("catalog", &[], "premium"));
         idx.apply_feature(&feature("aika", &["catalog"], "premium"));
         idx.apply_feature(&feature("top", &["aika"], "premium"));
-        idx.take_downstream();
         let wake = idx.delete_feature(&k("aika"));
         assert!(wake.features.contains(&k("catalog")));
         assert!(idx.dependents(&k("catalog")).is_empty());
-        // What depended on it now misses it.
-        assert_eq!(idx.take_downstream(), BTreeSet::from([k("top")]));
     }
 
     #[test]

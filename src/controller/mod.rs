@@ -718,8 +718,8 @@ async fn run_controllers(
     info!("caches synced; reconciling");
     // Everything that existed before the first list is already queued in the back lane (the
     // index saw each for the first time), so it gets one reconcile and events that arrive
-    // meanwhile go first. What the first list changed downstream is covered by that.
-    let _ = lock(&ctx.index).take_downstream();
+    // meanwhile go first. The first analysis is the baseline later ones are compared with.
+    ctx.graph().await;
     // The back lane: first reconciles of new features, fed while at most an eighth of the
     // reconcile slots are busy.
     let back_lane = {
@@ -744,8 +744,8 @@ async fn run_controllers(
         let _ = policy_tx.send(p);
     }
 
-    // Features downstream of a changed edge (their level, cycle or missing dependency may have
-    // moved), gathered over a tenth of a second and woken in one walk.
+    // Features whose level, cycle or missing dependencies moved after a change to the graph
+    // (see `Context::graph`), looked for every tenth of a second.
     let downstream = {
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -753,13 +753,7 @@ async fn run_controllers(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let features = lock(&ctx.index).take_downstream();
-                if !features.is_empty() {
-                    ctx.wake(index::Wake {
-                        features,
-                        ..Default::default()
-                    });
-                }
+                ctx.refresh_graph().await;
             }
         })
     };

@@ -101,6 +101,17 @@ pub struct GraphAnalysis {
     dependents: BTreeMap<FeatureKey, Vec<FeatureKey>>,
 }
 
+/// See [`GraphAnalysis::facts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphFacts<'a> {
+    pub level: Option<u32>,
+    pub missing: &'a [FeatureKey],
+    pub not_permitted: &'a [FeatureKey],
+    pub cycle_len: usize,
+    pub cycle_head: &'a [FeatureKey],
+    pub cycle_tail: &'a [FeatureKey],
+}
+
 impl GraphAnalysis {
     fn index_of(&self, key: &FeatureKey) -> Option<usize> {
         self.keys.binary_search(key).ok()
@@ -117,8 +128,9 @@ impl GraphAnalysis {
     }
 
     /// Start-up level: 0 without dependencies, else one more than the
-    /// deepest dependency. `None` for features on or behind a cycle, and for
-    /// unknown keys.
+    /// deepest dependency. `None` for features on or behind a cycle, with or
+    /// behind a missing or not-permitted required dependency, and for unknown
+    /// keys.
     pub fn level(&self, key: &FeatureKey) -> Option<u32> {
         self.index_of(key).and_then(|i| self.startup_level[i])
     }
@@ -207,6 +219,39 @@ impl GraphAnalysis {
         batches
     }
 
+    /// What a feature's reconcile reads of the analysis: its level, its missing and
+    /// not-permitted dependencies and its cycle as the status spells it (length and the
+    /// [`PATH_ENDS`] steps shown at each end).
+    pub fn facts(&self, key: &FeatureKey) -> Option<GraphFacts<'_>> {
+        let i = self.index_of(key)?;
+        let cycle = self.cycle[i].map(|p| self.resolve(p)).unwrap_or(&[]);
+        let ends = PATH_ENDS.min(cycle.len());
+        Some(GraphFacts {
+            level: self.startup_level[i],
+            missing: &self.missing[i],
+            not_permitted: &self.not_permitted[i],
+            cycle_len: cycle.len(),
+            cycle_head: &cycle[..ends],
+            cycle_tail: &cycle[cycle.len() - ends..],
+        })
+    }
+
+    /// Features analysed both here and in `older` whose [`facts`](Self::facts) differ: the
+    /// ones to reconcile again after a change to the graph. A feature new here is left out
+    /// (its first reconcile is queued anyway); one gone is reported through its dependents,
+    /// whose missing dependencies changed. Each feature is compared once, so a chain growing
+    /// by one feature wakes the few whose facts moved, not everything downstream.
+    pub fn changed_since(&self, older: &GraphAnalysis) -> Vec<FeatureKey> {
+        self.keys
+            .iter()
+            .filter(|key| match older.facts(key) {
+                Some(before) => self.facts(key) != Some(before),
+                None => false,
+            })
+            .cloned()
+            .collect()
+    }
+
     fn resolve(&self, path: PathRef) -> &[FeatureKey] {
         let start = path.start as usize;
         let end = start + path.len as usize;
@@ -285,34 +330,53 @@ pub fn analyze(
     let n = keys.len();
     let index_of = |key: &FeatureKey| keys.binary_search(key).ok();
 
-    let mut targets: Vec<Vec<&FeatureKey>> = vec![Vec::new(); n];
+    // (target, optional) per node; sorted so a required edge comes before an optional one
+    // to the same target and wins the dedup.
+    let mut targets: Vec<Vec<(&FeatureKey, bool)>> = vec![Vec::new(); n];
     for node in nodes {
         if let Some(i) = index_of(&node.key) {
-            targets[i].extend(node.depends_on.iter().map(|edge| &edge.target));
+            targets[i].extend(
+                node.depends_on
+                    .iter()
+                    .map(|edge| (&edge.target, edge.optional)),
+            );
         }
     }
 
     let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut missing: Vec<Vec<FeatureKey>> = vec![Vec::new(); n];
     let mut not_permitted: Vec<Vec<FeatureKey>> = vec![Vec::new(); n];
+    // Required dependencies that are missing or not permitted: the node gets no level.
+    let mut unreachable = vec![0usize; n];
+    // Reverse of the kept required edges.
+    let mut required_by: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut dependents: BTreeMap<FeatureKey, Vec<FeatureKey>> = BTreeMap::new();
     for (i, node_targets) in targets.iter_mut().enumerate() {
         node_targets.sort();
-        node_targets.dedup();
+        node_targets.dedup_by(|b, a| a.0 == b.0);
         let dependent = &keys[i];
-        for &target in node_targets.iter() {
+        for &(target, optional) in node_targets.iter() {
             dependents
                 .entry(target.clone())
                 .or_default()
                 .push(dependent.clone());
             match index_of(target) {
-                None => missing[i].push(target.clone()),
+                None => {
+                    missing[i].push(target.clone());
+                    unreachable[i] += usize::from(!optional);
+                }
                 Some(_)
                     if target.namespace != dependent.namespace && !permitted(dependent, target) =>
                 {
                     not_permitted[i].push(target.clone());
+                    unreachable[i] += usize::from(!optional);
                 }
-                Some(t) => adjacency[i].push(t as u32),
+                Some(t) => {
+                    adjacency[i].push(t as u32);
+                    if !optional {
+                        required_by[t].push(i as u32);
+                    }
+                }
             }
         }
     }
@@ -320,7 +384,25 @@ pub fn analyze(
     // and, since targets were deduped per node, free of duplicates.
 
     let reverse_adjacency = reverse(&adjacency);
-    let startup_level = startup_levels(&adjacency, &reverse_adjacency);
+    let mut startup_level = startup_levels(&adjacency, &reverse_adjacency);
+    // No level either for a feature whose required dependencies are not all there (missing,
+    // not permitted, or themselves in that state): its depth is not known until they exist,
+    // and a level that shifted with every feature added to a growing chain would rewrite the
+    // status of the whole chain each time. Optional dependents keep theirs.
+    let mut blocked: Vec<usize> = (0..n).filter(|&i| unreachable[i] > 0).collect();
+    let mut seen = vec![false; n];
+    for &i in &blocked {
+        seen[i] = true;
+    }
+    while let Some(i) = blocked.pop() {
+        startup_level[i] = None;
+        for &d in &required_by[i] {
+            if !seen[d as usize] {
+                seen[d as usize] = true;
+                blocked.push(d as usize);
+            }
+        }
+    }
     let paths = cycle_paths(&keys, &adjacency, &reverse_adjacency);
 
     GraphAnalysis {
@@ -893,13 +975,90 @@ mod tests {
     }
 
     #[test]
+    fn a_growing_chain_changes_the_facts_of_its_end_only() {
+        // d0 -> d1 -> … -> d(n-1) -> d(n) (missing), then d(n) appears needing d(n+1).
+        let chain = |n: usize| -> Vec<FeatureNode> {
+            (0..n)
+                .map(|i| FeatureNode {
+                    key: key(&format!("d{i}")),
+                    depends_on: vec![DependencyEdge {
+                        target: key(&format!("d{}", i + 1)),
+                        optional: false,
+                    }],
+                })
+                .collect()
+        };
+        let before = analyze(&chain(50), allow_all);
+        let after = analyze(&chain(51), allow_all);
+        assert_eq!(after.changed_since(&before), keys(&["d49"]));
+        assert_eq!(before.changed_since(&before), Vec::<FeatureKey>::new());
+        // Closing it into a cycle changes every member.
+        let mut ring = chain(50);
+        ring[49].depends_on[0].target = key("d0");
+        let closed = analyze(&ring, allow_all);
+        assert_eq!(closed.changed_since(&before).len(), 50);
+        // A root appearing gives every member a level.
+        let mut rooted = chain(50);
+        rooted.push(node("d50", &[]));
+        let rooted = analyze(&rooted, allow_all);
+        assert_eq!(rooted.changed_since(&before).len(), 50);
+        assert_eq!(rooted.level(&key("d0")), Some(50));
+    }
+
+    #[test]
+    fn a_missing_optional_dependency_leaves_the_level() {
+        let graph = analyze(
+            &[
+                node("catalog", &[]),
+                FeatureNode {
+                    key: key("aika"),
+                    depends_on: vec![
+                        DependencyEdge {
+                            target: key("catalog"),
+                            optional: false,
+                        },
+                        DependencyEdge {
+                            target: key("ghost"),
+                            optional: true,
+                        },
+                    ],
+                },
+                node("portal-ui", &["aika"]),
+            ],
+            allow_all,
+        );
+        assert_eq!(graph.missing(&key("aika")), keys(&["ghost"]).as_slice());
+        assert_eq!(graph.level(&key("aika")), Some(1));
+        assert_eq!(graph.level(&key("portal-ui")), Some(2));
+        // Listed twice, once required: required wins.
+        let twice = analyze(
+            &[FeatureNode {
+                key: key("aika"),
+                depends_on: vec![
+                    DependencyEdge {
+                        target: key("ghost"),
+                        optional: true,
+                    },
+                    DependencyEdge {
+                        target: key("ghost"),
+                        optional: false,
+                    },
+                ],
+            }],
+            allow_all,
+        );
+        assert_eq!(twice.level(&key("aika")), None);
+    }
+
+    #[test]
     fn missing_dependencies_are_reported_and_indexed() {
         let graph = analyze(&[node("aika", &["catalog", "ghost"])], allow_all);
         assert_eq!(
             graph.missing(&key("aika")),
             keys(&["catalog", "ghost"]).as_slice()
         );
-        assert_eq!(graph.level(&key("aika")), Some(0));
+        // Its depth is not known until they exist.
+        assert_eq!(graph.level(&key("aika")), None);
         // The reverse index names the dependent before the target exists.
         assert_eq!(
             graph.dependents_of(&key("ghost")),
@@ -947,7 +1106,7 @@ mod tests {
             graph.missing(&key("aika")),
             [FeatureKey::new("team-c", "ghost")].as_slice()
         );
-        assert_eq!(graph.level(&key("aika")), Some(1));
+        assert_eq!(graph.level(&key("aika")), None);
         assert_eq!(
             graph.dependents_of(&FeatureKey::new("team-b", "search")),
             keys(&["aika"]).as_slice()
@@ -968,8 +1127,9 @@ mod tests {
         ];
         let graph = analyze(&nodes, |_, target| target.namespace == "portal");
         assert!(graph.cycles().is_empty());
-        assert_eq!(graph.level(&key("aika")), Some(0));
-        assert_eq!(graph.level(&FeatureKey::new("team-b", "search")), Some(1));
+        // aika cannot use search, and search waits for aika: neither has a level.
+        assert_eq!(graph.level(&key("aika")), None);
+        assert_eq!(graph.level(&FeatureKey::new("team-b", "search")), None);
         let granted = analyze(&nodes, allow_all);
         let path = granted
             .cycle(&key("aika"))
@@ -1221,6 +1381,26 @@ mod tests {
         edges
     }
 
+    fn required_edges(nodes: &[FeatureNode]) -> Vec<(FeatureKey, FeatureKey)> {
+        nodes
+            .iter()
+            .flat_map(|n| {
+                n.depends_on
+                    .iter()
+                    .filter(|e| !e.optional)
+                    .map(move |e| (n.key.clone(), e.target.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether `k` is on or behind a cycle of kept edges.
+    fn reaches_cycle(nodes: &[FeatureNode], k: &FeatureKey) -> bool {
+        let edges = kept_edges(nodes);
+        nodes
+            .iter()
+            .any(|c| reaches(&edges, &c.key, &c.key) && (&c.key == k || reaches(&edges, k, &c.key)))
+    }
+
     fn reaches(edges: &[(FeatureKey, FeatureKey)], from: &FeatureKey, to: &FeatureKey) -> bool {
         let mut seen = vec![from.clone()];
         let mut frontier = vec![from.clone()];
@@ -1250,7 +1430,11 @@ mod tests {
                 if let (Some(la), Some(lb)) = (graph.level(&a), graph.level(&b)) {
                     prop_assert!(la > lb, "{a} at {la} depends on {b} at {lb}");
                 }
-                if graph.level(&b).is_none() {
+                let required = nodes.iter().any(|n| {
+                    n.key == a && n.depends_on.iter().any(|e| e.target == b && !e.optional)
+                });
+                let b_cycle = graph.on_cycle(&b) || reaches_cycle(&nodes, &b);
+                if graph.level(&b).is_none() && (required || b_cycle) {
                     prop_assert_eq!(graph.level(&a), None);
                 }
             }
@@ -1264,7 +1448,19 @@ mod tests {
                 let on_cycle = reaches(&edges, k, k);
                 prop_assert_eq!(graph.on_cycle(k), on_cycle);
                 let behind_cycle = graph.keys().iter().any(|c| reaches(&edges, c, c) && reaches(&edges, k, c));
-                prop_assert_eq!(graph.level(k).is_none(), on_cycle || behind_cycle);
+                // At, or behind by required edges, a required dependency that is missing or
+                // not permitted.
+                let required: Vec<_> = required_edges(&nodes)
+                    .into_iter()
+                    .filter(|e| edges.contains(e))
+                    .collect();
+                let behind_unreachable = nodes.iter().any(|n| {
+                    let unreachable = n.depends_on.iter().any(|e| {
+                        !e.optional && !edges.contains(&(n.key.clone(), e.target.clone()))
+                    });
+                    unreachable && (&n.key == k || reaches(&required, k, &n.key))
+                });
+                prop_assert_eq!(graph.level(k).is_none(), on_cycle || behind_cycle || behind_unreachable);
                 if let Some(path) = graph.cycle(k) {
                     prop_assert!(path.len() >= 2);
                     prop_assert_eq!(path.first(), Some(k));
