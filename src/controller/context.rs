@@ -335,20 +335,27 @@ impl Context {
     /// so those never wait behind the first reconciles of a thousand features just applied;
     /// the new ones fill the capacity left over, in the order they came within a namespace
     /// and namespaces taking turns.
+    ///
+    /// The back lane never starves: while the controller stays busy, one new feature still
+    /// goes every [`BACK_LANE_MIN_INTERVAL`], so a feature applied to a busy operator is told
+    /// what it waits for within seconds, not once a long burst elsewhere has finished.
     pub async fn next_new_feature(&self, max_in_flight: usize) -> FeatureKey {
+        let mut busy_since: Option<tokio::time::Instant> = None;
         loop {
             if lock(&self.new_features).is_empty() {
                 // Idle until something is queued (a permit is kept if it came just now).
                 self.new_feature_queued.notified().await;
                 continue;
             }
-            if self.in_flight.load(Ordering::Relaxed) < max_in_flight {
+            let starved = busy_since.is_some_and(|t| t.elapsed() >= BACK_LANE_MIN_INTERVAL);
+            if starved || self.in_flight.load(Ordering::Relaxed) < max_in_flight {
                 if let Some(f) = lock(&self.new_features).pop() {
                     return f;
                 }
                 continue;
             }
             // Busy: look again shortly, when some reconciles have finished.
+            busy_since.get_or_insert_with(tokio::time::Instant::now);
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
@@ -375,6 +382,9 @@ impl Context {
         }
     }
 }
+
+/// Longest a new feature's first reconcile waits for a free slot while the controller is busy.
+pub const BACK_LANE_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The last dependency analysis and when the next may start.
 #[derive(Default)]
