@@ -101,10 +101,10 @@ pub struct Context {
     pub written_status: Mutex<HashMap<FeatureKey, (PremiumFeatureStatus, std::time::Instant)>>,
     /// When this instance wrote each feature's Ready status (for the dependency hop metric).
     pub ready_since: Mutex<HashMap<FeatureKey, std::time::Instant>>,
-    /// First reconciles of new features, fed to the controller only while few reconciles run
-    /// (see [`Context::next_new_feature`]).
-    new_features: Mutex<FairQueue>,
-    new_feature_queued: tokio::sync::Notify,
+    /// The back lane: first reconciles of new features and refreshes after graph changes, fed
+    /// to the controller only while few reconciles run (see [`Context::next_in_back_lane`]).
+    back_lane: Mutex<FairQueue>,
+    back_lane_queued: tokio::sync::Notify,
     /// Feature reconciles running now.
     pub in_flight: AtomicUsize,
     pub feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
@@ -138,8 +138,8 @@ impl Context {
             held_status: Mutex::default(),
             written_status: Mutex::default(),
             ready_since: Mutex::default(),
-            new_features: Mutex::default(),
-            new_feature_queued: tokio::sync::Notify::new(),
+            back_lane: Mutex::default(),
+            back_lane_queued: tokio::sync::Notify::new(),
             in_flight: AtomicUsize::new(0),
             echoes,
             feature_triggers,
@@ -235,8 +235,11 @@ impl Context {
             if let Some(older) = cache.graph.as_ref() {
                 let changed = graph.changed_since(older);
                 if !changed.is_empty() {
+                    // Through the back lane: what moved is mostly what status says (a level, a
+                    // cycle found in a burst of thousands), and it must not hold up features
+                    // whose dependencies just turned Ready.
                     self.wake(Wake {
-                        features: changed.into_iter().collect(),
+                        background: changed.into_iter().collect(),
                         ..Default::default()
                     });
                 }
@@ -329,27 +332,28 @@ impl Context {
         Some(status.clone())
     }
 
-    /// Waits for the next new feature whose first reconcile may start: there is one queued
-    /// and fewer than `max_in_flight` feature reconciles run. Everything else (a dependency
+    /// Waits for the next feature of the back lane (a new feature's first reconcile, or a
+    /// refresh after a graph change) that may start: there is one queued and fewer than
+    /// `max_in_flight` feature reconciles run. Everything else (a dependency
     /// turning Ready, a Deployment's rollout, a spec change) goes to the controller at once,
     /// so those never wait behind the first reconciles of a thousand features just applied;
     /// the new ones fill the capacity left over, in the order they came within a namespace
     /// and namespaces taking turns.
     ///
-    /// The back lane never starves: while the controller stays busy, one new feature still
+    /// The back lane never starves: while the controller stays busy, one of its features still
     /// goes every [`BACK_LANE_MIN_INTERVAL`], so a feature applied to a busy operator is told
     /// what it waits for within seconds, not once a long burst elsewhere has finished.
-    pub async fn next_new_feature(&self, max_in_flight: usize) -> FeatureKey {
+    pub async fn next_in_back_lane(&self, max_in_flight: usize) -> FeatureKey {
         let mut busy_since: Option<tokio::time::Instant> = None;
         loop {
-            if lock(&self.new_features).is_empty() {
+            if lock(&self.back_lane).is_empty() {
                 // Idle until something is queued (a permit is kept if it came just now).
-                self.new_feature_queued.notified().await;
+                self.back_lane_queued.notified().await;
                 continue;
             }
             let starved = busy_since.is_some_and(|t| t.elapsed() >= BACK_LANE_MIN_INTERVAL);
             if starved || self.in_flight.load(Ordering::Relaxed) < max_in_flight {
-                if let Some(f) = lock(&self.new_features).pop() {
+                if let Some(f) = lock(&self.back_lane).pop() {
                     return f;
                 }
                 continue;
@@ -362,13 +366,13 @@ impl Context {
 
     /// Queues reconciles for what an event woke.
     pub fn wake(&self, wake: Wake) {
-        if !wake.new_features.is_empty() {
-            let mut queue = lock(&self.new_features);
-            for f in wake.new_features {
+        if !wake.background.is_empty() {
+            let mut queue = lock(&self.back_lane);
+            for f in wake.background {
                 queue.push(f);
             }
             drop(queue);
-            self.new_feature_queued.notify_one();
+            self.back_lane_queued.notify_one();
         }
         for f in wake.features {
             let _ = self

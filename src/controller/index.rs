@@ -36,10 +36,11 @@ struct FeatureEntry {
 pub struct Wake {
     pub features: BTreeSet<FeatureKey>,
     pub policies: BTreeSet<PolicyKey>,
-    /// Features seen for the first time (just created, or listed at start-up): their first
-    /// reconcile creates their objects and says what they wait for. Queued behind everything else (see
-    /// `Context::wake`), so a burst of new features never delays a running start-up.
-    pub new_features: BTreeSet<FeatureKey>,
+    /// Reconciles that may wait behind everything else (the back lane, see `Context::wake`):
+    /// features seen for the first time (just created, or listed at start-up), whose first
+    /// reconcile creates their objects and says what they wait for, and features whose level,
+    /// cycle or missing dependencies moved. A burst of either never delays a running start-up.
+    pub background: BTreeSet<FeatureKey>,
 }
 
 #[derive(Debug, Default)]
@@ -150,7 +151,7 @@ impl Index {
         let previous = self.features.insert(key.clone(), entry.clone());
         let mut wake = Wake::default();
         if previous.is_none() {
-            wake.new_features.insert(key.clone());
+            wake.background.insert(key.clone());
         } else if previous.as_ref().map(|p| &p.meta) != Some(&entry.meta) {
             wake.features.insert(key.clone());
         }
@@ -318,7 +319,7 @@ mod tests {
         let v = idx.graph_version();
         let wake = idx.apply_feature(&feature("catalog", &[], "premium"));
         // A brand-new feature goes to the back lane itself.
-        assert_eq!(wake.new_features, BTreeSet::from([k("catalog")]));
+        assert_eq!(wake.background, BTreeSet::from([k("catalog")]));
         assert!(!wake.features.contains(&k("catalog")));
         assert!(idx.graph_version() > v);
         // A status write that changes nothing aika reads (catalog's own write) wakes nobody.

@@ -720,15 +720,15 @@ async fn run_controllers(
     // index saw each for the first time), so it gets one reconcile and events that arrive
     // meanwhile go first. The first analysis is the baseline later ones are compared with.
     ctx.graph().await;
-    // The back lane: first reconciles of new features, fed while at most an eighth of the
-    // reconcile slots are busy.
+    // The back lane: first reconciles of new features and refreshes after graph changes, fed
+    // while at most an eighth of the reconcile slots are busy (and at least one every 250 ms).
     let back_lane = {
         let ctx = ctx.clone();
         let tx = feature_tx.clone();
         let max = (usize::from(args.concurrency) / 8).max(1);
         tokio::spawn(async move {
             loop {
-                let f = ctx.next_new_feature(max).await;
+                let f = ctx.next_in_back_lane(max).await;
                 if tx
                     .send(ObjectRef::new(&f.name).within(&f.namespace))
                     .is_err()
