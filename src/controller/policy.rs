@@ -20,6 +20,7 @@ use crate::core::budget::{BudgetAllocation, PoolRequest, allocate};
 use crate::core::graph::{FeatureKey, GraphAnalysis};
 use crate::core::policy::{conflicts_by_policy, effective_policy, selects};
 use crate::core::settings::pool_settings;
+use crate::core::shorten;
 use crate::core::status::{Stamp, now_time, set_condition};
 use crate::runtime::metrics::KindLabels;
 
@@ -234,10 +235,13 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
     } else {
         (
             reason::POLICY_OVERRIDDEN,
-            truncate(&format!(
-                "overridden by higher-priority policies: {}",
-                mine.join("; ")
-            )),
+            shorten(
+                &format!(
+                    "overridden by higher-priority policies: {}",
+                    mine.join("; ")
+                ),
+                2000,
+            ),
         )
     };
     set_condition(
@@ -315,16 +319,4 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
             .inc();
     }
     Ok(Action::await_change())
-}
-
-fn truncate(s: &str) -> String {
-    const MAX: usize = 2000;
-    if s.len() <= MAX {
-        return s.to_string();
-    }
-    let mut cut = MAX;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &s[..cut])
 }

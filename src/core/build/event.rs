@@ -3,6 +3,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::core::shorten;
+
 /// Longest note kept; the API server refuses notes over 1 KiB.
 pub const MAX_NOTE_BYTES: usize = 1000;
 
@@ -41,7 +43,7 @@ pub fn event(
         },
         action: Some("Reconcile".into()),
         reason: Some(reason.to_string()),
-        note: (!note.is_empty()).then(|| truncate(note)),
+        note: (!note.is_empty()).then(|| shorten(note, MAX_NOTE_BYTES)),
         type_: Some(if warning { "Warning" } else { "Normal" }.into()),
         event_time: Some(MicroTime(now)),
         reporting_controller: Some(source.controller.clone()),
@@ -49,17 +51,6 @@ pub fn event(
         regarding: Some(regarding),
         ..Default::default()
     }
-}
-
-fn truncate(note: &str) -> String {
-    if note.len() <= MAX_NOTE_BYTES {
-        return note.to_string();
-    }
-    let mut cut = MAX_NOTE_BYTES;
-    while !note.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &note[..cut])
 }
 
 #[cfg(test)]
