@@ -212,6 +212,12 @@ pub struct Results {
     pub operator_hop_samples: u64,
     pub operator_hop_p50_ms: Option<f64>,
     pub operator_hop_p99_ms: Option<f64>,
+    /// Where the operator's time goes: from an event queueing a feature's reconcile until it
+    /// starts (`premium_reconcile_queue_seconds`), and a feature reconcile's own duration.
+    pub queue_wait_p50_ms: Option<f64>,
+    pub queue_wait_p99_ms: Option<f64>,
+    pub reconcile_p50_ms: Option<f64>,
+    pub reconcile_p99_ms: Option<f64>,
     /// Where the rest of a level's time goes: the dependent's Deployment scaled up → its
     /// Deployment Available (the cluster's own rollout), and Available → the feature Ready
     /// (the operator noticing and writing status). p50 / p99 over all features.
@@ -291,12 +297,33 @@ impl Scrape {
     /// this scrape, interpolated linearly inside its bucket as Prometheus' `histogram_quantile`
     /// does; `None` without observations.
     pub fn quantile_since(&self, before: &Scrape, name: &str, q: f64) -> Option<f64> {
-        let prefix = format!("{name}_bucket{{le=\"");
+        self.series_quantile_since(before, name, None, q)
+    }
+
+    /// [`quantile_since`](Self::quantile_since) for the series of a labelled histogram that
+    /// carries `label` (e.g. `controller="feature"`), wherever it sits among the labels.
+    pub fn series_quantile_since(
+        &self,
+        before: &Scrape,
+        name: &str,
+        label: Option<&str>,
+        q: f64,
+    ) -> Option<f64> {
+        let prefix = format!("{name}_bucket{{");
         let mut buckets: Vec<(f64, f64)> = self
             .0
             .iter()
             .filter_map(|(k, v)| {
-                let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                let labels = k.strip_prefix(&prefix)?.strip_suffix('}')?;
+                let labels: Vec<&str> = labels.split(',').collect();
+                if let Some(label) = label
+                    && !labels.contains(&label)
+                {
+                    return None;
+                }
+                let le = labels
+                    .iter()
+                    .find_map(|l| l.strip_prefix("le=\"")?.strip_suffix('"'))?;
                 let le = if le == "+Inf" {
                     f64::INFINITY
                 } else {
@@ -740,6 +767,16 @@ async fn measure(
             (m1.get(&format!("{hop}_count")) - m0.get(&format!("{hop}_count"))) as u64;
         r.operator_hop_p50_ms = m1.quantile_since(&m0, hop, 0.50).map(|s| s * 1000.0);
         r.operator_hop_p99_ms = m1.quantile_since(&m0, hop, 0.99).map(|s| s * 1000.0);
+        let ms = |v: Option<f64>| v.map(|s| s * 1000.0);
+        let queue = "premium_reconcile_queue_seconds";
+        r.queue_wait_p50_ms = ms(m1.quantile_since(&m0, queue, 0.50));
+        r.queue_wait_p99_ms = ms(m1.quantile_since(&m0, queue, 0.99));
+        let (run, feature) = (
+            "premium_reconcile_duration_seconds",
+            Some("controller=\"feature\""),
+        );
+        r.reconcile_p50_ms = ms(m1.series_quantile_since(&m0, run, feature, 0.50));
+        r.reconcile_p99_ms = ms(m1.series_quantile_since(&m0, run, feature, 0.99));
         let available = available.lock().unwrap_or_else(|e| e.into_inner());
         let between = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
             let mut v: Vec<f64> = levels
@@ -946,6 +983,15 @@ pub fn table(results: &[Results]) -> String {
         format!(
             "{:.0} / {:.0} / {:.0} (n={})",
             r.hop_p50_ms, r.hop_p99_ms, r.hop_max_ms, r.hop_samples
+        )
+    });
+    row("queue wait / reconcile p50, p99 (ms)", &|r| {
+        format!(
+            "{}, {} / {}, {}",
+            opt(r.queue_wait_p50_ms, 0),
+            opt(r.queue_wait_p99_ms, 0),
+            opt(r.reconcile_p50_ms, 0),
+            opt(r.reconcile_p99_ms, 0)
         )
     });
     row("operator-side hop p50 / p99 (ms)", &|r| {

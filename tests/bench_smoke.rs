@@ -29,6 +29,9 @@ async fn bench_harness_at_twenty_features() -> anyhow::Result<()> {
     // The operator timed the same hops itself.
     assert_eq!(r.operator_hop_samples, 18, "{r:?}");
     assert!(r.operator_hop_p99_ms.is_some_and(|p| p > 0.0), "{r:?}");
+    // Every scale-up was queued by an event (a dependency turning Ready).
+    assert!(r.queue_wait_p99_ms.is_some(), "{r:?}");
+    assert!(r.reconcile_p99_ms.is_some_and(|p| p > 0.0), "{r:?}");
     assert!(
         r.api_requests.get("patch").copied().unwrap_or(0) > 0,
         "{r:?}"
@@ -76,4 +79,11 @@ fn histogram_quantiles_interpolate_inside_the_bucket() {
     assert!((q(0.25) - 0.05).abs() < 1e-9, "{}", q(0.25));
     assert_eq!(after.quantile_since(&after, "h", 0.5), None);
     assert_eq!(after.quantile_since(&before, "missing", 0.5), None);
+    // One series of a labelled histogram (the client puts `le` first).
+    let labelled = harness::Scrape::parse(
+        "r_bucket{le=\"1\",controller=\"feature\"} 4\nr_bucket{le=\"+Inf\",controller=\"feature\"} 4\nr_bucket{le=\"1\",controller=\"policy\"} 0\nr_bucket{le=\"+Inf\",controller=\"policy\"} 9\n",
+    );
+    let empty = harness::Scrape::parse("");
+    let feature = labelled.series_quantile_since(&empty, "r", Some("controller=\"feature\""), 0.5);
+    assert!((feature.unwrap() - 0.5).abs() < 1e-9, "{feature:?}");
 }

@@ -150,7 +150,8 @@ impl<'a> Graph<'a> {
             .is_some_and(|path| path.contains(to) && self.analysis.on_cycle(to))
     }
 
-    /// `level 2`, `on a cycle: a -> b -> a`, or `behind a cycle`; then the phase if known.
+    /// `level 2`, `on a cycle: a -> b -> a`, `no level: a dependency is missing` or `behind a
+    /// cycle`; then the phase if known.
     fn status(&self, node: &GraphNode) -> String {
         let ns = node.key.namespace.as_str();
         let mut s = match (
@@ -159,6 +160,9 @@ impl<'a> Graph<'a> {
         ) {
             (Some(level), _) => format!("level {level}"),
             (None, Some(path)) => format!("on a cycle: {}", path_string(path, ns)),
+            (None, None) if self.analysis.needs_unreachable(&node.key) => {
+                "no level: a dependency is missing".to_string()
+            }
             (None, None) => "behind a cycle".to_string(),
         };
         if let Some(phase) = &node.phase {
@@ -461,6 +465,7 @@ mod tests {
             node("a", "x", &[("a", "y", false)]),
             node("a", "y", &[("a", "x", true)]),
             node("a", "z", &[("a", "x", false), ("a", "gone", false)]),
+            node("a", "w", &[("a", "x", false)]),
         ];
         nodes[0].phase = Some("Failed".into());
         let out = render(&nodes, Format::Text);
@@ -469,7 +474,11 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("    -> x (optional, cycle)\n"), "{out}");
-        assert!(out.contains("  z (behind a cycle)\n"), "{out}");
+        assert!(out.contains("  w (behind a cycle)\n"), "{out}");
+        assert!(
+            out.contains("  z (no level: a dependency is missing)\n"),
+            "{out}"
+        );
         assert!(out.contains("    -> gone (missing)\n"), "{out}");
         assert!(
             out.contains("dependency cycle in namespace a: x -> y -> x\n"),

@@ -101,6 +101,8 @@ pub struct Context {
     pub written_status: Mutex<HashMap<FeatureKey, (PremiumFeatureStatus, std::time::Instant)>>,
     /// When this instance wrote each feature's Ready status (for the dependency hop metric).
     pub ready_since: Mutex<HashMap<FeatureKey, std::time::Instant>>,
+    /// Since when each feature has a reconcile queued by an event (for the queue-wait metric).
+    pub queued_since: Mutex<HashMap<FeatureKey, std::time::Instant>>,
     /// The back lane: first reconciles of new features and refreshes after graph changes, fed
     /// to the controller only while few reconciles run (see [`Context::next_in_back_lane`]).
     back_lane: Mutex<FairQueue>,
@@ -138,6 +140,7 @@ impl Context {
             held_status: Mutex::default(),
             written_status: Mutex::default(),
             ready_since: Mutex::default(),
+            queued_since: Mutex::default(),
             back_lane: Mutex::default(),
             back_lane_queued: tokio::sync::Notify::new(),
             in_flight: AtomicUsize::new(0),

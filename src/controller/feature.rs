@@ -67,6 +67,12 @@ pub async fn reconcile(
     let span = tracing::Span::current();
     span.record("feature", feature.name_any());
     span.record("namespace", feature.namespace().unwrap_or_default());
+    let key = FeatureKey::new(feature.namespace().unwrap_or_default(), feature.name_any());
+    if let Some(queued) = lock(&ctx.queued_since).remove(&key) {
+        ctx.metrics
+            .reconcile_queue
+            .observe(queued.elapsed().as_secs_f64());
+    }
     super::measured(&ctx, CONTROLLER, reconcile_feature(feature, &ctx)).await
 }
 
@@ -704,6 +710,7 @@ async fn teardown(
     lock(&ctx.held_status).remove(key);
     lock(&ctx.written_status).remove(key);
     lock(&ctx.ready_since).remove(key);
+    lock(&ctx.queued_since).remove(key);
     let api: Api<PremiumFeature> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let finalizers: Vec<String> = feature
         .finalizers()

@@ -764,7 +764,16 @@ async fn run_controllers(
         features_reader.clone(),
     )
     .with_config(controller_config.clone())
-    .reconcile_on(UnboundedReceiverStream::new(feature_rx))
+    .reconcile_on(UnboundedReceiverStream::new(feature_rx).inspect({
+        // When each feature was first queued since its last reconcile began.
+        let ctx = ctx.clone();
+        move |r| {
+            let key = FeatureKey::new(r.namespace.clone().unwrap_or_default(), r.name.clone());
+            lock(&ctx.queued_since)
+                .entry(key)
+                .or_insert_with(std::time::Instant::now);
+        }
+    }))
     .graceful_shutdown_on(stop.clone())
     .run(feature::reconcile, error_policy_feature, ctx.clone())
     .for_each(|_| futures::future::ready(()));

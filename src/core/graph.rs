@@ -90,6 +90,9 @@ pub struct GraphAnalysis {
     /// Node keys, sorted; a key's position is its dense index.
     keys: Vec<FeatureKey>,
     startup_level: Vec<Option<u32>>,
+    /// Whether a required dependency, direct or through required dependencies, is missing
+    /// or not permitted.
+    needs_unreachable: Vec<bool>,
     cycle: Vec<Option<PathRef>>,
     missing: Vec<Vec<FeatureKey>>,
     not_permitted: Vec<Vec<FeatureKey>>,
@@ -133,6 +136,13 @@ impl GraphAnalysis {
     /// keys.
     pub fn level(&self, key: &FeatureKey) -> Option<u32> {
         self.index_of(key).and_then(|i| self.startup_level[i])
+    }
+
+    /// Whether `key` needs, directly or through its required dependencies, a required
+    /// dependency that is missing or not permitted (it then has no level).
+    pub fn needs_unreachable(&self, key: &FeatureKey) -> bool {
+        self.index_of(key)
+            .is_some_and(|i| self.needs_unreachable[i])
     }
 
     /// Whether `key` is a member of a dependency cycle.
@@ -391,11 +401,13 @@ pub fn analyze(
     // status of the whole chain each time. Optional dependents keep theirs.
     let mut blocked: Vec<usize> = (0..n).filter(|&i| unreachable[i] > 0).collect();
     let mut seen = vec![false; n];
+    let mut needs_unreachable = vec![false; n];
     for &i in &blocked {
         seen[i] = true;
     }
     while let Some(i) = blocked.pop() {
         startup_level[i] = None;
+        needs_unreachable[i] = true;
         for &d in &required_by[i] {
             if !seen[d as usize] {
                 seen[d as usize] = true;
@@ -408,6 +420,7 @@ pub fn analyze(
     GraphAnalysis {
         keys,
         startup_level,
+        needs_unreachable,
         cycle: paths.member_path,
         missing,
         not_permitted,
@@ -1003,6 +1016,8 @@ mod tests {
         let rooted = analyze(&rooted, allow_all);
         assert_eq!(rooted.changed_since(&before).len(), 50);
         assert_eq!(rooted.level(&key("d0")), Some(50));
+        assert!(before.needs_unreachable(&key("d0")));
+        assert!(!rooted.needs_unreachable(&key("d0")));
     }
 
     #[test]

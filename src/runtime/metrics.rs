@@ -45,6 +45,7 @@ pub struct Metrics {
     pub features_by_phase: Family<PhaseLabels, Gauge>,
     pub dependency_wait: Histogram,
     pub dependency_hop: Histogram,
+    pub reconcile_queue: Histogram,
     pub startup_duration: Histogram,
     pub recoveries: Counter,
     pub api_requests: Family<VerbLabels, Counter>,
@@ -78,6 +79,7 @@ impl Default for Metrics {
         let features_by_phase = Family::<PhaseLabels, Gauge>::default();
         let dependency_wait = Histogram::new(wait_buckets());
         let dependency_hop = Histogram::new(hop_buckets());
+        let reconcile_queue = Histogram::new(hop_buckets());
         let startup_duration = Histogram::new(wait_buckets());
         let recoveries = Counter::default();
         let api_requests = Family::<VerbLabels, Counter>::default();
@@ -113,6 +115,11 @@ impl Default for Metrics {
             "dependency_hop_seconds",
             "Time from writing the last required dependency's Ready status until the dependent's Deployment was scaled up",
             dependency_hop.clone(),
+        );
+        registry.register(
+            "reconcile_queue_seconds",
+            "Time from an event queueing a feature's reconcile until the reconcile started",
+            reconcile_queue.clone(),
         );
         registry.register(
             "startup_duration_seconds",
@@ -152,6 +159,7 @@ impl Default for Metrics {
             features_by_phase,
             dependency_wait,
             dependency_hop,
+            reconcile_queue,
             startup_duration,
             recoveries,
             api_requests,
