@@ -101,6 +101,8 @@ pub struct Context {
     pub written_status: Mutex<HashMap<FeatureKey, (PremiumFeatureStatus, std::time::Instant)>>,
     /// When this instance wrote each feature's Ready status (for the dependency hop metric).
     pub ready_since: Mutex<HashMap<FeatureKey, std::time::Instant>>,
+    /// Per feature, the dependency Ready its last observed hop was timed from.
+    pub hops_seen: Mutex<HashMap<FeatureKey, std::time::Instant>>,
     /// Since when each feature has a reconcile queued by an event (for the queue-wait metric).
     pub queued_since: Mutex<HashMap<FeatureKey, std::time::Instant>>,
     /// The back lane: first reconciles of new features and refreshes after graph changes, fed
@@ -140,6 +142,7 @@ impl Context {
             held_status: Mutex::default(),
             written_status: Mutex::default(),
             ready_since: Mutex::default(),
+            hops_seen: Mutex::default(),
             queued_since: Mutex::default(),
             back_lane: Mutex::default(),
             back_lane_queued: tokio::sync::Notify::new(),

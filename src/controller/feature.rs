@@ -514,7 +514,12 @@ fn observe_hop(ctx: &Context, namespace: &str, feature: &PremiumFeature) {
         .map(|d| ready.get(&dependency_key(namespace, d)).copied())
         .collect::<Option<Vec<_>>>()
         .and_then(|times| times.into_iter().max());
-    if let Some(last) = last {
+    let Some(last) = last else { return };
+    drop(ready);
+    // Once per start: a second scale-up write for the same Ready (a reconcile that ran on a
+    // Deployment cache still showing zero replicas) is not a second hop.
+    let key = FeatureKey::new(namespace, feature.name_any());
+    if lock(&ctx.hops_seen).insert(key, last) != Some(last) {
         ctx.metrics
             .dependency_hop
             .observe(last.elapsed().as_secs_f64());
@@ -711,6 +716,7 @@ async fn teardown(
     lock(&ctx.written_status).remove(key);
     lock(&ctx.ready_since).remove(key);
     lock(&ctx.queued_since).remove(key);
+    lock(&ctx.hops_seen).remove(key);
     let api: Api<PremiumFeature> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let finalizers: Vec<String> = feature
         .finalizers()
