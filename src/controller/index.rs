@@ -214,10 +214,17 @@ impl Index {
         features: impl IntoIterator<Item = &'a PremiumFeature>,
     ) -> Wake {
         let key = key_of_policy(p);
+        let mut unreconciled = BTreeSet::new();
         let now: BTreeSet<FeatureKey> = features
             .into_iter()
             .filter(|f| selects(p, f))
-            .map(key_of_feature)
+            .map(|f| {
+                let k = key_of_feature(f);
+                if f.status.is_none() {
+                    unreconciled.insert(k.clone());
+                }
+                k
+            })
             .collect();
         let before = self.selected.insert(key.clone(), now.clone());
         let previous = self.policies.insert(key.clone(), p.clone());
@@ -225,8 +232,22 @@ impl Index {
         let spec_changed = previous.as_ref().map(|o| &o.spec) != Some(&p.spec);
         if spec_changed || before.as_ref() != Some(&now) {
             self.budget_version += 1;
-            wake.features.extend(now.iter().cloned());
-            wake.features.extend(before.into_iter().flatten());
+            if spec_changed {
+                wake.features.extend(now.iter().cloned());
+                wake.features.extend(before.iter().flatten().cloned());
+            } else {
+                // Only the features that joined or left see another merge; shares of the
+                // budget that moved are the policy reconciler's to wake.
+                let before = before.clone().unwrap_or_default();
+                for f in now.symmetric_difference(&before) {
+                    if unreconciled.contains(f) {
+                        // Just created: its first reconcile is queued in the back lane.
+                        wake.background.insert(f.clone());
+                    } else {
+                        wake.features.insert(f.clone());
+                    }
+                }
+            }
             if previous
                 .as_ref()
                 .map(|o| (&o.spec.selector, &o.spec.expose_to))
@@ -402,6 +423,31 @@ mod tests {
         assert_eq!(idx.selected_by(&k("p")), vec![k("catalog")]);
         let wake = idx.delete_policy(&k("p"));
         assert_eq!(wake.features, BTreeSet::from([k("catalog")]));
+    }
+
+    #[test]
+    fn a_feature_joining_a_policy_wakes_only_itself() {
+        // Waking every selected feature for each newcomer made a burst of N new features cost
+        // N x N reconciles, all ahead of the start-ups in progress.
+        let mut idx = Index::default();
+        let mut old = feature("aika", &[], "premium");
+        old.status = Some(Default::default());
+        let p = policy("p", "premium");
+        idx.apply_policy(&p, [old.clone()].iter());
+        let new = feature("catalog", &[], "premium");
+        let wake = idx.apply_policy(&p, [old.clone(), new.clone()].iter());
+        assert!(wake.features.is_empty(), "{wake:?}");
+        assert_eq!(wake.background, BTreeSet::from([k("catalog")]));
+        // One that was reconciled before (its labels changed) is woken up front.
+        let mut joined = feature("top", &[], "premium");
+        joined.status = Some(Default::default());
+        let wake = idx.apply_policy(&p, [old.clone(), new.clone(), joined].iter());
+        assert_eq!(wake.features, BTreeSet::from([k("top")]));
+        assert!(wake.background.is_empty());
+        // Leaving wakes those that left, and no one else.
+        let wake = idx.apply_policy(&p, [old].iter());
+        assert_eq!(wake.features, BTreeSet::from([k("catalog"), k("top")]));
+        assert!(wake.background.is_empty());
     }
 
     #[test]
