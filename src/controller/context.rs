@@ -93,7 +93,7 @@ pub struct Context {
     pub restarts:
         Mutex<BTreeMap<FeatureKey, Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>>>,
     /// Since when (and for which generation) a transitional status is held back unwritten.
-    pub held_status: Mutex<HashMap<FeatureKey, (Option<i64>, std::time::Instant)>>,
+    pub held_status: Mutex<HashMap<FeatureKey, HeldStatus>>,
     pub echoes: Arc<Echoes>,
     /// The status this instance last wrote per feature, until the cache shows it: a reconcile
     /// that runs before the echo arrives compares against it, not against the older cached
@@ -391,6 +391,15 @@ impl Context {
                 .send(ObjectRef::new(&p.name).within(&p.namespace));
         }
     }
+}
+
+/// A transitional status not written yet: for which generation, and since when (the start-up
+/// clock of that generation runs from there, since no status has recorded its start).
+#[derive(Debug, Clone)]
+pub struct HeldStatus {
+    pub generation: Option<i64>,
+    pub since: std::time::Instant,
+    pub started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 /// Longest a new feature's first reconcile waits for a free slot while the controller is busy.

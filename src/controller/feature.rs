@@ -18,7 +18,7 @@ use serde_json::json;
 use tracing::{field, info, instrument, warn};
 
 use super::apply::{Applied, apply_owned, controlled_by, delete_owned};
-use super::context::{Context, lock};
+use super::context::{Context, HeldStatus, lock};
 use super::policy::{budget_for_feature, startup_limits};
 use super::{Error, FINALIZER};
 use crate::api::conditions::{self as cond, reason};
@@ -300,7 +300,13 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         h.observed_current &= !deployment_written;
         h
     });
-    let started_at = plan::started_at(previous, feature.metadata.generation, replicas > 0, &now);
+    // While a rolling update's status is held back, its start is remembered here instead.
+    let held_start = lock(&ctx.held_status)
+        .get(&key)
+        .filter(|h| replicas > 0 && h.generation == feature.metadata.generation)
+        .map(|h| h.started_at.clone());
+    let started_at = held_start
+        .or_else(|| plan::started_at(previous, feature.metadata.generation, replicas > 0, &now));
     let ready_now = health.as_ref().is_some_and(DeploymentHealth::is_ready);
     let (timed_out, deadline_in) = if ready_now {
         (None, None)
@@ -338,7 +344,7 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         None
     };
     let held_for = if previous != Some(&new_status) {
-        let held = hold_transitional(ctx, &key, previous, &new_status);
+        let held = hold_transitional(ctx, &key, previous, &new_status, startup_timeout);
         if held.is_none() {
             write_status(ctx, feature, &namespace, previous, &new_status, &now).await?;
         }
@@ -374,20 +380,24 @@ fn hold_transitional(
     key: &FeatureKey,
     previous: Option<&PremiumFeatureStatus>,
     new: &PremiumFeatureStatus,
+    startup_timeout: Duration,
 ) -> Option<Duration> {
     let mut held = lock(&ctx.held_status);
-    let Some(hold) = status::status_hold(previous, new) else {
+    let Some(hold) = status::status_hold(previous, new, startup_timeout) else {
         held.remove(key);
         return None;
     };
     let now = std::time::Instant::now();
-    let since = held
-        .entry(key.clone())
-        .or_insert((new.observed_generation, now));
-    if since.0 != new.observed_generation {
-        *since = (new.observed_generation, now);
+    let fresh = || HeldStatus {
+        generation: new.observed_generation,
+        since: now,
+        started_at: new.started_at.clone().unwrap_or_else(now_time),
+    };
+    let entry = held.entry(key.clone()).or_insert_with(fresh);
+    if entry.generation != new.observed_generation {
+        *entry = fresh();
     }
-    let waited = now.duration_since(since.1);
+    let waited = now.duration_since(entry.since);
     if waited < hold {
         Some(hold - waited)
     } else {

@@ -413,13 +413,16 @@ pub fn is_serving(status: Option<&PremiumFeatureStatus>) -> bool {
 
 /// How long the write of `new` may be held back, if it only says that a start-up or rollout
 /// is under way, after a status that did not. Such a step is usually followed within seconds
-/// by its outcome, so the controller writes only the outcome (one status write per change)
-/// unless the step lasts: a first start shows itself after 5 s, a rolling update (the
-/// previous pods keep serving, and the stale `observedGeneration` already tells kstatus
-/// readers such as kubectl wait, Flux and Argo CD that the change is in progress) after 15 s.
+/// by its outcome, so the controller writes only the outcome (one status write per change):
+/// a first start shows itself after 5 s if it lasts; a rolling update after a spec change is
+/// not written before its outcome (Ready, or the start-up timeout): the previous pods keep
+/// serving, and the stale `observedGeneration` already tells kstatus readers such as kubectl
+/// wait, Flux and Argo CD that the change is in progress. At 1,000 features changed at once
+/// the cluster's rollouts take a minute and more, and a fixed hold wrote every step twice.
 pub fn status_hold(
     previous: Option<&PremiumFeatureStatus>,
     new: &PremiumFeatureStatus,
+    startup_timeout: std::time::Duration,
 ) -> Option<std::time::Duration> {
     if new.phase != Some(Phase::Starting) || previous.and_then(|p| p.phase) == Some(Phase::Starting)
     {
@@ -427,7 +430,7 @@ pub fn status_hold(
     }
     match condition(&new.conditions, cond::READY).map(|c| c.reason.as_str()) {
         Some(reason::ROLLING_OUT) => Some(std::time::Duration::from_secs(5)),
-        Some(reason::ROLLING_UPDATE) => Some(std::time::Duration::from_secs(15)),
+        Some(reason::ROLLING_UPDATE) => Some(startup_timeout),
         _ => None,
     }
 }
@@ -607,8 +610,8 @@ mod tests {
         assert!(is_serving(Some(&update)));
         assert!(!is_ready(Some(&update), Some(2)));
         assert_eq!(
-            status_hold(Some(&ready), &update),
-            Some(std::time::Duration::from_secs(15))
+            status_hold(Some(&ready), &update, std::time::Duration::from_secs(300)),
+            Some(std::time::Duration::from_secs(300))
         );
         // Written once, the rolling update stays one (and stays quiet) until it ends.
         let again = feature_status(
@@ -621,7 +624,10 @@ mod tests {
             &t(9),
         );
         assert_eq!(again, update);
-        assert_eq!(status_hold(Some(&update), &again), None);
+        assert_eq!(
+            status_hold(Some(&update), &again, std::time::Duration::from_secs(60)),
+            None
+        );
         // A first start is not serving, though it is a transitional step too.
         let mut first = ready_health(1);
         first.ready = 0;
@@ -638,7 +644,7 @@ mod tests {
         assert_eq!(cond_of(&starting, cond::READY).reason, reason::ROLLING_OUT);
         assert!(!is_serving(Some(&starting)));
         assert_eq!(
-            status_hold(None, &starting),
+            status_hold(None, &starting, std::time::Duration::from_secs(60)),
             Some(std::time::Duration::from_secs(5))
         );
         // Failures are never held back.
@@ -654,7 +660,10 @@ mod tests {
             },
             &t(5),
         );
-        assert_eq!(status_hold(Some(&ready), &failed), None);
+        assert_eq!(
+            status_hold(Some(&ready), &failed, std::time::Duration::from_secs(60)),
+            None
+        );
     }
 
     #[test]
