@@ -43,6 +43,19 @@ pub struct Wake {
     pub background: BTreeSet<FeatureKey>,
 }
 
+impl Wake {
+    /// Wakes a feature whose inputs moved: up front once it has been reconciled, through the
+    /// back lane while it has no status yet (its first reconcile is queued there already and
+    /// reads everything itself, so a burst of new features never overtakes running start-ups).
+    pub fn feature(&mut self, key: FeatureKey, reconciled: bool) {
+        if reconciled {
+            self.features.insert(key);
+        } else {
+            self.background.insert(key);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Index {
     features: HashMap<FeatureKey, FeatureEntry>,
@@ -240,12 +253,7 @@ impl Index {
                 // budget that moved are the policy reconciler's to wake.
                 let before = before.clone().unwrap_or_default();
                 for f in now.symmetric_difference(&before) {
-                    if unreconciled.contains(f) {
-                        // Just created: its first reconcile is queued in the back lane.
-                        wake.background.insert(f.clone());
-                    } else {
-                        wake.features.insert(f.clone());
-                    }
+                    wake.feature(f.clone(), !unreconciled.contains(f));
                 }
             }
             if previous

@@ -186,15 +186,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
             if before.get(&n) == shares.get(&n) {
                 continue;
             }
-            let key = FeatureKey::new(namespace.clone(), n);
-            if f.status.is_none() {
-                // Not reconciled yet (mostly just created): its first reconcile is queued in
-                // the back lane and reads the allocation itself. Waking it up front would let
-                // a burst of new features overtake the start-ups that are running.
-                wake.background.insert(key);
-            } else {
-                wake.features.insert(key);
-            }
+            wake.feature(FeatureKey::new(namespace.clone(), n), f.status.is_some());
         }
         drop(memory);
         ctx.wake(wake);
