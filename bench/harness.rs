@@ -2,19 +2,23 @@
 //! and its smoke test in `make test` (tests/bench_smoke.rs, N=20).
 //!
 //! One size runs, against the local control plane:
-//! 1. a baseline: a hand-written client applying the same objects the operator writes
-//!    (ConfigMap, Service, Deployment, HPA per feature, built by the operator's own builders),
-//!    level by level, waiting for each level's Deployments to be Available before the next;
+//! 1. three baselines, hand-written clients working level by level, waiting for each level's
+//!    Deployments to be Available before the next: the objects the operator writes (ConfigMap,
+//!    Service, Deployment, HPA per feature, built by the operator's own builders); the same
+//!    under the gating rule (every zero-replica Deployment first); and every write the operator
+//!    makes, finalizer, statuses and Events included ([`same_writes_baseline`]);
 //! 2. the operator, started fresh and scoped to its own namespace, on N PremiumFeatures in a
 //!    10-level graph under a policy with a budget: convergence (first apply to all Ready), API
 //!    requests and writes from its `/metrics`, dependency hop latency from watch events seen
-//!    here, steady-state writes, a spec change to every feature, a restart, and RSS.
+//!    here, steady-state writes, a spec change to every feature, a restart, and RSS;
+//! 3. for every run, the CPU time each process of the machine used ([`CpuTimes`]).
 //!
 //! The crate that includes this file must also have the test `support` module at its root.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,16 +31,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::Condition;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use premium_operator::api::conditions::{self as cond, reason};
 use premium_operator::api::{
-    Budget, Dependency, FeaturePool, HealthCheck, PolicyPool, PremiumFeature, PremiumFeatureSpec,
-    PremiumPolicy, PremiumPolicySpec,
+    BlockedBy, Budget, Dependency, FeaturePool, HealthCheck, Phase, PolicyPool, PremiumFeature,
+    PremiumFeatureSpec, PremiumFeatureStatus, PremiumPolicy, PremiumPolicySpec,
 };
+use premium_operator::cli::check::quantity_value;
+use premium_operator::controller::FINALIZER;
 use premium_operator::core::build::{self, FeaturePlan};
 use premium_operator::core::policy::effective_policy;
 use premium_operator::core::settings::{pool_settings, traffic_policy};
 use premium_operator::core::sidecar::{SidecarSpec, Upstream, render};
-use premium_operator::core::status::is_ready;
+use premium_operator::core::status::{
+    DeploymentHealth, Observation, condition, feature_status, is_ready, now_time,
+};
 use serde::Serialize;
 
 use crate::support::operator::{Operator, ensure_crds};
@@ -193,11 +202,18 @@ pub struct Results {
     /// The baseline that also writes every feature's zero-replica Deployment, ConfigMap and
     /// Service first, as the gating rule asks (see [`baseline`]).
     pub gated_baseline_seconds: Option<f64>,
+    /// The baseline that makes every write the operator makes, finalizer, statuses and
+    /// Events included (see [`same_writes_baseline`]), and its requests per feature.
+    pub same_writes_baseline_seconds: Option<f64>,
+    pub same_writes_baseline_requests_per_feature: Option<f64>,
     pub convergence_seconds: f64,
     pub ratio_to_baseline: Option<f64>,
     pub ratio_to_gated_baseline: Option<f64>,
+    pub ratio_to_same_writes_baseline: Option<f64>,
     /// Requests the operator sent from its start until convergence, by verb.
     pub api_requests: BTreeMap<String, u64>,
+    /// The same, all verbs but watch, per feature.
+    pub requests_per_feature: f64,
     pub object_writes: u64,
     pub status_writes: u64,
     pub writes_per_feature: f64,
@@ -240,6 +256,16 @@ pub struct Results {
     pub restart_settle_seconds: f64,
     pub rss_peak_mib: f64,
     pub rss_steady_mib: f64,
+    /// CPU seconds (user + system) each process used while each run converged, by process:
+    /// the local control plane's (kube-apiserver, etcd, kube-controller-manager,
+    /// kube-scheduler, kwok, from the cluster's pid files), the operator's and the bench's
+    /// own. Empty when the pid files are not found (a cluster not started by
+    /// hack/cluster-up.sh). With `cores`, they show whether the machine was the limit.
+    pub baseline_cpu_seconds: BTreeMap<String, f64>,
+    pub gated_baseline_cpu_seconds: BTreeMap<String, f64>,
+    pub same_writes_baseline_cpu_seconds: BTreeMap<String, f64>,
+    pub operator_cpu_seconds: BTreeMap<String, f64>,
+    pub cores: usize,
 }
 
 /// `/metrics` of an operator, as `name{labels}` → value.
@@ -384,6 +410,77 @@ pub fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time used so far (user + system, seconds) by the local control plane's processes, the
+/// operator (when given) and this process, by name.
+#[derive(Debug, Clone, Default)]
+pub struct CpuTimes(BTreeMap<String, f64>);
+
+impl CpuTimes {
+    pub fn take(operator: Option<u32>) -> Self {
+        let mut pids: Vec<(String, u32)> = Vec::new();
+        let dir = crate::support::kubeconfig_path()
+            .parent()
+            .map(|d| d.join("pids"))
+            .unwrap_or_default();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                let (Some(name), Some(pid)) = (
+                    path.file_name()
+                        .and_then(|n| n.to_str()?.strip_suffix(".pid"))
+                        .map(str::to_string),
+                    std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok()),
+                ) else {
+                    continue;
+                };
+                pids.push((name, pid));
+            }
+        }
+        if pids.is_empty() {
+            // Not a cluster from hack/cluster-up.sh: nothing to compare with.
+            return Self::default();
+        }
+        pids.extend(operator.map(|p| ("operator".to_string(), p)));
+        pids.push(("bench".to_string(), std::process::id()));
+        let tick = clock_ticks_per_second();
+        Self(
+            pids.into_iter()
+                .filter_map(|(name, pid)| Some((name, cpu_ticks(pid)? as f64 / tick)))
+                .collect(),
+        )
+    }
+
+    /// Seconds used since `earlier`, by process (those seen both times).
+    pub fn since(&self, earlier: &Self) -> BTreeMap<String, f64> {
+        self.0
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v - earlier.0.get(k)?)))
+            .collect()
+    }
+}
+
+/// utime + stime from `/proc/<pid>/stat` (fields 14 and 15; the command name before them may
+/// hold spaces, so fields are counted after its closing parenthesis).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, index 11.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
 fn ready_endpoint(op: &Operator) -> bool {
     let probe = || -> std::io::Result<bool> {
         let mut s = TcpStream::connect(("127.0.0.1", op.metrics_port))?;
@@ -494,7 +591,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// The baseline: the same objects, applied level by level by a plain client. Returns the time
-/// from its first write until the last level's Deployments are Available.
+/// from its first write until the last level's Deployments are Available, and the CPU time the
+/// machine's processes used meanwhile.
 ///
 /// `gated`: the client also honours the operator's gating rule (DESIGN.md "Gating": while its
 /// dependencies are not Ready a feature's Deployment exists with zero replicas): it first
@@ -504,7 +602,7 @@ pub async fn baseline(
     client: &Client,
     levels: &[Vec<Node>],
     gated: bool,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, BTreeMap<String, f64>)> {
     let ns = TestNamespace::new(client, "bench-base").await?;
     let namespace = ns.name().to_string();
     let pol = policy(levels.iter().map(Vec::len).sum(), &namespace);
@@ -549,6 +647,7 @@ pub async fn baseline(
             anyhow::Ok(())
         }
     };
+    let cpu = CpuTimes::take(None);
     let started = Instant::now();
     let outcome: anyhow::Result<()> = async {
         if gated {
@@ -577,13 +676,319 @@ pub async fn baseline(
     }
     .await;
     let elapsed = started.elapsed();
+    let cpu = CpuTimes::take(None).since(&cpu);
     watch.abort();
     ns.delete().await?;
     outcome?;
     // The namespace controller deleting thousands of objects and pods would load the API
     // server during the next measurement: it starts once they are gone.
     namespace_gone(client, &namespace, Duration::from_secs(600)).await?;
-    Ok(elapsed)
+    Ok((elapsed, cpu))
+}
+
+/// What the same-writes baseline measured.
+pub struct SameWrites {
+    pub elapsed: Duration,
+    pub cpu: BTreeMap<String, f64>,
+    /// Requests it sent per feature, besides applying the PremiumFeature itself.
+    pub requests_per_feature: f64,
+}
+
+/// The client behind the same-writes baseline: one namespace, and what it wrote so far.
+struct SameWritesClient<'a> {
+    client: &'a Client,
+    namespace: String,
+    features: Api<PremiumFeature>,
+    policy: PremiumPolicy,
+    params: PatchParams,
+    source: build::EventSource,
+    /// Per feature: its reference for Events, and the last status written.
+    written: Mutex<
+        HashMap<
+            String,
+            (
+                k8s_openapi::api::core::v1::ObjectReference,
+                Option<PremiumFeatureStatus>,
+            ),
+        >,
+    >,
+    requests: AtomicU64,
+}
+
+impl SameWritesClient<'_> {
+    fn sent(&self, n: u64) {
+        self.requests.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A status from the operator's own calculator, after the last one written, and its Event
+    /// when the phase changed, by the operator's rule.
+    async fn status(&self, name: &str, o: Observation) -> anyhow::Result<()> {
+        let (reference, previous) = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .context("status before the feature")?;
+        let new = feature_status(previous.as_ref(), &o, &now_time());
+        let patch = serde_json::json!({
+            "apiVersion": "premium.dev/v1alpha1",
+            "kind": "PremiumFeature",
+            "status": &new,
+        });
+        self.features
+            .patch_status(name, &self.params, &Patch::Apply(&patch))
+            .await?;
+        self.sent(1);
+        let old_phase = previous.as_ref().and_then(|p| p.phase);
+        // A new feature that waits is no Event (its status says why); every later change is.
+        let first_wait = old_phase.is_none()
+            && matches!(
+                new.phase,
+                Some(Phase::WaitingForDependencies | Phase::Pending)
+            );
+        if old_phase != new.phase && !first_wait {
+            let note = condition(&new.conditions, cond::READY)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            let phase = new
+                .phase
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            let event = build::event(
+                reference.clone(),
+                false,
+                &phase,
+                &note,
+                &self.source,
+                k8s_openapi::jiff::Timestamp::now(),
+            );
+            Api::<k8s_openapi::api::events::v1::Event>::namespaced(
+                self.client.clone(),
+                &self.namespace,
+            )
+            .create(&Default::default(), &event)
+            .await?;
+            self.sent(1);
+        }
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), (reference, Some(new)));
+        Ok(())
+    }
+
+    fn observation(&self, level: usize, plan: &FeaturePlan) -> Observation {
+        Observation {
+            generation: Some(1),
+            startup_level: u32::try_from(level).ok(),
+            policies: vec![self.policy.name_any()],
+            sidecar_config_hash: Some(plan.sidecar.config_hash.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// Everything before the gate opens: the feature, the finalizer, the held objects and,
+    /// below the top level, a status naming what it waits for.
+    async fn first(&self, level: usize, node: &Node) -> anyhow::Result<()> {
+        let f = feature(node, &self.namespace);
+        let created = self
+            .features
+            .patch(&node.name, &self.params, &Patch::Apply(&f))
+            .await?;
+        let finalizer = serde_json::json!({
+            "metadata": {
+                "finalizers": [FINALIZER],
+                "resourceVersion": created.resource_version(),
+            }
+        });
+        self.features
+            .patch(
+                &node.name,
+                &PatchParams::default(),
+                &Patch::Merge(&finalizer),
+            )
+            .await?;
+        let mut plan = plan_for(&f, &self.namespace, &self.policy);
+        plan.replicas = 0;
+        plan.autoscale = false;
+        let cm = build::sidecar_configmap(&f, &plan);
+        let svc = build::service(&f);
+        let deploy = build::deployment(&f, &plan);
+        Api::<ConfigMap>::namespaced(self.client.clone(), &self.namespace)
+            .patch(&cm.name_any(), &self.params, &Patch::Apply(&cm))
+            .await?;
+        Api::<Service>::namespaced(self.client.clone(), &self.namespace)
+            .patch(&svc.name_any(), &self.params, &Patch::Apply(&svc))
+            .await?;
+        Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
+            .patch(&deploy.name_any(), &self.params, &Patch::Apply(&deploy))
+            .await?;
+        self.sent(4);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.name.clone(), (created.object_ref(&()), None));
+        if !node.deps.is_empty() {
+            let mut o = self.observation(level, &plan);
+            o.deployment = Some(DeploymentHealth::default());
+            o.blocked_by = node
+                .deps
+                .iter()
+                .map(|d| BlockedBy {
+                    name: d.clone(),
+                    reason: reason::DEPENDENCY_NOT_READY.into(),
+                    message: format!("{d} is not Ready yet"),
+                })
+                .collect();
+            self.status(&node.name, o).await?;
+        }
+        Ok(())
+    }
+
+    /// The gate opens: the Deployment scaled up, the HPA, and the Starting status.
+    async fn scale(&self, level: usize, node: &Node) -> anyhow::Result<()> {
+        let f = feature(node, &self.namespace);
+        let plan = plan_for(&f, &self.namespace, &self.policy);
+        let deploy = build::deployment(&f, &plan);
+        Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
+            .patch(&deploy.name_any(), &self.params, &Patch::Apply(&deploy))
+            .await?;
+        if let Some(h) = build::hpa(&f, &plan) {
+            Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), &self.namespace)
+                .patch(&h.name_any(), &self.params, &Patch::Apply(&h))
+                .await?;
+            self.sent(1);
+        }
+        self.sent(1);
+        let mut o = self.observation(level, &plan);
+        o.deployment = Some(DeploymentHealth {
+            observed_current: true,
+            desired: plan.replicas,
+            ..Default::default()
+        });
+        o.started_at = Some(now_time());
+        self.status(&node.name, o).await
+    }
+
+    /// The Deployment is Available: the Ready status.
+    async fn ready(&self, level: usize, node: &Node) -> anyhow::Result<()> {
+        let f = feature(node, &self.namespace);
+        let plan = plan_for(&f, &self.namespace, &self.policy);
+        let mut o = self.observation(level, &plan);
+        let n = plan.replicas;
+        o.deployment = Some(DeploymentHealth {
+            observed_current: true,
+            desired: n,
+            updated: n,
+            ready: n,
+            available: n,
+            available_condition: true,
+            progress_deadline_exceeded: false,
+        });
+        o.started_at = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&node.name)
+            .and_then(|(_, s)| s.as_ref()?.started_at.clone());
+        self.status(&node.name, o).await
+    }
+}
+
+/// The same-writes baseline: a client that makes the writes the operator makes for this job,
+/// in the order it makes them, with none of its watching and deciding. First, 16 in flight in
+/// level order, per feature: the PremiumFeature, the operator's finalizer, the ConfigMap,
+/// Service and zero-replica Deployment and, below the top level, a status naming the
+/// dependencies it waits for. Then level by level: the Deployment scaled up, the HPA, a
+/// Starting status and its Event; once the level's Deployments are Available, a Ready status
+/// and its Event. Statuses come from the operator's status calculator and Events from its
+/// builder, so each request is the size the operator's is. This is the limit the DESIGN's
+/// convergence bar names ("a hand-written client doing the same writes in the same order").
+pub async fn same_writes_baseline(
+    client: &Client,
+    levels: &[Vec<Node>],
+) -> anyhow::Result<SameWrites> {
+    let ns = TestNamespace::new(client, "bench-same").await?;
+    let namespace = ns.name().to_string();
+    let n: usize = levels.iter().map(Vec::len).sum();
+    let deployments: Api<Deployment> = ns.api();
+    let (available, watch) = record_first(deployments, |d: &Deployment| {
+        scaled_up(d) && deployment_available().matches_object(Some(d))
+    });
+    let c = SameWritesClient {
+        client,
+        namespace: namespace.clone(),
+        features: ns.api(),
+        policy: policy(n, &namespace),
+        params: PatchParams::apply(FIELD_MANAGER).force(),
+        source: build::EventSource {
+            controller: "premium-operator".into(),
+            instance: "bench-same-writes".into(),
+        },
+        written: Mutex::new(HashMap::new()),
+        requests: AtomicU64::new(0),
+    };
+    let cpu = CpuTimes::take(None);
+    let started = Instant::now();
+    let outcome: anyhow::Result<()> = async {
+        Api::<PremiumPolicy>::namespaced(client.clone(), &namespace)
+            .patch("bench", &c.params, &Patch::Apply(&c.policy))
+            .await?;
+        let all = levels
+            .iter()
+            .enumerate()
+            .flat_map(|(l, level)| level.iter().map(move |node| (l, node)));
+        futures::stream::iter(all.map(|(l, node)| c.first(l, node)))
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let mut done = 0;
+        for (l, level) in levels.iter().enumerate() {
+            futures::stream::iter(level.iter().map(|node| c.scale(l, node)))
+                .buffer_unordered(IN_FLIGHT)
+                .try_collect::<Vec<()>>()
+                .await?;
+            done += level.len();
+            wait_count(
+                "same-writes baseline Deployments to be Available",
+                &available,
+                done,
+                Duration::from_secs(600),
+            )
+            .await?;
+            futures::stream::iter(level.iter().map(|node| c.ready(l, node)))
+                .buffer_unordered(IN_FLIGHT)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
+        Ok(())
+    }
+    .await;
+    let elapsed = started.elapsed();
+    let cpu = CpuTimes::take(None).since(&cpu);
+    watch.abort();
+    // No operator removes its finalizer here: the bench does, before the namespace goes.
+    let unfinalize = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+    let merge = PatchParams::default();
+    let cleared = futures::stream::iter(
+        levels
+            .iter()
+            .flatten()
+            .map(|node| c.features.patch(&node.name, &merge, &unfinalize)),
+    )
+    .buffer_unordered(IN_FLIGHT)
+    .try_collect::<Vec<_>>()
+    .await;
+    ns.delete().await?;
+    outcome?;
+    cleared.context("removing the finalizers of the same-writes baseline")?;
+    namespace_gone(client, &namespace, Duration::from_secs(600)).await?;
+    Ok(SameWrites {
+        elapsed,
+        cpu,
+        requests_per_feature: c.requests.load(Ordering::Relaxed) as f64 / n.max(1) as f64,
+    })
 }
 
 async fn namespace_gone(client: &Client, name: &str, timeout: Duration) -> anyhow::Result<()> {
@@ -631,30 +1036,111 @@ fn plan_for(f: &PremiumFeature, namespace: &str, pol: &PremiumPolicy) -> Feature
     }
 }
 
+/// Fails at once, saying what to run, when the cluster's nodes cannot hold every pod the run
+/// starts (each feature at its minimum replicas; KWOK pods report no metrics, so no HPA scales
+/// further): pods left Pending would stall the run until its timeout.
+async fn check_room(client: &Client, levels: &[Vec<Node>]) -> anyhow::Result<()> {
+    let n: usize = levels.iter().map(Vec::len).sum();
+    let namespace = "room-check";
+    let pol = policy(n, namespace);
+    let mut need: BTreeMap<&str, f64> = BTreeMap::new();
+    for node in levels.iter().flatten() {
+        let f = feature(node, namespace);
+        let plan = plan_for(&f, namespace, &pol);
+        let pods = f64::from(plan.replicas.max(0));
+        *need.entry("pods").or_default() += pods;
+        let containers = build::deployment(&f, &plan)
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|s| s.containers)
+            .unwrap_or_default();
+        for c in containers {
+            let requests = c.resources.and_then(|r| r.requests).unwrap_or_default();
+            for resource in ["cpu", "memory"] {
+                if let Some(q) = requests.get(resource) {
+                    *need.entry(resource).or_default() +=
+                        pods * quantity_value(&q.0).unwrap_or(0.0);
+                }
+            }
+        }
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let mut room: BTreeMap<&str, f64> = BTreeMap::new();
+    for node in nodes.list(&ListParams::default()).await?.items {
+        let allocatable = node.status.and_then(|s| s.allocatable).unwrap_or_default();
+        for resource in ["pods", "cpu", "memory"] {
+            *room.entry(resource).or_default() += allocatable
+                .get(resource)
+                .and_then(|q| quantity_value(&q.0))
+                .unwrap_or(0.0);
+        }
+    }
+    let short: Vec<String> = need
+        .iter()
+        .filter(|(r, want)| room.get(*r).copied().unwrap_or(0.0) < **want)
+        .map(|(r, want)| {
+            format!(
+                "{r}: {want:.0} needed, {:.0} allocatable",
+                room.get(r).copied().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    if !short.is_empty() {
+        bail!(
+            "the cluster's nodes cannot hold the pods of {n} features at their minimum replicas ({}); \
+             start a cluster with room, e.g. `hack/cluster-down.sh && PREMIUM_NODE_PODS={} \
+             PREMIUM_NODE_CPU={} PREMIUM_NODE_MEMORY={}Gi hack/cluster-up.sh`",
+            short.join("; "),
+            (need.get("pods").copied().unwrap_or(0.0) * 1.1).ceil(),
+            (need.get("cpu").copied().unwrap_or(0.0) * 1.1)
+                .ceil()
+                .max(128.0),
+            (need.get("memory").copied().unwrap_or(0.0) * 1.1 / 1024f64.powi(3))
+                .ceil()
+                .max(512.0),
+        );
+    }
+    Ok(())
+}
+
 /// Runs one size end to end and cleans up after itself (features deleted while the operator
 /// still runs, then the namespaces).
 pub async fn run(opts: &Options) -> anyhow::Result<Results> {
     let client = crate::support::client().await;
     ensure_crds(&client).await?;
     let levels = workload(opts.size, opts.seed);
+    check_room(&client, &levels).await?;
     let n = levels.iter().map(Vec::len).sum::<usize>();
     let mut r = Results {
         size: n,
         levels: levels.len(),
         seed: opts.seed,
         steady_window_seconds: opts.steady_window.as_secs_f64(),
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
         ..Default::default()
     };
 
     if opts.baseline {
-        let b = baseline(&client, &levels, false)
+        let (b, cpu) = baseline(&client, &levels, false)
             .await
             .context("baseline")?;
         r.baseline_seconds = Some(b.as_secs_f64());
-        let g = baseline(&client, &levels, true)
+        r.baseline_cpu_seconds = cpu;
+        let (g, cpu) = baseline(&client, &levels, true)
             .await
             .context("gated baseline")?;
         r.gated_baseline_seconds = Some(g.as_secs_f64());
+        r.gated_baseline_cpu_seconds = cpu;
+        let same = same_writes_baseline(&client, &levels)
+            .await
+            .context("same-writes baseline")?;
+        r.same_writes_baseline_seconds = Some(same.elapsed.as_secs_f64());
+        r.same_writes_baseline_requests_per_feature = Some(same.requests_per_feature);
+        r.same_writes_baseline_cpu_seconds = same.cpu;
+        eprintln!(
+            "[bench N={n}] same-writes baseline: {:.2}s",
+            same.elapsed.as_secs_f64()
+        );
         eprintln!("[bench N={n}] gated baseline: {:.2}s", g.as_secs_f64());
         eprintln!("[bench N={n}] baseline: {:.2}s", b.as_secs_f64());
     }
@@ -699,6 +1185,7 @@ async fn measure(
 
     // Convergence: from the first apply until every feature is Ready.
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let cpu = CpuTimes::take(Some(op.pid()));
     let started = Instant::now();
     let pol = policy(n, &namespace);
     policies
@@ -711,9 +1198,13 @@ async fn measure(
     let last = wait_count("features to be Ready", &ready, n, opts.timeout)
         .await
         .with_context(|| format!("operator log tail:\n{}", op.log_tail()))?;
+    r.operator_cpu_seconds = CpuTimes::take(Some(op.pid())).since(&cpu);
     r.convergence_seconds = last.duration_since(started).as_secs_f64();
     r.ratio_to_baseline = r.baseline_seconds.map(|b| r.convergence_seconds / b);
     r.ratio_to_gated_baseline = r.gated_baseline_seconds.map(|b| r.convergence_seconds / b);
+    r.ratio_to_same_writes_baseline = r
+        .same_writes_baseline_seconds
+        .map(|b| r.convergence_seconds / b);
     eprintln!("[bench N={n}] operator: {:.2}s", r.convergence_seconds);
     // Let the last status writes and their echoes land before reading the counters.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -729,6 +1220,13 @@ async fn measure(
             (verb, d.max(0.0) as u64)
         })
         .collect();
+    r.requests_per_feature = r
+        .api_requests
+        .iter()
+        .filter(|(verb, _)| verb.as_str() != "watch")
+        .map(|(_, c)| *c as f64)
+        .sum::<f64>()
+        / n as f64;
     r.object_writes =
         (m1.sum("premium_object_writes_total") - m0.sum("premium_object_writes_total")) as u64;
     r.status_writes =
@@ -960,6 +1458,20 @@ pub fn table(results: &[Results]) -> String {
             opt(r.ratio_to_gated_baseline, 2)
         )
     });
+    row("same-writes baseline (s) / ratio", &|r| {
+        format!(
+            "{} / {}",
+            opt(r.same_writes_baseline_seconds, 2),
+            opt(r.ratio_to_same_writes_baseline, 2)
+        )
+    });
+    row("requests per feature: operator / same-writes", &|r| {
+        format!(
+            "{:.1} / {}",
+            r.requests_per_feature,
+            opt(r.same_writes_baseline_requests_per_feature, 1)
+        )
+    });
     row("api requests by verb", &|r| {
         r.api_requests
             .iter()
@@ -1031,6 +1543,43 @@ pub fn table(results: &[Results]) -> String {
     });
     row("RSS peak / steady (MiB)", &|r| {
         format!("{:.1} / {:.1}", r.rss_peak_mib, r.rss_steady_mib)
+    });
+    let cpu = |cpu: &BTreeMap<String, f64>, seconds: Option<f64>, cores: usize| {
+        let total: f64 = cpu.values().sum();
+        match seconds {
+            Some(s) if !cpu.is_empty() && s > 0.0 => format!(
+                "{total:.0} ({:.0}% of {cores}), apiserver {:.0}, operator {}",
+                100.0 * total / (s * cores.max(1) as f64),
+                cpu.get("kube-apiserver").copied().unwrap_or(0.0),
+                cpu.get("operator")
+                    .map_or("-".into(), |v| format!("{v:.0}"))
+            ),
+            _ => "-".into(),
+        }
+    };
+    row("CPU s: baseline (% of cores)", &|r| {
+        cpu(&r.baseline_cpu_seconds, r.baseline_seconds, r.cores)
+    });
+    row("CPU s: gated baseline", &|r| {
+        cpu(
+            &r.gated_baseline_cpu_seconds,
+            r.gated_baseline_seconds,
+            r.cores,
+        )
+    });
+    row("CPU s: same-writes baseline", &|r| {
+        cpu(
+            &r.same_writes_baseline_cpu_seconds,
+            r.same_writes_baseline_seconds,
+            r.cores,
+        )
+    });
+    row("CPU s: operator run", &|r| {
+        cpu(
+            &r.operator_cpu_seconds,
+            Some(r.convergence_seconds),
+            r.cores,
+        )
     });
     let w0 = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..results.len())

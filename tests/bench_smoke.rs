@@ -19,6 +19,19 @@ async fn bench_harness_at_twenty_features() -> anyhow::Result<()> {
     assert_eq!(r.size, 20);
     assert!(r.convergence_seconds > 0.0);
     assert!(r.baseline_seconds.is_some_and(|b| b > 0.0));
+    assert!(r.gated_baseline_seconds.is_some_and(|b| b > 0.0), "{r:?}");
+    // The same-writes client sends: finalizer, ConfigMap, Service, held Deployment, scaled
+    // Deployment, HPA, Starting and Ready statuses and their Events (10 per feature at the top
+    // level; 11 below it, with the status that names what it waits for).
+    assert!(
+        r.same_writes_baseline_seconds.is_some_and(|b| b > 0.0),
+        "{r:?}"
+    );
+    assert!(
+        r.same_writes_baseline_requests_per_feature
+            .is_some_and(|q| (10.0..=11.0).contains(&q)),
+        "{r:?}"
+    );
     // Every feature below the top level waited for its dependencies: one hop each.
     assert_eq!(r.hop_samples, 18, "{r:?}");
     assert!(
@@ -40,6 +53,24 @@ async fn bench_harness_at_twenty_features() -> anyhow::Result<()> {
     assert_eq!(r.steady_writes, 0, "writes in a steady state: {r:?}");
     assert_eq!(r.restart_writes, 0, "writes after a restart: {r:?}");
     assert!(r.rss_peak_mib > 0.0 && r.rss_steady_mib > 0.0, "{r:?}");
+    // CPU time is read for the control plane (its pid files beside the kubeconfig, as
+    // hack/cluster-up.sh writes them) and the operator, in both kinds of run.
+    for (run, cpu) in [
+        ("baseline", &r.baseline_cpu_seconds),
+        ("same-writes baseline", &r.same_writes_baseline_cpu_seconds),
+        ("operator", &r.operator_cpu_seconds),
+    ] {
+        assert!(
+            cpu.get("kube-apiserver").is_some_and(|s| *s > 0.0),
+            "no kube-apiserver CPU time in the {run} run (a cluster from hack/cluster-up.sh?): {r:?}"
+        );
+    }
+    assert!(
+        r.operator_cpu_seconds
+            .get("operator")
+            .is_some_and(|s| *s > 0.0),
+        "no operator CPU time: {r:?}"
+    );
     Ok(())
 }
 

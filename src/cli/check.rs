@@ -504,7 +504,7 @@ static QUANTITY: LazyLock<Option<Regex>> = LazyLock::new(|| {
 });
 
 /// A quantity's value, for comparing requests with limits.
-fn quantity_value(q: &str) -> Option<f64> {
+pub fn quantity_value(q: &str) -> Option<f64> {
     let re = QUANTITY.as_ref()?;
     let caps = re.captures(q)?;
     let suffix = caps.get(3).map_or("", |m| m.as_str());
