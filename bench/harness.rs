@@ -651,17 +651,11 @@ pub async fn baseline(
     let started = Instant::now();
     let outcome: anyhow::Result<()> = async {
         if gated {
-            futures::stream::iter(levels.iter().flatten().map(|node| write(node, true)))
-                .buffer_unordered(IN_FLIGHT)
-                .try_collect::<Vec<()>>()
-                .await?;
+            in_flight(levels.iter().flatten().map(|node| write(node, true))).await?;
         }
         let mut done = 0;
         for level in levels {
-            futures::stream::iter(level.iter().map(|node| write(node, false)))
-                .buffer_unordered(IN_FLIGHT)
-                .try_collect::<Vec<()>>()
-                .await?;
+            in_flight(level.iter().map(|node| write(node, false))).await?;
             done += level.len();
             // Each level's Deployments are Available before the next level starts.
             wait_count(
@@ -684,6 +678,18 @@ pub async fn baseline(
     // server during the next measurement: it starts once they are gone.
     namespace_gone(client, &namespace, Duration::from_secs(600)).await?;
     Ok((elapsed, cpu))
+}
+
+/// Runs `jobs`, [`IN_FLIGHT`] at a time; the first error ends the rest.
+async fn in_flight<F>(jobs: impl Iterator<Item = F>) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    futures::stream::iter(jobs)
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
 }
 
 /// What the same-writes baseline measured.
@@ -876,16 +882,7 @@ impl SameWritesClient<'_> {
         let f = feature(node, &self.namespace);
         let plan = plan_for(&f, &self.namespace, &self.policy);
         let mut o = self.observation(level, &plan);
-        let n = plan.replicas;
-        o.deployment = Some(DeploymentHealth {
-            observed_current: true,
-            desired: n,
-            updated: n,
-            ready: n,
-            available: n,
-            available_condition: true,
-            progress_deadline_exceeded: false,
-        });
+        o.deployment = Some(DeploymentHealth::rolled_out(plan.replicas));
         o.started_at = self
             .written
             .lock()
@@ -939,16 +936,10 @@ pub async fn same_writes_baseline(
             .iter()
             .enumerate()
             .flat_map(|(l, level)| level.iter().map(move |node| (l, node)));
-        futures::stream::iter(all.map(|(l, node)| c.first(l, node)))
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await?;
+        in_flight(all.map(|(l, node)| c.first(l, node))).await?;
         let mut done = 0;
         for (l, level) in levels.iter().enumerate() {
-            futures::stream::iter(level.iter().map(|node| c.scale(l, node)))
-                .buffer_unordered(IN_FLIGHT)
-                .try_collect::<Vec<()>>()
-                .await?;
+            in_flight(level.iter().map(|node| c.scale(l, node))).await?;
             done += level.len();
             wait_count(
                 "same-writes baseline Deployments to be Available",
@@ -957,10 +948,7 @@ pub async fn same_writes_baseline(
                 Duration::from_secs(600),
             )
             .await?;
-            futures::stream::iter(level.iter().map(|node| c.ready(l, node)))
-                .buffer_unordered(IN_FLIGHT)
-                .try_collect::<Vec<()>>()
-                .await?;
+            in_flight(level.iter().map(|node| c.ready(l, node))).await?;
         }
         Ok(())
     }

@@ -26,6 +26,19 @@ pub struct DeploymentHealth {
 }
 
 impl DeploymentHealth {
+    /// A Deployment of `n` replicas that has rolled out: every one updated, ready and available.
+    pub fn rolled_out(n: i32) -> Self {
+        Self {
+            observed_current: true,
+            desired: n,
+            updated: n,
+            ready: n,
+            available: n,
+            available_condition: true,
+            progress_deadline_exceeded: false,
+        }
+    }
+
     /// Every desired replica is updated, ready and available, as the Deployment itself reports.
     pub fn is_ready(&self) -> bool {
         self.observed_current
@@ -453,15 +466,7 @@ mod tests {
     }
 
     fn ready_health(n: i32) -> DeploymentHealth {
-        DeploymentHealth {
-            observed_current: true,
-            desired: n,
-            updated: n,
-            ready: n,
-            available: n,
-            available_condition: true,
-            progress_deadline_exceeded: false,
-        }
+        DeploymentHealth::rolled_out(n)
     }
 
     fn cond_of<'a>(s: &'a PremiumFeatureStatus, ty: &str) -> &'a Condition {
