@@ -78,6 +78,18 @@ impl Echoes {
     }
 }
 
+/// After this long a status write the cache has not shown is taken as overtaken (someone else
+/// wrote status since).
+const WRITTEN_STATUS_MEMORY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a remembered status write can be forgotten: the cache shows it, or it is too old.
+fn written_status_done(
+    (status, at): &(PremiumFeatureStatus, std::time::Instant),
+    cached: Option<&PremiumFeatureStatus>,
+) -> bool {
+    cached == Some(status) || at.elapsed() > WRITTEN_STATUS_MEMORY
+}
+
 pub struct Context {
     pub client: Client,
     pub stores: Stores,
@@ -327,15 +339,24 @@ impl Context {
         key: &FeatureKey,
         cached: Option<&PremiumFeatureStatus>,
     ) -> Option<PremiumFeatureStatus> {
-        /// After this long an unseen write is taken as overtaken (someone else wrote status).
-        const MEMORY: std::time::Duration = std::time::Duration::from_secs(30);
         let mut map = lock(&self.written_status);
-        let (status, at) = map.get(key)?;
-        if cached == Some(status) || at.elapsed() > MEMORY {
+        let written = map.get(key)?;
+        if written_status_done(written, cached) {
             map.remove(key);
             return None;
         }
-        Some(status.clone())
+        Some(written.0.clone())
+    }
+
+    /// Forgets the status written for `key` once the cache shows it (or it is too old to
+    /// matter). Called on every watch event of the feature: the last status written before a
+    /// feature settles would otherwise stay here, a second copy of every status (10,000 of
+    /// them at 10,000 features), until the feature is next reconciled.
+    pub fn status_seen(&self, key: &FeatureKey, cached: Option<&PremiumFeatureStatus>) {
+        let mut map = lock(&self.written_status);
+        if map.get(key).is_some_and(|w| written_status_done(w, cached)) {
+            map.remove(key);
+        }
     }
 
     /// Waits for the next feature of the back lane (a new feature's first reconcile, or a
@@ -441,7 +462,33 @@ where
 mod tests {
     use std::time::Duration;
 
-    use super::next_analysis;
+    use std::time::Instant;
+
+    use super::{WRITTEN_STATUS_MEMORY, next_analysis, written_status_done};
+    use crate::api::{Phase, PremiumFeatureStatus};
+
+    #[test]
+    fn a_written_status_is_forgotten_once_seen_or_old() {
+        let ready = PremiumFeatureStatus {
+            phase: Some(Phase::Ready),
+            ..Default::default()
+        };
+        let starting = PremiumFeatureStatus {
+            phase: Some(Phase::Starting),
+            ..Default::default()
+        };
+        let now = (ready.clone(), Instant::now());
+        // The cache shows the write: forgotten.
+        assert!(written_status_done(&now, Some(&ready)));
+        // The cache still shows an older status, or none: kept.
+        assert!(!written_status_done(&now, Some(&starting)));
+        assert!(!written_status_done(&now, None));
+        // Never seen for longer than the memory: taken as overtaken.
+        let long_ago = Instant::now()
+            .checked_sub(WRITTEN_STATUS_MEMORY + Duration::from_secs(1))
+            .expect("the monotonic clock reaches back 31 s");
+        assert!(written_status_done(&(ready, long_ago), Some(&starting)));
+    }
 
     #[test]
     fn analysis_is_paced_by_its_own_cost() {

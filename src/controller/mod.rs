@@ -838,6 +838,11 @@ fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFe
     {
         let _ = ctx.feature_triggers.send(r);
     }
+    if let WatchEvent::Apply(g) | WatchEvent::InitApply(g) = ev
+        && let Ok(f) = &g.0
+    {
+        ctx.status_seen(&feature_key(f), f.status.as_ref());
+    }
     let wake = {
         let mut index = lock(&ctx.index);
         match ev {
