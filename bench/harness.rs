@@ -719,11 +719,20 @@ struct SameWritesClient<'a> {
         >,
     >,
     requests: AtomicU64,
+    /// Per feature: the feature and what the operator decides for it once its dependencies are
+    /// Ready, built before the clock starts (the Envoy config is rendered once, not per step).
+    plans: HashMap<String, (PremiumFeature, FeaturePlan)>,
 }
 
 impl SameWritesClient<'_> {
     fn sent(&self, n: u64) {
         self.requests.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn plan(&self, node: &Node) -> anyhow::Result<&(PremiumFeature, FeaturePlan)> {
+        self.plans
+            .get(&node.name)
+            .with_context(|| format!("no plan for {}", node.name))
     }
 
     /// A status from the operator's own calculator, after the last one written, and its Event
@@ -797,10 +806,10 @@ impl SameWritesClient<'_> {
     /// Everything before the gate opens: the feature, the finalizer, the held objects and,
     /// below the top level, a status naming what it waits for.
     async fn first(&self, level: usize, node: &Node) -> anyhow::Result<()> {
-        let f = feature(node, &self.namespace);
+        let (f, plan) = self.plan(node)?;
         let created = self
             .features
-            .patch(&node.name, &self.params, &Patch::Apply(&f))
+            .patch(&node.name, &self.params, &Patch::Apply(f))
             .await?;
         let finalizer = serde_json::json!({
             "metadata": {
@@ -815,12 +824,12 @@ impl SameWritesClient<'_> {
                 &Patch::Merge(&finalizer),
             )
             .await?;
-        let mut plan = plan_for(&f, &self.namespace, &self.policy);
+        let mut plan = plan.clone();
         plan.replicas = 0;
         plan.autoscale = false;
-        let cm = build::sidecar_configmap(&f, &plan);
-        let svc = build::service(&f);
-        let deploy = build::deployment(&f, &plan);
+        let cm = build::sidecar_configmap(f, &plan);
+        let svc = build::service(f);
+        let deploy = build::deployment(f, &plan);
         Api::<ConfigMap>::namespaced(self.client.clone(), &self.namespace)
             .patch(&cm.name_any(), &self.params, &Patch::Apply(&cm))
             .await?;
@@ -854,20 +863,19 @@ impl SameWritesClient<'_> {
 
     /// The gate opens: the Deployment scaled up, the HPA, and the Starting status.
     async fn scale(&self, level: usize, node: &Node) -> anyhow::Result<()> {
-        let f = feature(node, &self.namespace);
-        let plan = plan_for(&f, &self.namespace, &self.policy);
-        let deploy = build::deployment(&f, &plan);
+        let (f, plan) = self.plan(node)?;
+        let deploy = build::deployment(f, plan);
         Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
             .patch(&deploy.name_any(), &self.params, &Patch::Apply(&deploy))
             .await?;
-        if let Some(h) = build::hpa(&f, &plan) {
+        if let Some(h) = build::hpa(f, plan) {
             Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), &self.namespace)
                 .patch(&h.name_any(), &self.params, &Patch::Apply(&h))
                 .await?;
             self.sent(1);
         }
         self.sent(1);
-        let mut o = self.observation(level, &plan);
+        let mut o = self.observation(level, plan);
         o.deployment = Some(DeploymentHealth {
             observed_current: true,
             desired: plan.replicas,
@@ -879,9 +887,8 @@ impl SameWritesClient<'_> {
 
     /// The Deployment is Available: the Ready status.
     async fn ready(&self, level: usize, node: &Node) -> anyhow::Result<()> {
-        let f = feature(node, &self.namespace);
-        let plan = plan_for(&f, &self.namespace, &self.policy);
-        let mut o = self.observation(level, &plan);
+        let (_, plan) = self.plan(node)?;
+        let mut o = self.observation(level, plan);
         o.deployment = Some(DeploymentHealth::rolled_out(plan.replicas));
         o.started_at = self
             .written
@@ -913,11 +920,21 @@ pub async fn same_writes_baseline(
     let (available, watch) = record_first(deployments, |d: &Deployment| {
         scaled_up(d) && deployment_available().matches_object(Some(d))
     });
+    let pol = policy(n, &namespace);
+    let plans = levels
+        .iter()
+        .flatten()
+        .map(|node| {
+            let f = feature(node, &namespace);
+            let plan = plan_for(&f, &namespace, &pol);
+            (node.name.clone(), (f, plan))
+        })
+        .collect();
     let c = SameWritesClient {
         client,
         namespace: namespace.clone(),
         features: ns.api(),
-        policy: policy(n, &namespace),
+        policy: pol,
         params: PatchParams::apply(FIELD_MANAGER).force(),
         source: build::EventSource {
             controller: "premium-operator".into(),
@@ -925,6 +942,7 @@ pub async fn same_writes_baseline(
         },
         written: Mutex::new(HashMap::new()),
         requests: AtomicU64::new(0),
+        plans,
     };
     let cpu = CpuTimes::take(None);
     let started = Instant::now();

@@ -460,9 +460,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::{WRITTEN_STATUS_MEMORY, next_analysis, written_status_done};
     use crate::api::{Phase, PremiumFeatureStatus};
