@@ -4,7 +4,6 @@
 use std::fmt::Debug;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -12,10 +11,11 @@ use sha2::{Digest, Sha256};
 
 use super::Error;
 use super::context::Context;
+use super::owned::OwnedStore;
 use crate::runtime::metrics::KindLabels;
 
 pub use crate::core::signal::APPLIED_HASH_ANNOTATION;
-use crate::core::signal::Signalled;
+use crate::core::signal::{OwnedView, Signalled};
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,30 +38,19 @@ pub fn hash_of<T: Serialize>(value: &T) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether `obj` has a controller owner reference to the object with `uid`.
-pub fn controlled_by<K: Resource>(obj: &K, uid: &str) -> bool {
-    obj.owner_references()
-        .iter()
-        .any(|r| r.controller == Some(true) && r.uid == uid)
-}
-
-fn annotation<K: Resource>(obj: &K) -> Option<&String> {
-    obj.annotations().get(APPLIED_HASH_ANNOTATION)
-}
-
 /// Applies `desired` unless the cached (or, when the cache has none, the live) object already
-/// carries the same applied hash and `also_equal` holds for it.
+/// carries the same applied hash and `also_equal` holds for its view.
 ///
 /// `hash_input` is what the hash covers: the desired object minus fields another controller
 /// may legitimately change (the Deployment's replicas, moved by the HPA).
 pub async fn apply_owned<K>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &OwnedStore,
     kind: &'static str,
     mut desired: K,
     hash_input: &impl Serialize,
     owner_uid: &str,
-    also_equal: impl Fn(&K) -> bool,
+    also_equal: impl Fn(&OwnedView) -> bool,
 ) -> Result<Applied, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -80,22 +69,22 @@ where
         .annotations_mut()
         .insert(APPLIED_HASH_ANNOTATION.to_string(), hash.clone());
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-    let cached = store.get(&ObjectRef::new(&name).within(&namespace));
-    let current: Option<K> = match cached {
-        Some(c) => Some((*c).clone()),
+    let current = match store.get(&namespace, &name) {
+        Some(cached) => Some(cached),
         // Not in our (label-filtered) cache: it may be someone else's, or ours not yet seen.
         None => api
             .get_opt(&name)
             .await
-            .map_err(|e| Error::kube(format!("reading {kind} {namespace}/{name}"), e))?,
+            .map_err(|e| Error::kube(format!("reading {kind} {namespace}/{name}"), e))?
+            .map(|live| std::sync::Arc::new(live.view())),
     };
     if let Some(current) = &current {
-        if !controlled_by(current, owner_uid) {
+        if !current.controlled_by(owner_uid) {
             return Ok(Applied::Conflict(format!(
                 "{kind} {namespace}/{name} already exists and is not owned by this PremiumFeature; rename the feature or remove that {kind}"
             )));
         }
-        if annotation(current) == Some(&hash) && also_equal(current) {
+        if current.written.applied_hash.as_ref() == Some(&hash) && also_equal(current) {
             return Ok(Applied::Unchanged);
         }
     }
@@ -130,7 +119,7 @@ where
 /// Deletes an owned object if the cache holds it and this feature controls it.
 pub async fn delete_owned<K>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &OwnedStore,
     kind: &'static str,
     namespace: &str,
     name: &str,
@@ -146,13 +135,13 @@ where
         + Send
         + Sync,
 {
-    let Some(cached) = store.get(&ObjectRef::new(name).within(namespace)) else {
+    let Some(cached) = store.get(namespace, name) else {
         return Ok(false);
     };
-    if !controlled_by(cached.as_ref(), owner_uid) {
+    if !cached.controlled_by(owner_uid) {
         return Ok(false);
     }
-    if cached.meta().deletion_timestamp.is_some() {
+    if cached.written.deleting {
         return Ok(true);
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
@@ -209,9 +198,9 @@ mod tests {
             },
             ..Default::default()
         };
-        assert!(!controlled_by(&cm, "u1"));
+        assert!(!cm.view().controlled_by("u1"));
         cm.metadata.owner_references.as_mut().unwrap()[0].controller = Some(true);
-        assert!(controlled_by(&cm, "u1"));
-        assert!(!controlled_by(&cm, "u2"));
+        assert!(cm.view().controlled_by("u1"));
+        assert!(!cm.view().controlled_by("u2"));
     }
 }

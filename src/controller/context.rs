@@ -4,15 +4,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::index::{Index, Wake};
+use super::owned::OwnedStore;
 use crate::api::{PremiumFeature, PremiumFeatureStatus, PremiumPolicy};
 use crate::core::budget::BudgetAllocation;
 use crate::core::build::EventSource;
@@ -35,10 +33,10 @@ pub struct Settings {
 pub struct Stores {
     pub features: Store<DeserializeGuard<PremiumFeature>>,
     pub policies: Store<DeserializeGuard<PremiumPolicy>>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub configmaps: Store<ConfigMap>,
-    pub hpas: Store<HorizontalPodAutoscaler>,
+    pub deployments: OwnedStore,
+    pub services: OwnedStore,
+    pub configmaps: OwnedStore,
+    pub hpas: OwnedStore,
 }
 
 /// Features that hold or wait for a start-up slot of a policy's `startup.maxConcurrent`.

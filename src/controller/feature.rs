@@ -12,24 +12,22 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{field, info, instrument, warn};
 
-use super::apply::{Applied, apply_owned, controlled_by, delete_owned};
+use super::apply::{Applied, apply_owned, delete_owned};
 use super::context::{Context, HeldStatus, lock};
 use super::policy::{budget_for_feature, startup_limits};
 use super::{Error, FINALIZER};
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{Phase, PremiumFeature, PremiumFeatureStatus};
-use crate::core::build::{self, FeaturePlan, RESTARTED_AT_ANNOTATION};
+use crate::core::build::{self, FeaturePlan};
 use crate::core::graph::FeatureKey;
 use crate::core::plan::{self, DependencyView, dependency_key};
 use crate::core::policy::effective_policy;
 use crate::core::settings;
 use crate::core::sidecar::{SidecarSpec, Upstream, render};
-use crate::core::signal::deployment_health;
 use crate::core::status::{
     self, DeploymentHealth, Observation, Stall, condition, feature_status, now_time,
 };
@@ -128,11 +126,9 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
     let deployment = ctx
         .stores
         .deployments
-        .get(&ObjectRef::new(&name).within(&namespace))
-        .filter(|d| controlled_by(d.as_ref(), &uid));
-    let current_replicas = deployment
-        .as_ref()
-        .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas));
+        .get(&namespace, &name)
+        .filter(|d| d.controlled_by(&uid));
+    let current_replicas = deployment.as_ref().and_then(|d| d.written.replicas);
     let running = current_replicas.unwrap_or(0) > 0;
     let waited = seconds_since(feature.creation_timestamp().as_ref(), &now);
     let gate = plan::gate(
@@ -194,17 +190,7 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
     if recovery.restart_now {
         lock(&ctx.restarts).insert(key.clone(), recovery.recent_restarts.clone());
     }
-    let existing_restart = deployment.as_ref().and_then(|d| {
-        d.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()?
-            .get(RESTARTED_AT_ANNOTATION)
-            .cloned()
-    });
+    let existing_restart = deployment.as_ref().and_then(|d| d.restarted_at.clone());
     let restarted_at = if recovery.restart_now && !held {
         Some(now.0.to_string())
     } else {
@@ -295,11 +281,13 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
     // The cached Deployment predates a write made just now: its status says nothing about the
     // new spec yet, so it must not make the new generation Ready (kstatus readers such as
     // `kubectl wait` would see Ready while the rollout has not begun). Its own event follows.
-    let health = deployment.as_ref().map(|d| {
-        let mut h = deployment_health(d);
-        h.observed_current &= !deployment_written;
-        h
-    });
+    let health = deployment
+        .as_ref()
+        .and_then(|d| d.health.clone())
+        .map(|mut h| {
+            h.observed_current &= !deployment_written;
+            h
+        });
     // While a rolling update's status is held back, its start is remembered here instead.
     let held_start = lock(&ctx.held_status)
         .get(&key)
@@ -450,7 +438,7 @@ async fn apply_objects(
         deploy,
         &without_replicas,
         uid,
-        |current| current.spec.as_ref().and_then(|s| s.replicas) == Some(want),
+        |current| current.written.replicas == Some(want),
     );
     let autoscaler = async {
         match build::hpa(feature, plan) {

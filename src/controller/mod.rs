@@ -4,6 +4,7 @@ pub mod apply;
 pub mod context;
 pub mod feature;
 pub mod index;
+pub mod owned;
 pub mod policy;
 
 use std::net::SocketAddr;
@@ -34,7 +35,6 @@ use crate::api::{
 };
 use crate::core::build::DEFAULT_SIDECAR_IMAGE;
 use crate::core::graph::FeatureKey;
-use crate::core::signal::{Signal, Signalled, Trimmed, should_wake};
 use crate::runtime::http::{HttpState, serve};
 use crate::runtime::leader::{Election, LeaderConfig};
 use crate::runtime::metrics::{
@@ -470,112 +470,6 @@ fn owned_config() -> watcher::Config {
     watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY},{FEATURE_LABEL}"))
 }
 
-/// Drives one watch into its store on a task of its own and calls `on_event` for every event.
-///
-/// Stores never depend on a controller polling them, so a reconcile can never wait on a cache
-/// that only its own controller would fill; triggers go through unbounded channels, so a busy
-/// controller never holds a watch back.
-fn drive<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    strip: fn(&mut K),
-    mut on_event: impl FnMut(&WatchEvent<K>) + Send + 'static,
-) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store::<K>();
-    let task = tokio::spawn(async move {
-        let stream = watcher(api, config)
-            .default_backoff()
-            .map_ok(move |ev| ev.modify(strip))
-            .reflect(writer);
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(ev) => on_event(&ev),
-                Err(e) => {
-                    warn!(error = %e, kind = %K::kind(&K::DynamicType::default()), "watch failed; retrying with backoff")
-                }
-            }
-        }
-    });
-    (reader, task)
-}
-
-fn trim<K: Trimmed>(o: &mut K) {
-    o.trim();
-}
-
-/// The feature that controls an owned object, as a reconcile request.
-fn owner_ref<K: Resource>(obj: &K) -> Option<ObjectRef<DeserializeGuard<PremiumFeature>>> {
-    let owner = obj
-        .owner_references()
-        .iter()
-        .find(|r| r.controller == Some(true) && r.kind == "PremiumFeature")?;
-    Some(ObjectRef::new(&owner.name).within(&obj.namespace()?))
-}
-
-type FeatureRef = ObjectRef<DeserializeGuard<PremiumFeature>>;
-
-/// Turns events of an owned kind into reconcile requests of the owning feature, but only for
-/// events that change what its reconcile reads (`core::signal`): not for status fields that
-/// move no verdict, and not for the echo of the operator's own write. Objects that vanished
-/// while the watch was down (absent from the relist) wake their owners too.
-fn forward_owner<K>(
-    tx: mpsc::UnboundedSender<FeatureRef>,
-    echoes: Arc<context::Echoes>,
-) -> impl FnMut(&WatchEvent<K>) + Send + 'static
-where
-    K: Resource<DynamicType = ()> + k8s_openapi::Resource + Signalled,
-{
-    let kind = K::KIND;
-    let mut last: std::collections::HashMap<(String, String), (FeatureRef, Signal)> =
-        Default::default();
-    let mut relisted: Option<std::collections::HashSet<(String, String)>> = None;
-    move |ev| match ev {
-        WatchEvent::Init => relisted = Some(Default::default()),
-        WatchEvent::InitDone => {
-            if let Some(seen) = relisted.take() {
-                last.retain(|key, (owner, _)| {
-                    let kept = seen.contains(key);
-                    if !kept {
-                        echoes.forget(kind, &key.0, &key.1);
-                        let _ = tx.send(owner.clone());
-                    }
-                    kept
-                });
-            }
-        }
-        WatchEvent::Apply(o) | WatchEvent::InitApply(o) => {
-            let key = (o.namespace().unwrap_or_default(), o.name_any());
-            if let Some(seen) = relisted.as_mut() {
-                seen.insert(key.clone());
-            }
-            let signal = o.signal();
-            let previous = last.get(&key);
-            let Some(owner) = owner_ref(o).or_else(|| previous.map(|(r, _)| r.clone())) else {
-                return;
-            };
-            let echo = echoes.is_echo(kind, &key.0, &key.1, &signal.written);
-            let expected = echo.then_some(&signal.written);
-            if should_wake(previous.map(|(_, s)| s), &signal, expected) {
-                let _ = tx.send(owner.clone());
-            }
-            last.insert(key, (owner, signal));
-        }
-        WatchEvent::Delete(o) => {
-            let key = (o.namespace().unwrap_or_default(), o.name_any());
-            echoes.forget(kind, &key.0, &key.1);
-            let previous = last.remove(&key).map(|(r, _)| r);
-            if let Some(owner) = owner_ref(o).or(previous) {
-                let _ = tx.send(owner);
-            }
-        }
-    }
-}
-
 /// Builds the watches, stores and both controllers, and runs them until `stop` resolves.
 #[allow(clippy::too_many_arguments)]
 async fn run_controllers(
@@ -595,32 +489,32 @@ async fn run_controllers(
     let (feature_tx, feature_rx) = mpsc::unbounded_channel();
     let (policy_tx, policy_rx) = mpsc::unbounded_channel();
 
-    // Owned objects: label-filtered caches trimmed to what a reconcile reads; an event
-    // that changes what the reconcile reads asks for a reconcile of the controlling feature.
+    // Owned objects: label-filtered caches of what a reconcile reads of each (`owned`); an
+    // event that changes that asks for a reconcile of the controlling feature.
     let echoes = Arc::new(context::Echoes::default());
-    let (deploy_reader, deploy_task) = drive(
+    let (deploy_reader, deploy_task) = owned::watch_owned(
         api::<Deployment>(&client, ns),
         owned_config(),
-        trim,
-        forward_owner(feature_tx.clone(), echoes.clone()),
+        feature_tx.clone(),
+        echoes.clone(),
     );
-    let (svc_reader, svc_task) = drive(
+    let (svc_reader, svc_task) = owned::watch_owned(
         api::<Service>(&client, ns),
         owned_config(),
-        trim,
-        forward_owner(feature_tx.clone(), echoes.clone()),
+        feature_tx.clone(),
+        echoes.clone(),
     );
-    let (cm_reader, cm_task) = drive(
+    let (cm_reader, cm_task) = owned::watch_owned(
         api::<ConfigMap>(&client, ns),
         owned_config(),
-        trim,
-        forward_owner(feature_tx.clone(), echoes.clone()),
+        feature_tx.clone(),
+        echoes.clone(),
     );
-    let (hpa_reader, hpa_task) = drive(
+    let (hpa_reader, hpa_task) = owned::watch_owned(
         api::<HorizontalPodAutoscaler>(&client, ns),
         owned_config(),
-        trim,
-        forward_owner(feature_tx.clone(), echoes.clone()),
+        feature_tx.clone(),
+        echoes.clone(),
     );
 
     // The context needs the policy store before the policy watch starts, so that watch is

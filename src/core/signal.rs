@@ -4,14 +4,15 @@
 //! (the applied-hash annotation, the Deployment's replicas, the controller reference) and what
 //! other controllers report (the Deployment's rollout health). Every other change — a
 //! Deployment status field that moves no verdict, an HPA's metrics, the echo of the operator's
-//! own write — wakes nobody. Pure: the watch shell keeps the last signal per object and asks
-//! [`should_wake`].
+//! own write — wakes nobody. Pure: the watch shell keeps each object's [`OwnedView`] (which is
+//! also its cache) and asks [`owner_to_wake`].
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::{Resource, ResourceExt};
 
+use crate::core::build::RESTARTED_AT_ANNOTATION;
 use crate::core::status::DeploymentHealth;
 
 /// Annotation holding the hash of what the operator last applied to an object.
@@ -46,21 +47,85 @@ pub struct Observed {
     pub ready_pods: i32,
 }
 
-/// Kinds whose events are filtered by [`should_wake`].
-pub trait Signalled: Resource {
-    fn signal(&self) -> Signal;
+/// All the operator keeps of an owned object between events: what its reconcile reads and
+/// what decides whether an event wakes the owner. The cached copy of a Deployment used to be the
+/// object itself minus the pod spec (about 3 KB on the heap per object, most of it the inline
+/// size of the types and their label and annotation maps); a view is a few short strings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OwnedView {
+    /// Name of the PremiumFeature holding the controller reference, if one does.
+    pub owner: Option<String>,
+    pub written: Written,
+    /// The rollout, for Deployments only.
+    pub health: Option<DeploymentHealth>,
+    /// The pod template's restart annotation ([`RESTARTED_AT_ANNOTATION`]), Deployments only.
+    pub restarted_at: Option<String>,
 }
 
-fn written_of<K: Resource>(obj: &K, replicas: Option<i32>) -> Written {
-    Written {
-        applied_hash: obj.annotations().get(APPLIED_HASH_ANNOTATION).cloned(),
-        replicas,
-        controller_uid: obj
-            .owner_references()
-            .iter()
-            .find(|r| r.controller == Some(true))
-            .map(|r| r.uid.clone()),
-        deleting: obj.meta().deletion_timestamp.is_some(),
+impl OwnedView {
+    /// Whether the object has a controller reference to the object with `uid` (the API server
+    /// allows one controller reference per object).
+    pub fn controlled_by(&self, uid: &str) -> bool {
+        self.written.controller_uid.as_deref() == Some(uid)
+    }
+
+    pub fn signal(&self) -> Signal {
+        Signal {
+            written: self.written.clone(),
+            observed: self.health.as_ref().map(|h| Observed {
+                ready: h.is_ready(),
+                lost_availability: h.lost_availability(),
+                progress_deadline_exceeded: h.progress_deadline_exceeded,
+                ready_pods: h.ready.min(h.desired).max(0),
+            }),
+        }
+    }
+}
+
+/// The owner to wake for an event that turned `previous` into `now`, if any (see
+/// [`should_wake`]); `echo` says the operator remembers writing exactly `now.written`. An
+/// object without a controller reference any longer still wakes the owner it had.
+pub fn owner_to_wake<'a>(
+    previous: Option<&'a OwnedView>,
+    now: &'a OwnedView,
+    echo: bool,
+) -> Option<&'a str> {
+    let owner = now
+        .owner
+        .as_deref()
+        .or_else(|| previous.and_then(|p| p.owner.as_deref()))?;
+    let now_signal = now.signal();
+    let expected = echo.then_some(&now.written);
+    let previous_signal = previous.map(OwnedView::signal);
+    should_wake(previous_signal.as_ref(), &now_signal, expected).then_some(owner)
+}
+
+/// Owned kinds, reduced to their [`OwnedView`].
+pub trait Signalled: Resource {
+    fn view(&self) -> OwnedView;
+
+    fn signal(&self) -> Signal {
+        self.view().signal()
+    }
+}
+
+fn view_of<K: Resource>(obj: &K, replicas: Option<i32>) -> OwnedView {
+    let controller = obj
+        .owner_references()
+        .iter()
+        .find(|r| r.controller == Some(true));
+    OwnedView {
+        owner: controller
+            .filter(|r| r.kind == "PremiumFeature")
+            .map(|r| r.name.clone()),
+        written: Written {
+            applied_hash: obj.annotations().get(APPLIED_HASH_ANNOTATION).cloned(),
+            replicas,
+            controller_uid: controller.map(|r| r.uid.clone()),
+            deleting: obj.meta().deletion_timestamp.is_some(),
+        },
+        health: None,
+        restarted_at: None,
     }
 }
 
@@ -87,89 +152,34 @@ pub fn deployment_health(d: &Deployment) -> DeploymentHealth {
 }
 
 impl Signalled for Deployment {
-    fn signal(&self) -> Signal {
-        let h = deployment_health(self);
-        Signal {
-            written: written_of(self, self.spec.as_ref().and_then(|s| s.replicas)),
-            observed: Some(Observed {
-                ready: h.is_ready(),
-                lost_availability: h.lost_availability(),
-                progress_deadline_exceeded: h.progress_deadline_exceeded,
-                ready_pods: h.ready.min(h.desired).max(0),
-            }),
-        }
+    fn view(&self) -> OwnedView {
+        let spec = self.spec.as_ref();
+        let mut view = view_of(self, spec.and_then(|s| s.replicas));
+        view.health = Some(deployment_health(self));
+        view.restarted_at = spec
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(RESTARTED_AT_ANNOTATION))
+            .cloned();
+        view
     }
 }
 
 impl Signalled for Service {
-    fn signal(&self) -> Signal {
-        Signal {
-            written: written_of(self, None),
-            observed: None,
-        }
+    fn view(&self) -> OwnedView {
+        view_of(self, None)
     }
 }
 
 impl Signalled for ConfigMap {
-    fn signal(&self) -> Signal {
-        Signal {
-            written: written_of(self, None),
-            observed: None,
-        }
+    fn view(&self) -> OwnedView {
+        view_of(self, None)
     }
 }
 
 impl Signalled for HorizontalPodAutoscaler {
-    fn signal(&self) -> Signal {
-        Signal {
-            written: written_of(self, None),
-            observed: None,
-        }
-    }
-}
-
-/// Cached copies of owned objects keep only what a reconcile reads (metadata, the
-/// Deployment's replicas, pod-template metadata and status): the pod spec, ConfigMap data
-/// (the Envoy configuration) and the Service and HPA specs are most of an object's size, and
-/// the operator compares what it wrote by the applied-hash annotation instead.
-pub trait Trimmed: Resource {
-    fn trim(&mut self);
-}
-
-fn trim_meta<K: Resource>(o: &mut K) {
-    o.managed_fields_mut().clear();
-}
-
-impl Trimmed for Deployment {
-    fn trim(&mut self) {
-        trim_meta(self);
-        if let Some(spec) = self.spec.as_mut() {
-            spec.template.spec = None;
-        }
-    }
-}
-
-impl Trimmed for ConfigMap {
-    fn trim(&mut self) {
-        trim_meta(self);
-        self.data = None;
-        self.binary_data = None;
-    }
-}
-
-impl Trimmed for Service {
-    fn trim(&mut self) {
-        trim_meta(self);
-        self.spec = None;
-        self.status = None;
-    }
-}
-
-impl Trimmed for HorizontalPodAutoscaler {
-    fn trim(&mut self) {
-        trim_meta(self);
-        self.spec = None;
-        self.status = None;
+    fn view(&self) -> OwnedView {
+        view_of(self, None)
     }
 }
 
@@ -301,30 +311,64 @@ mod tests {
     }
 
     #[test]
-    fn trimming_keeps_everything_a_reconcile_reads() {
+    fn a_view_keeps_everything_a_reconcile_reads() {
         let mut d = deployment(2, "h", Some(status(2, 1, 1, true)));
+        d.metadata.owner_references.as_mut().unwrap()[0].kind = "PremiumFeature".into();
+        d.metadata.owner_references.as_mut().unwrap()[0].name = "checkout".into();
         if let Some(spec) = d.spec.as_mut() {
             spec.template.spec = Some(Default::default());
             spec.template.metadata = Some(kube::api::ObjectMeta {
-                annotations: Some([("premium.dev/restartedAt".into(), "t".into())].into()),
+                annotations: Some([(RESTARTED_AT_ANNOTATION.into(), "t".into())].into()),
                 ..Default::default()
             });
         }
-        let before = d.signal();
-        let template_meta = d.spec.as_ref().unwrap().template.metadata.clone();
-        d.trim();
-        assert_eq!(d.signal(), before);
-        assert!(d.spec.as_ref().unwrap().template.spec.is_none());
-        assert_eq!(d.spec.as_ref().unwrap().template.metadata, template_meta);
-        let mut cm = ConfigMap {
-            data: Some([("envoy.yaml".into(), "x".repeat(4096))].into()),
+        let view = d.view();
+        assert_eq!(view.owner.as_deref(), Some("checkout"));
+        assert_eq!(view.written.applied_hash.as_deref(), Some("h"));
+        assert_eq!(view.written.replicas, Some(2));
+        assert!(view.controlled_by("u1") && !view.controlled_by("u2"));
+        assert_eq!(view.health, Some(deployment_health(&d)));
+        assert_eq!(view.restarted_at.as_deref(), Some("t"));
+        // Another kind's controller is not an owner to wake, though it still controls it.
+        let mut cm = ConfigMap::default();
+        cm.metadata.owner_references = Some(vec![OwnerReference {
+            kind: "ReplicaSet".into(),
+            name: "rs".into(),
+            uid: "u9".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        let view = cm.view();
+        assert_eq!(view.owner, None);
+        assert!(view.controlled_by("u9"));
+        assert_eq!((view.health, view.restarted_at), (None, None));
+    }
+
+    #[test]
+    fn the_owner_to_wake_is_the_one_it_had_when_the_reference_is_gone() {
+        let owned = |owner: Option<&str>, hash: &str| OwnedView {
+            owner: owner.map(str::to_string),
+            written: Written {
+                applied_hash: Some(hash.into()),
+                controller_uid: owner.map(|_| "u1".to_string()),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        cm.metadata.annotations = Some([(APPLIED_HASH_ANNOTATION.into(), "h".into())].into());
-        let before = cm.signal();
-        cm.trim();
-        assert_eq!(cm.signal(), before);
-        assert!(cm.data.is_none());
+        let a = owned(Some("checkout"), "h1");
+        assert_eq!(owner_to_wake(None, &a, false), Some("checkout"));
+        assert_eq!(owner_to_wake(None, &a, true), None, "its own create");
+        assert_eq!(owner_to_wake(Some(&a), &a, false), None, "nothing moved");
+        let orphaned = owned(None, "h1");
+        assert_eq!(owner_to_wake(Some(&a), &orphaned, false), Some("checkout"));
+        assert_eq!(
+            owner_to_wake(None, &orphaned, false),
+            None,
+            "nobody to wake"
+        );
+        let rewritten = owned(Some("checkout"), "h2");
+        assert_eq!(owner_to_wake(Some(&a), &rewritten, true), None);
+        assert_eq!(owner_to_wake(Some(&a), &rewritten, false), Some("checkout"));
     }
 
     proptest! {

@@ -28,6 +28,9 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// heaptrack's allocation recorder (Debian's heaptrack package).
+const HEAPTRACK_PRELOAD: &str = "/usr/lib/heaptrack/libheaptrack_preload.so";
+
 /// A running operator process, killed when dropped.
 pub struct Operator {
     child: Child,
@@ -68,6 +71,13 @@ impl Operator {
             .stderr(out);
         if let Some(ns) = namespace {
             cmd.arg("--namespace").arg(ns);
+        }
+        // Heap profiling of the operator (README "Performance"): with PREMIUM_HEAPTRACK_DIR set,
+        // every operator started here records heaptrack's raw trace into that folder.
+        if let Some(trace_dir) = std::env::var_os("PREMIUM_HEAPTRACK_DIR") {
+            let trace = PathBuf::from(trace_dir).join(format!("operator-{port}.raw"));
+            cmd.env("LD_PRELOAD", HEAPTRACK_PRELOAD)
+                .env("DUMP_HEAPTRACK_OUTPUT", trace);
         }
         let child = cmd.spawn().context("starting premium-operator")?;
         Ok(Self {
