@@ -62,13 +62,13 @@ impl OwnedStore {
         let _ = rx.wait_for(|synced| *synced).await;
     }
 
-    fn insert(&self, namespace: &str, name: &str, view: OwnedView) -> Option<Arc<OwnedView>> {
+    fn insert(&self, namespace: &str, name: &str, view: Arc<OwnedView>) -> Option<Arc<OwnedView>> {
         let mut views = lock(&self.views);
         let names = match views.get_mut(namespace) {
             Some(names) => names,
             None => views.entry(namespace.to_string()).or_default(),
         };
-        names.insert(name.to_string(), Arc::new(view))
+        names.insert(name.to_string(), view)
     }
 
     fn remove(&self, namespace: &str, name: &str) -> Option<Arc<OwnedView>> {
@@ -101,8 +101,105 @@ impl OwnedStore {
 
 type FeatureRef = ObjectRef<DeserializeGuard<PremiumFeature>>;
 
-/// Watches one owned kind into a new store on a task of its own, and asks for a reconcile of
-/// the controlling feature on every event that changes what its reconcile reads
+/// An owned object as one watch event carries it: namespace, name and view.
+pub type Seen = (String, String, OwnedView);
+
+/// Applies one kind's watch events to its store and says which owners to wake (namespace,
+/// feature name). Every wake is returned after the store holds what caused it, and a relist's
+/// only once the whole list has replaced the store, so a woken reconcile never reads the state
+/// from before the event.
+pub struct Feed {
+    store: OwnedStore,
+    kind: &'static str,
+    echoes: Arc<Echoes>,
+    /// Between a relist's start and its end: what it has listed so far, and whom it wakes.
+    listed: Option<Views>,
+    relist_wakes: Vec<(String, String)>,
+}
+
+impl Feed {
+    pub fn new(store: OwnedStore, kind: &'static str, echoes: Arc<Echoes>) -> Self {
+        Self {
+            store,
+            kind,
+            echoes,
+            listed: None,
+            relist_wakes: Vec::new(),
+        }
+    }
+
+    pub fn handle(&mut self, event: Event<Seen>) -> Vec<(String, String)> {
+        let mut wakes = Vec::new();
+        match event {
+            Event::Init => {
+                self.listed = Some(Views::new());
+                self.relist_wakes.clear();
+            }
+            Event::InitApply((namespace, name, view)) | Event::Apply((namespace, name, view)) => {
+                let echo = self
+                    .echoes
+                    .is_echo(self.kind, &namespace, &name, &view.written);
+                match self.listed.as_mut() {
+                    Some(listed) => {
+                        let previous = self.store.get(&namespace, &name);
+                        if let Some(owner) = owner_to_wake(previous.as_deref(), &view, echo) {
+                            self.relist_wakes
+                                .push((namespace.clone(), owner.to_string()));
+                        }
+                        listed
+                            .entry(namespace)
+                            .or_default()
+                            .insert(name, Arc::new(view));
+                    }
+                    None => {
+                        let view = Arc::new(view);
+                        let previous = self.store.insert(&namespace, &name, view.clone());
+                        if let Some(owner) = owner_to_wake(previous.as_deref(), &view, echo) {
+                            wakes.push((namespace, owner.to_string()));
+                        }
+                    }
+                }
+            }
+            Event::InitDone => {
+                if let Some(listed) = self.listed.take() {
+                    for (namespace, name, view) in self.store.replace(listed) {
+                        self.echoes.forget(self.kind, &namespace, &name);
+                        if let Some(owner) = &view.owner {
+                            wakes.push((namespace, owner.clone()));
+                        }
+                    }
+                    wakes.append(&mut self.relist_wakes);
+                }
+            }
+            Event::Delete((namespace, name, view)) => {
+                self.echoes.forget(self.kind, &namespace, &name);
+                let previous = self.store.remove(&namespace, &name);
+                if let Some(owner) = view
+                    .owner
+                    .or_else(|| previous.and_then(|p| p.owner.clone()))
+                {
+                    wakes.push((namespace, owner));
+                }
+            }
+        }
+        wakes
+    }
+}
+
+/// An event of a typed object as the event of its view; the object itself is dropped here.
+fn seen_of<K: Signalled>(event: Event<K>) -> Event<Seen> {
+    let seen = |o: K| (o.namespace().unwrap_or_default(), o.name_any(), o.view());
+    match event {
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(seen(o)),
+        Event::InitDone => Event::InitDone,
+        Event::Apply(o) => Event::Apply(seen(o)),
+        Event::Delete(o) => Event::Delete(seen(o)),
+    }
+}
+
+/// Watches one owned kind into a new store on a task of its own (see [`Feed`]), and asks for
+/// a reconcile of the controlling feature on every event that changes what its reconcile reads
 /// ([`owner_to_wake`]): not for status fields that move no verdict, and not for the echo of
 /// the operator's own write. Objects that vanished while the watch was down (absent from the
 /// relist) wake their owners too.
@@ -128,75 +225,146 @@ where
 {
     let store = OwnedStore::default();
     let kind = <K as k8s_openapi::Resource>::KIND;
-    let task = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let wake = |namespace: &str, owner: &str| {
-                let _ = tx.send(ObjectRef::new(owner).within(namespace));
-            };
-            // Between a relist's start and its end: what it has listed so far.
-            let mut listed: Option<Views> = None;
-            let stream = watcher(api, config).default_backoff();
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(e) => {
-                        warn!(error = %e, %kind, "watch failed; retrying with backoff");
-                        continue;
-                    }
-                };
-                match event {
-                    Event::Init => listed = Some(Views::new()),
-                    Event::InitApply(o) | Event::Apply(o) => {
-                        let namespace = o.namespace().unwrap_or_default();
-                        let name = o.name_any();
-                        let view = o.view();
-                        drop(o);
-                        let echo = echoes.is_echo(kind, &namespace, &name, &view.written);
-                        let previous = store.get(&namespace, &name);
-                        if let Some(owner) = owner_to_wake(previous.as_deref(), &view, echo) {
-                            wake(&namespace, owner);
-                        }
-                        match listed.as_mut() {
-                            Some(listed) => {
-                                listed
-                                    .entry(namespace)
-                                    .or_default()
-                                    .insert(name, Arc::new(view));
-                            }
-                            None => {
-                                store.insert(&namespace, &name, view);
-                            }
-                        }
-                    }
-                    Event::InitDone => {
-                        let Some(listed) = listed.take() else {
-                            continue;
-                        };
-                        for (namespace, name, view) in store.replace(listed) {
-                            echoes.forget(kind, &namespace, &name);
-                            if let Some(owner) = &view.owner {
-                                wake(&namespace, owner);
-                            }
-                        }
-                    }
-                    Event::Delete(o) => {
-                        let namespace = o.namespace().unwrap_or_default();
-                        let name = o.name_any();
-                        echoes.forget(kind, &namespace, &name);
-                        let previous = store.remove(&namespace, &name);
-                        if let Some(owner) = o
-                            .view()
-                            .owner
-                            .or_else(|| previous.and_then(|p| p.owner.clone()))
-                        {
-                            wake(&namespace, &owner);
-                        }
-                    }
+    let mut feed = Feed::new(store.clone(), kind, echoes);
+    let task = tokio::spawn(async move {
+        let stream = watcher(api, config).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(event) => seen_of(event),
+                Err(e) => {
+                    warn!(error = %e, %kind, "watch failed; retrying with backoff");
+                    continue;
                 }
+            };
+            for (namespace, owner) in feed.handle(event) {
+                let _ = tx.send(ObjectRef::new(&owner).within(&namespace));
             }
-        })
-    };
+        }
+    });
     (store, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::signal::Written;
+
+    fn view(owner: &str, hash: &str) -> OwnedView {
+        OwnedView {
+            owner: Some(owner.into()),
+            written: Written {
+                applied_hash: Some(hash.into()),
+                controller_uid: Some(format!("uid-{owner}")),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn seen(name: &str, hash: &str) -> Seen {
+        ("ns".into(), name.into(), view(name, hash))
+    }
+
+    fn woken(names: &[&str]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| ("ns".to_string(), n.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_wake_comes_after_the_store_holds_its_cause() {
+        let store = OwnedStore::default();
+        let mut feed = Feed::new(store.clone(), "Deployment", Arc::default());
+        assert_eq!(feed.handle(Event::Init), woken(&[]));
+        assert_eq!(feed.handle(Event::InitApply(seen("a", "h1"))), woken(&[]));
+        assert!(store.get("ns", "a").is_none(), "a relist lands at its end");
+        assert_eq!(feed.handle(Event::InitDone), woken(&["a"]));
+        assert_eq!(
+            store
+                .get("ns", "a")
+                .unwrap()
+                .written
+                .applied_hash
+                .as_deref(),
+            Some("h1")
+        );
+
+        let wakes = feed.handle(Event::Apply(seen("a", "h2")));
+        assert_eq!(wakes, woken(&["a"]));
+        assert_eq!(
+            store
+                .get("ns", "a")
+                .unwrap()
+                .written
+                .applied_hash
+                .as_deref(),
+            Some("h2")
+        );
+        assert_eq!(
+            feed.handle(Event::Apply(seen("a", "h2"))),
+            woken(&[]),
+            "nothing moved"
+        );
+
+        assert_eq!(feed.handle(Event::Delete(seen("a", "h2"))), woken(&["a"]));
+        assert!(store.get("ns", "a").is_none() && store.is_empty());
+    }
+
+    #[test]
+    fn an_echo_of_the_operators_own_write_wakes_nobody() {
+        let store = OwnedStore::default();
+        let echoes = Arc::new(Echoes::default());
+        let mut feed = Feed::new(store.clone(), "ConfigMap", echoes.clone());
+        feed.handle(Event::Init);
+        feed.handle(Event::InitDone);
+        echoes.remember("ConfigMap", "ns", "a", view("a", "h1").written);
+        assert_eq!(feed.handle(Event::Apply(seen("a", "h1"))), woken(&[]));
+        assert!(store.get("ns", "a").is_some());
+        // The echo was used up: the same change from someone else is news.
+        assert_eq!(feed.handle(Event::Apply(seen("a", "h2"))), woken(&["a"]));
+    }
+
+    #[test]
+    fn a_relist_wakes_owners_of_what_changed_or_vanished_once_it_is_whole() {
+        let store = OwnedStore::default();
+        let mut feed = Feed::new(store.clone(), "Service", Arc::default());
+        feed.handle(Event::Init);
+        for name in ["kept", "moved", "gone"] {
+            feed.handle(Event::InitApply(seen(name, "h1")));
+        }
+        feed.handle(Event::InitDone);
+        assert_eq!(store.len(), 3);
+
+        // The watch broke; the relist misses "gone" and shows "moved" changed.
+        feed.handle(Event::Init);
+        assert_eq!(
+            feed.handle(Event::InitApply(seen("kept", "h1"))),
+            woken(&[])
+        );
+        assert_eq!(
+            feed.handle(Event::InitApply(seen("moved", "h2"))),
+            woken(&[])
+        );
+        assert_eq!(
+            store.len(),
+            3,
+            "the old list serves until the new one is whole"
+        );
+        let mut wakes = feed.handle(Event::InitDone);
+        wakes.sort();
+        assert_eq!(wakes, woken(&["gone", "moved"]));
+        assert_eq!(store.len(), 2);
+        assert!(store.get("ns", "gone").is_none());
+        assert_eq!(
+            store
+                .get("ns", "moved")
+                .unwrap()
+                .written
+                .applied_hash
+                .as_deref(),
+            Some("h2")
+        );
+    }
 }
