@@ -12,7 +12,7 @@ use serde_json::json;
 use tracing::{field, instrument};
 
 use super::Error;
-use super::context::{Context, lock};
+use super::context::{Cached, Context, lock};
 use super::index::Wake;
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{BudgetStatus, PremiumFeature, PremiumPolicy, PremiumPolicyStatus};
@@ -29,7 +29,7 @@ const CONTROLLER: &str = "policy";
 /// The budget of one policy shared among the features it selects.
 pub fn allocation(
     policy: &PremiumPolicy,
-    features: &[Arc<PremiumFeature>],
+    features: &[Cached<PremiumFeature>],
     policies: &[PremiumPolicy],
     graph: &GraphAnalysis,
 ) -> BudgetAllocation {
@@ -163,7 +163,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
         ..wake
     });
 
-    let selected: Vec<&Arc<PremiumFeature>> =
+    let selected: Vec<&Cached<PremiumFeature>> =
         features.iter().filter(|f| selects(policy, f)).collect();
     let has_budget = policy
         .spec

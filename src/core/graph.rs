@@ -99,9 +99,9 @@ pub struct GraphAnalysis {
     path_store: Vec<Vec<FeatureKey>>,
     /// One cycle per non-trivial SCC, starting at its smallest member.
     representative_cycles: Vec<PathRef>,
-    /// Target key -> features that list it in `dependsOn`, whether or not
-    /// the target exists or is permitted.
-    dependents: BTreeMap<FeatureKey, Vec<FeatureKey>>,
+    /// Per node, the indices of the dependencies it lists that exist and are permitted
+    /// (required and optional).
+    edges: Vec<Vec<u32>>,
 }
 
 /// See [`GraphAnalysis::facts`].
@@ -175,10 +175,19 @@ impl GraphAnalysis {
             .map_or(&[], |i| self.not_permitted[i].as_slice())
     }
 
-    /// Features that list `key` in `dependsOn`, sorted. Indexed by target
-    /// even when the target does not exist, so creating it can wake them.
-    pub fn dependents_of(&self, key: &FeatureKey) -> &[FeatureKey] {
-        self.dependents.get(key).map_or(&[], Vec::as_slice)
+    /// Features that list `key` in `dependsOn`, sorted, whether or not `key` exists or may be
+    /// depended on. A scan of every feature: for tools and tests. The operator's own reverse
+    /// index lives in `controller::index` (an analysis kept a map of cloned keys for this,
+    /// about 3 KB per feature and half of the analysis).
+    pub fn dependents_of(&self, key: &FeatureKey) -> Vec<FeatureKey> {
+        let target = self.index_of(key).map(|t| t as u32);
+        (0..self.keys.len())
+            .filter(|&i| match target {
+                Some(t) => self.edges[i].contains(&t) || self.not_permitted[i].contains(key),
+                None => self.missing[i].contains(key),
+            })
+            .map(|i| self.keys[i].clone())
+            .collect()
     }
 
     /// One representative cycle per SCC, each starting (and ending) at its
@@ -360,16 +369,11 @@ pub fn analyze(
     let mut unreachable = vec![0usize; n];
     // Reverse of the kept required edges.
     let mut required_by: Vec<Vec<u32>> = vec![Vec::new(); n];
-    let mut dependents: BTreeMap<FeatureKey, Vec<FeatureKey>> = BTreeMap::new();
     for (i, node_targets) in targets.iter_mut().enumerate() {
         node_targets.sort();
         node_targets.dedup_by(|b, a| a.0 == b.0);
         let dependent = &keys[i];
         for &(target, optional) in node_targets.iter() {
-            dependents
-                .entry(target.clone())
-                .or_default()
-                .push(dependent.clone());
             match index_of(target) {
                 None => {
                     missing[i].push(target.clone());
@@ -390,9 +394,6 @@ pub fn analyze(
             }
         }
     }
-    // Dependents were pushed in key order of the dependent: already sorted
-    // and, since targets were deduped per node, free of duplicates.
-
     let reverse_adjacency = reverse(&adjacency);
     let mut startup_level = startup_levels(&adjacency, &reverse_adjacency);
     // No level either for a feature whose required dependencies are not all there (missing,
@@ -426,7 +427,7 @@ pub fn analyze(
         not_permitted,
         path_store: paths.store,
         representative_cycles: paths.representatives,
-        dependents,
+        edges: adjacency,
     }
 }
 
