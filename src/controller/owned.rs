@@ -266,6 +266,10 @@ mod tests {
         ("ns".into(), name.into(), view(name, hash))
     }
 
+    fn hash_in(store: &OwnedStore, name: &str) -> Option<String> {
+        store.get("ns", name)?.written.applied_hash.clone()
+    }
+
     fn woken(names: &[&str]) -> Vec<(String, String)> {
         names
             .iter()
@@ -281,27 +285,11 @@ mod tests {
         assert_eq!(feed.handle(Event::InitApply(seen("a", "h1"))), woken(&[]));
         assert!(store.get("ns", "a").is_none(), "a relist lands at its end");
         assert_eq!(feed.handle(Event::InitDone), woken(&["a"]));
-        assert_eq!(
-            store
-                .get("ns", "a")
-                .unwrap()
-                .written
-                .applied_hash
-                .as_deref(),
-            Some("h1")
-        );
+        assert_eq!(hash_in(&store, "a").as_deref(), Some("h1"));
 
         let wakes = feed.handle(Event::Apply(seen("a", "h2")));
         assert_eq!(wakes, woken(&["a"]));
-        assert_eq!(
-            store
-                .get("ns", "a")
-                .unwrap()
-                .written
-                .applied_hash
-                .as_deref(),
-            Some("h2")
-        );
+        assert_eq!(hash_in(&store, "a").as_deref(), Some("h2"));
         assert_eq!(
             feed.handle(Event::Apply(seen("a", "h2"))),
             woken(&[]),
@@ -357,14 +345,6 @@ mod tests {
         assert_eq!(wakes, woken(&["gone", "moved"]));
         assert_eq!(store.len(), 2);
         assert!(store.get("ns", "gone").is_none());
-        assert_eq!(
-            store
-                .get("ns", "moved")
-                .unwrap()
-                .written
-                .applied_hash
-                .as_deref(),
-            Some("h2")
-        );
+        assert_eq!(hash_in(&store, "moved").as_deref(), Some("h2"));
     }
 }

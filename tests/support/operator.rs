@@ -75,6 +75,11 @@ impl Operator {
         // Heap profiling of the operator (README "Performance"): with PREMIUM_HEAPTRACK_DIR set,
         // every operator started here records heaptrack's raw trace into that folder.
         if let Some(trace_dir) = std::env::var_os("PREMIUM_HEAPTRACK_DIR") {
+            if !std::path::Path::new(HEAPTRACK_PRELOAD).exists() {
+                anyhow::bail!(
+                    "PREMIUM_HEAPTRACK_DIR is set but {HEAPTRACK_PRELOAD} is missing: install heaptrack (apt-get install heaptrack) or unset it"
+                );
+            }
             let trace = PathBuf::from(trace_dir).join(format!("operator-{port}.raw"));
             cmd.env("LD_PRELOAD", HEAPTRACK_PRELOAD)
                 .env("DUMP_HEAPTRACK_OUTPUT", trace);
