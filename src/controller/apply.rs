@@ -91,7 +91,7 @@ where
     let params = PatchParams::apply(&ctx.settings.field_manager).force();
     // Remembered before the request: the watch may deliver the echo before the answer.
     ctx.echoes
-        .remember(kind, &namespace, &name, desired.signal().written);
+        .remember(kind, &namespace, &name, desired.view().written);
     match api.patch(&name, &params, &Patch::Apply(&desired)).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {

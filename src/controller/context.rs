@@ -180,15 +180,9 @@ impl Context {
         );
     }
 
-    /// Every valid feature in the cache.
-    pub fn features(&self) -> Vec<Cached<PremiumFeature>> {
-        valid(&self.stores.features)
-    }
-
     /// Valid features of one namespace.
     pub fn features_in(&self, namespace: &str) -> Vec<Cached<PremiumFeature>> {
-        self.features()
-            .into_iter()
+        valid(&self.stores.features)
             .filter(|f| f.metadata.namespace.as_deref() == Some(namespace))
             .collect()
     }
@@ -196,7 +190,6 @@ impl Context {
     /// Valid policies of one namespace.
     pub fn policies_in(&self, namespace: &str) -> Vec<PremiumPolicy> {
         valid(&self.stores.policies)
-            .into_iter()
             .filter(|p| p.namespace().as_deref() == Some(namespace))
             .map(|p| (*p).clone())
             .collect()
@@ -475,11 +468,12 @@ impl<K> AsRef<K> for Cached<K> {
     }
 }
 
-fn valid<K>(store: &Store<DeserializeGuard<K>>) -> Vec<Cached<K>>
+/// The store's objects that deserialized.
+fn valid<K>(store: &Store<DeserializeGuard<K>>) -> impl Iterator<Item = Cached<K>>
 where
     K: kube::Resource<DynamicType = ()> + Clone,
 {
-    store.state().into_iter().filter_map(Cached::new).collect()
+    store.state().into_iter().filter_map(Cached::new)
 }
 
 #[cfg(test)]
