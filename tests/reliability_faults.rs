@@ -23,7 +23,10 @@ use premium_operator::api::{Phase, PremiumFeature};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use support::cluster::{OwnCluster, chart_rbac_kubeconfig, heavy, repo, report, time_until};
+use support::cluster::{
+    OwnCluster, chart_rbac_cluster_kubeconfig, chart_rbac_kubeconfig, heavy, repo, report,
+    time_until,
+};
 use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish};
 use support::{TestNamespace, client};
 
@@ -373,16 +376,18 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A clean run of `manifests` in its own namespace, as the reference.
+/// A clean run of `manifests` in its own namespace, as the reference, by an operator with the
+/// chart's Role (`admin_kubeconfig` only requests its token).
 async fn clean_run(
     client: &Client,
-    kubeconfig: &std::path::Path,
+    admin_kubeconfig: &std::path::Path,
     manifests: &str,
     n: usize,
     timeout: Duration,
 ) -> anyhow::Result<(TestNamespace, Operator, Snapshot, f64)> {
     let ns = TestNamespace::new(client, "clean").await?;
-    let operator = Operator::start_with(kubeconfig, Some(ns.name()), &[])?;
+    let kubeconfig = chart_rbac_kubeconfig(client, admin_kubeconfig, ns.name(), &[]).await?;
+    let operator = Operator::start_with(&kubeconfig[0], Some(ns.name()), &[])?;
     apply_yaml(client, ns.name(), manifests).await?;
     let (took, snap) = settled(client, ns.name(), n, timeout).await?;
     Ok((ns, operator, snap, took))
@@ -402,11 +407,12 @@ async fn operator_sigkilled_at_random_moments_converges_like_a_clean_run() -> an
     let clean_writes = clean_op.writes()?;
 
     let ns = TestNamespace::new(&client, "sigkill").await?;
+    let chart = chart_rbac_kubeconfig(&client, &kubeconfig, ns.name(), &[]).await?;
     apply_yaml(&client, ns.name(), &graph(n, levels, seed)).await?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut kills = Vec::new();
     for round in 0..rounds {
-        let mut operator = Operator::start(Some(ns.name()), &[])?;
+        let mut operator = Operator::start_with(&chart[0], Some(ns.name()), &[])?;
         if round == rounds / 2 {
             // A spec change made while the operator crashes and restarts.
             apply_yaml(&client, ns.name(), &change(n, levels, seed, round)).await?;
@@ -416,7 +422,7 @@ async fn operator_sigkilled_at_random_moments_converges_like_a_clean_run() -> an
         operator.kill();
         kills.push(after.as_millis());
     }
-    let operator = Operator::start(Some(ns.name()), &[])?;
+    let operator = Operator::start_with(&chart[0], Some(ns.name()), &[])?;
     let (recover, faulty) = settled(&client, ns.name(), n, timeout).await?;
     let idle = idle_writes(&operator, Duration::from_secs(5)).await?;
     let diffs = differences(&clean, &faulty);
@@ -428,7 +434,9 @@ async fn operator_sigkilled_at_random_moments_converges_like_a_clean_run() -> an
     assert_eq!(idle, 0.0, "writes after convergence");
     report(
         "fault",
-        &format!("operator SIGKILL x{rounds} (seed {seed}), {n} features/{levels} levels"),
+        &format!(
+            "operator SIGKILL x{rounds} (seed {seed}), {n} features/{levels} levels, chart RBAC"
+        ),
         "pass",
         &format!(
             "recover {recover:.1}s after last restart (clean run {clean_secs:.1}s); writes final instance {:.0} (clean {clean_writes:.0}), idle 0; objects {} = clean; duplicates 0; orphans 0",
@@ -612,14 +620,19 @@ async fn control_plane_faults_are_survived_without_a_restart() -> anyhow::Result
         timeout,
     )
     .await?;
+    let clean_writes = clean_op.writes()?;
     finish(clean_ns, clean_op).await?;
-    let mut operator = Operator::start_with(&cluster.kubeconfig, None, &[])?;
+    // Cluster-wide, as the chart installs it by default: its ClusterRole, its ServiceAccount.
+    let home = TestNamespace::new(&client, "operator").await?;
+    let chart = chart_rbac_cluster_kubeconfig(&client, &cluster.kubeconfig, home.name()).await?;
+    let mut operator = Operator::start_with(&chart, None, &[])?;
     operator.wait_serving(Duration::from_secs(30)).await?;
     let pid = operator.pid();
     let mut kept = Vec::new();
 
     // Each fault: a fresh namespace converging while the fault hits, a spec change made just
-    // before it and applied after, then the comparison with the clean run.
+    // before it and another just after (the clean run holds the second), then the comparison
+    // with the clean run.
     for fault in [
         "apiserver-restart",
         "apiserver-freeze",
@@ -627,17 +640,20 @@ async fn control_plane_faults_are_survived_without_a_restart() -> anyhow::Result
         "watch-expired",
     ] {
         let ns = TestNamespace::new(&client, fault).await?;
+        let writes_before = operator.writes()?;
         apply_yaml(&client, ns.name(), &graph(n, levels, seed())).await?;
         let mut note: String;
         match fault {
             "apiserver-restart" => {
                 tokio::time::sleep(Duration::from_millis(800)).await;
-                apply_yaml(&client, ns.name(), &change(n, levels, seed(), 1)).await?;
+                apply_yaml(&client, ns.name(), &change(n, levels, seed(), 2)).await?;
                 let took = cluster.fault(&["restart", "kube-apiserver"])?;
+                apply_yaml(&client, ns.name(), &change(n, levels, seed(), 1)).await?;
                 note = format!("apiserver down {took:.1}s");
             }
             "apiserver-freeze" => {
                 tokio::time::sleep(Duration::from_millis(800)).await;
+                apply_yaml(&client, ns.name(), &change(n, levels, seed(), 2)).await?;
                 cluster.fault(&["freeze", "kube-apiserver"])?;
                 tokio::time::sleep(freeze).await;
                 cluster.fault(&["thaw", "kube-apiserver"])?;
@@ -647,8 +663,9 @@ async fn control_plane_faults_are_survived_without_a_restart() -> anyhow::Result
             }
             "etcd-restart" => {
                 tokio::time::sleep(Duration::from_millis(800)).await;
-                apply_yaml(&client, ns.name(), &change(n, levels, seed(), 1)).await?;
+                apply_yaml(&client, ns.name(), &change(n, levels, seed(), 2)).await?;
                 let took = cluster.fault(&["restart", "etcd"])?;
+                apply_yaml(&client, ns.name(), &change(n, levels, seed(), 1)).await?;
                 note = format!("etcd restart + apiserver ready {took:.1}s");
             }
             _ => {
@@ -679,22 +696,35 @@ async fn control_plane_faults_are_survived_without_a_restart() -> anyhow::Result
         );
         assert_eq!(operator.pid(), pid);
         if fault == "watch-expired" {
+            // The point of the case: a watch resumed from a compacted revision must be refused
+            // (410 Gone, "too old resource version") and the operator relist.
             let log = std::fs::read_to_string(&operator.log)?;
-            let gone = log.contains("410") || log.contains("too old") || log.contains("Expired");
-            note.push_str(if gone {
-                "; 410 Gone seen and relisted"
-            } else {
-                "; no 410 logged (resumed without expiry)"
+            let expired = log.lines().filter(|l| {
+                l.contains("watch failed")
+                    && (l.contains("410") || l.contains("too old") || l.contains("Expired"))
             });
+            let expired = expired.count();
+            assert!(
+                expired > 0,
+                "no watch reported 410 Gone after the compaction, so the case tested nothing; operator log:\n{}",
+                operator.log_tail()
+            );
+            note.push_str(&format!("; {expired} watches got 410 Gone and relisted"));
         }
+        let writes = operator.writes()? - writes_before;
+        let changes = if fault == "watch-expired" {
+            "the change made while it was stopped"
+        } else {
+            "changes made before and after"
+        };
         let idle = idle_writes(&operator, Duration::from_secs(3)).await?;
         assert_eq!(idle, 0.0, "writes after convergence ({fault})");
         report(
             "fault",
-            fault,
+            &format!("{fault} (cluster-wide operator, chart ClusterRole)"),
             "pass",
             &format!(
-                "{note}; converged {recover:.1}s after; change applied; same {} objects as clean; duplicates 0; orphans 0; operator restarts 0",
+                "{note}; converged {recover:.1}s after; {changes} applied; operator writes {writes:.0} (clean run {clean_writes:.0}), idle 0; same {} objects as clean; duplicates 0; orphans 0; operator restarts 0",
                 faulty.objects.len()
             ),
         );
@@ -705,6 +735,7 @@ async fn control_plane_faults_are_survived_without_a_restart() -> anyhow::Result
         ns.delete().await.ok();
     }
     drop(operator);
+    drop(home);
     drop(cluster);
     Ok(())
 }

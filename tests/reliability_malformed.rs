@@ -12,7 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use kube::api::Api;
 use premium_operator::api::{Phase, PremiumFeature, PremiumPolicy};
-use support::cluster::{OwnCluster, report, time_until};
+use support::cluster::{OwnCluster, chart_rbac_kubeconfig, report, time_until};
 use support::operator::{Operator, apply_yaml, feature_yaml};
 use support::{DEFAULT_TIMEOUT, TestNamespace, install_crd, wait_for};
 
@@ -38,7 +38,8 @@ async fn a_malformed_stored_feature_never_stalls_the_others() -> anyhow::Result<
     let ns = TestNamespace::new(&client, "malformed").await?;
     let bad = "apiVersion: premium.dev/v1alpha1\nkind: PremiumFeature\nmetadata: {name: broken}\nspec:\n  image: [not, a, string]\n  port: eighty\n---\n";
     apply_yaml(&client, ns.name(), bad).await?;
-    let mut operator = Operator::start_with(&cluster.kubeconfig, Some(ns.name()), &[])?;
+    let chart = chart_rbac_kubeconfig(&client, &cluster.kubeconfig, ns.name(), &[]).await?;
+    let mut operator = Operator::start_with(&chart[0], Some(ns.name()), &[])?;
     operator.wait_serving(Duration::from_secs(30)).await?;
     apply_yaml(
         &client,

@@ -18,7 +18,10 @@ use k8s_openapi::api::rbac::v1::Role;
 use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt};
 use premium_operator::api::{Phase, PremiumFeature};
-use support::cluster::{CHART_NAME, OwnCluster, chart_rbac_kubeconfig, report, time_until};
+use support::cluster::{
+    CHART_NAME, OwnCluster, chart_rbac_cluster_kubeconfig, chart_rbac_kubeconfig, report,
+    time_until,
+};
 use support::operator::{
     Operator, apply_yaml, ensure_crds, feature_yaml, finish, phase, wait_phase,
 };
@@ -197,10 +200,15 @@ async fn a_removed_permission_is_reported_and_restoring_it_heals() -> anyhow::Re
         phase(Some(&features.get("catalog").await?)),
         Some(Phase::Ready)
     );
-    // Retries are spaced out: no hot loop while forbidden.
+    // Retries are spaced out (backoff): no hot loop while forbidden, and no crash.
+    let first_errors = operator.metric(metric)?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let errors_before = operator
-        .metric("premium_reconcile_errors_total{controller=\"feature\",kind=\"Forbidden\"}")?;
+    let errors_before = operator.metric(metric)?;
+    assert!(
+        errors_before - first_errors <= 3.0,
+        "{} forbidden retries in 5 s: the retries are not backing off",
+        errors_before - first_errors
+    );
     assert!(
         operator.running(),
         "the operator exited:\n{}",
@@ -368,8 +376,7 @@ spec:
 ---
 ";
 
-/// A cluster-wide operator (the chart's ClusterRole mode is not needed for the point: the
-/// operator sees both namespaces) on a cluster of the test's own.
+/// A cluster-wide operator with the chart's ClusterRole, on a cluster of the test's own.
 #[tokio::test]
 async fn namespaces_stay_apart_unless_granted() -> anyhow::Result<()> {
     let cluster = OwnCluster::up("isolation", &[])?;
@@ -377,7 +384,9 @@ async fn namespaces_stay_apart_unless_granted() -> anyhow::Result<()> {
     ensure_crds(&client).await?;
     let a = TestNamespace::new(&client, "team-a").await?;
     let b = TestNamespace::new(&client, "team-b").await?;
-    let operator = Operator::start_with(&cluster.kubeconfig, None, &[])?;
+    let home = TestNamespace::new(&client, "operator").await?;
+    let chart = chart_rbac_cluster_kubeconfig(&client, &cluster.kubeconfig, home.name()).await?;
+    let operator = Operator::start_with(&chart, None, &[])?;
     let fa: Api<PremiumFeature> = a.api();
     let fb: Api<PremiumFeature> = b.api();
     apply_yaml(&client, b.name(), &feature_yaml("catalog", &[], "")).await?;

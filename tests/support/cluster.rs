@@ -195,11 +195,37 @@ pub async fn chart_rbac_kubeconfig(
     namespace: &str,
     extra_accounts: &[&str],
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let out = Command::new(helm()?)
-        .args(["template", RELEASE])
+    chart_rbac(admin, admin_kubeconfig, namespace, true, extra_accounts).await
+}
+
+/// Like [`chart_rbac_kubeconfig`] for a cluster-wide operator: the chart's ClusterRole (named
+/// after the release namespace, so tests running at once do not share it) bound to its
+/// ServiceAccount in `namespace`. The ClusterRole and its binding outlive the namespace, so
+/// this is for clusters of a test's own.
+pub async fn chart_rbac_cluster_kubeconfig(
+    admin: &Client,
+    admin_kubeconfig: &Path,
+    namespace: &str,
+) -> anyhow::Result<PathBuf> {
+    let mut files = chart_rbac(admin, admin_kubeconfig, namespace, false, &[]).await?;
+    files.pop().context("no kubeconfig written")
+}
+
+async fn chart_rbac(
+    admin: &Client,
+    admin_kubeconfig: &Path,
+    namespace: &str,
+    namespaced: bool,
+    extra_accounts: &[&str],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut helm = Command::new(helm()?);
+    helm.args(["template", RELEASE])
         .arg(repo().join("charts/premium-operator"))
-        .args(["--namespace", namespace])
-        .args(["--set", &format!("watchNamespace={namespace}")])
+        .args(["--namespace", namespace]);
+    if namespaced {
+        helm.args(["--set", &format!("watchNamespace={namespace}")]);
+    }
+    let out = helm
         .args(["--show-only", "templates/rbac.yaml"])
         .args(["--show-only", "templates/serviceaccount.yaml"])
         .output()

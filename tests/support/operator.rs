@@ -229,20 +229,25 @@ pub async fn apply_yaml_labelled(
             continue;
         }
         let mut obj: kube::api::DynamicObject = serde_yaml::from_value(value)?;
-        let namespace = obj
-            .metadata
-            .namespace
-            .get_or_insert_with(|| namespace.to_string())
-            .clone();
+        let types = obj
+            .types
+            .clone()
+            .context("document without apiVersion/kind")?;
+        // The chart's cluster-wide RBAC is all the tests apply that has no namespace.
+        let cluster_scoped = ["ClusterRole", "ClusterRoleBinding"].contains(&types.kind.as_str());
+        let namespace = if cluster_scoped {
+            String::new()
+        } else {
+            obj.metadata
+                .namespace
+                .get_or_insert_with(|| namespace.to_string())
+                .clone()
+        };
         let namespace = namespace.as_str();
         let all = obj.metadata.labels.get_or_insert_with(Default::default);
         for (k, v) in labels {
             all.insert(k.to_string(), v.to_string());
         }
-        let types = obj
-            .types
-            .clone()
-            .context("document without apiVersion/kind")?;
         let (group, version) = match types.api_version.split_once('/') {
             Some((g, v)) => (g.to_string(), v.to_string()),
             None => (String::new(), types.api_version.clone()),
@@ -255,8 +260,11 @@ pub async fn apply_yaml_labelled(
             kind: types.kind.clone(),
             plural,
         };
-        let api: Api<kube::api::DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, &ar);
+        let api: Api<kube::api::DynamicObject> = if cluster_scoped {
+            Api::all_with(client.clone(), &ar)
+        } else {
+            Api::namespaced_with(client.clone(), namespace, &ar)
+        };
         let name = obj
             .metadata
             .name
