@@ -699,11 +699,13 @@ async fn control_plane_faults_are_survived_without_a_restart() -> anyhow::Result
             // The point of the case: a watch resumed from a compacted revision must be refused
             // (410 Gone, "too old resource version") and the operator relist.
             let log = std::fs::read_to_string(&operator.log)?;
-            let expired = log.lines().filter(|l| {
-                l.contains("watch failed")
-                    && (l.contains("410") || l.contains("too old") || l.contains("Expired"))
-            });
-            let expired = expired.count();
+            let expired = log
+                .lines()
+                .filter(|l| {
+                    l.contains("watch failed")
+                        && (l.contains("410") || l.contains("too old") || l.contains("Expired"))
+                })
+                .count();
             assert!(
                 expired > 0,
                 "no watch reported 410 Gone after the compaction, so the case tested nothing; operator log:\n{}",
