@@ -20,10 +20,8 @@ use kube::{Client, ResourceExt};
 use premium_operator::api::{Phase, PremiumFeature, PremiumPolicy};
 use premium_operator::cli::manifest::{parse_document, split_documents};
 use serde_json::Value;
-use support::cluster::{
-    OwnCluster, chart_rbac_cluster_kubeconfig, heavy, repo, report, time_until,
-};
-use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml};
+use support::cluster::{OwnCluster, heavy, repo, report, time_until};
+use support::operator::{apply_yaml, ensure_crds, feature_yaml};
 use support::{TestNamespace, wait_for};
 
 /// Cases the operator does not handle yet: reported as gaps in the table, not failed, so
@@ -247,9 +245,7 @@ async fn every_bad_manifest_is_refused_or_flagged_and_the_operator_carries_on() 
     let client = cluster.client().await?;
     ensure_crds(&client).await?;
     // Cluster-wide with the chart's ClusterRole, as a default install runs it.
-    let home = TestNamespace::new(&client, "operator").await?;
-    let chart = chart_rbac_cluster_kubeconfig(&client, &cluster.kubeconfig, home.name()).await?;
-    let mut operator = Operator::start_with(&chart, None, &[])?;
+    let (_home, mut operator) = cluster.chart_operator(&client).await?;
     operator.wait_serving(Duration::from_secs(30)).await?;
     let control = TestNamespace::new(&client, "control").await?;
     apply_yaml(&client, control.name(), &feature_yaml("catalog", &[], "")).await?;

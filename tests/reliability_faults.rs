@@ -23,10 +23,7 @@ use premium_operator::api::{Phase, PremiumFeature};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use support::cluster::{
-    OwnCluster, chart_rbac_cluster_kubeconfig, chart_rbac_kubeconfig, heavy, repo, report,
-    time_until,
-};
+use support::cluster::{OwnCluster, chart_rbac_kubeconfig, heavy, repo, report, time_until};
 use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish};
 use support::{TestNamespace, client};
 
@@ -623,9 +620,7 @@ async fn control_plane_faults_are_survived_without_a_restart() -> anyhow::Result
     let clean_writes = clean_op.writes()?;
     finish(clean_ns, clean_op).await?;
     // Cluster-wide, as the chart installs it by default: its ClusterRole, its ServiceAccount.
-    let home = TestNamespace::new(&client, "operator").await?;
-    let chart = chart_rbac_cluster_kubeconfig(&client, &cluster.kubeconfig, home.name()).await?;
-    let mut operator = Operator::start_with(&chart, None, &[])?;
+    let (home, mut operator) = cluster.chart_operator(&client).await?;
     operator.wait_serving(Duration::from_secs(30)).await?;
     let pid = operator.pid();
     let mut kept = Vec::new();

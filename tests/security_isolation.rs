@@ -18,10 +18,7 @@ use k8s_openapi::api::rbac::v1::Role;
 use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt};
 use premium_operator::api::{Phase, PremiumFeature};
-use support::cluster::{
-    CHART_NAME, OwnCluster, chart_rbac_cluster_kubeconfig, chart_rbac_kubeconfig, report,
-    time_until,
-};
+use support::cluster::{CHART_NAME, OwnCluster, chart_rbac_kubeconfig, report, time_until};
 use support::operator::{
     Operator, apply_yaml, ensure_crds, feature_yaml, finish, phase, wait_phase,
 };
@@ -384,9 +381,7 @@ async fn namespaces_stay_apart_unless_granted() -> anyhow::Result<()> {
     ensure_crds(&client).await?;
     let a = TestNamespace::new(&client, "team-a").await?;
     let b = TestNamespace::new(&client, "team-b").await?;
-    let home = TestNamespace::new(&client, "operator").await?;
-    let chart = chart_rbac_cluster_kubeconfig(&client, &cluster.kubeconfig, home.name()).await?;
-    let operator = Operator::start_with(&chart, None, &[])?;
+    let (_home, operator) = cluster.chart_operator(&client).await?;
     let fa: Api<PremiumFeature> = a.api();
     let fb: Api<PremiumFeature> = b.api();
     apply_yaml(&client, b.name(), &feature_yaml("catalog", &[], "")).await?;

@@ -198,17 +198,22 @@ pub async fn chart_rbac_kubeconfig(
     chart_rbac(admin, admin_kubeconfig, namespace, true, extra_accounts).await
 }
 
-/// Like [`chart_rbac_kubeconfig`] for a cluster-wide operator: the chart's ClusterRole (named
-/// after the release namespace, so tests running at once do not share it) bound to its
-/// ServiceAccount in `namespace`. The ClusterRole and its binding outlive the namespace, so
-/// this is for clusters of a test's own.
-pub async fn chart_rbac_cluster_kubeconfig(
-    admin: &Client,
-    admin_kubeconfig: &Path,
-    namespace: &str,
-) -> anyhow::Result<PathBuf> {
-    let mut files = chart_rbac(admin, admin_kubeconfig, namespace, false, &[]).await?;
-    files.pop().context("no kubeconfig written")
+impl OwnCluster {
+    /// A cluster-wide operator on this cluster as a default chart install runs it: as the
+    /// chart's ServiceAccount, with its ClusterRole (named after the namespace, so tests running
+    /// at once do not share one), in a namespace of its own that is returned with it. The
+    /// ClusterRole and its binding outlive that namespace, which is why this is for clusters of
+    /// a test's own.
+    pub async fn chart_operator(
+        &self,
+        client: &Client,
+    ) -> anyhow::Result<(super::TestNamespace, super::operator::Operator)> {
+        let home = super::TestNamespace::new(client, "operator").await?;
+        let mut files = chart_rbac(client, &self.kubeconfig, home.name(), false, &[]).await?;
+        let kubeconfig = files.pop().context("no kubeconfig written")?;
+        let operator = super::operator::Operator::start_with(&kubeconfig, None, &[])?;
+        Ok((home, operator))
+    }
 }
 
 async fn chart_rbac(
