@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use premium_operator::cli::output::emit_report;
 
 #[derive(Parser)]
 #[command(
@@ -136,10 +137,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => match premium_operator::cli::crd::render_crds() {
-            Ok(s) => {
-                print!("{s}");
-                ExitCode::SUCCESS
-            }
+            Ok(s) => emit_report(&s, ExitCode::SUCCESS),
             Err(e) => {
                 eprintln!("error: cannot render the CRDs: {e}");
                 ExitCode::FAILURE
@@ -154,10 +152,7 @@ fn main() -> ExitCode {
         Command::Graph(args) => premium_operator::cli::graph::main(&args.paths, args.format.into()),
         Command::Why(args) => premium_operator::cli::plugin::why_main(&args.target, &args.name),
         Command::ApiDocs => match premium_operator::cli::docs::render_api_docs() {
-            Ok(s) => {
-                print!("{s}");
-                ExitCode::SUCCESS
-            }
+            Ok(s) => emit_report(&s, ExitCode::SUCCESS),
             Err(e) => {
                 eprintln!("error: cannot render the API reference: {e}");
                 ExitCode::FAILURE

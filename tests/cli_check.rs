@@ -271,3 +271,75 @@ fn an_empty_file_has_nothing_to_report() {
     assert_eq!(run.code, Some(0), "{}", run.stdout);
     assert!(run.stdout.contains("No PremiumFeature found"));
 }
+
+/// A directory of `n` features in one file, each depending on `missing` names that do not exist.
+fn many_features(dir: &Path, n: usize, missing: usize, name_len: usize) {
+    let mut text = String::new();
+    for i in 0..n {
+        let deps: String = (0..missing)
+            .map(|m| {
+                format!(
+                    "\n    - name: {}",
+                    format!("gone-{m}-").repeat(name_len / 8)
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "---\napiVersion: premium.dev/v1alpha1\nkind: PremiumFeature\nmetadata:\n  name: feature-{i}\n  namespace: big\nspec:\n  image: ghcr.io/example/app:1\n  port: 8080\n  dependsOn:{deps}\n"
+        ));
+    }
+    std::fs::write(dir.join("features.yaml"), text).expect("writes the manifest");
+}
+
+#[test]
+fn a_reader_that_stops_early_gets_no_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // Far more report than a pipe holds (64 KiB), so the writer meets the closed pipe.
+    many_features(dir.path(), 3000, 1, 8);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_premium-operator"))
+        .arg("check")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    // Read a little, as `| head` does, then hang up.
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut first = [0u8; 512];
+    let read = stdout.read(&mut first).expect("reads the first bytes");
+    assert!(read > 0, "check printed nothing");
+    drop(stdout);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr is piped")
+        .read_to_string(&mut stderr)
+        .expect("reads stderr");
+    let status = child.wait().expect("check ends");
+    assert!(!stderr.contains("panicked"), "check panicked:\n{stderr}");
+    // Every feature misses a dependency: the report's verdict stands even unread.
+    assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+}
+
+#[test]
+fn many_missing_long_names_get_their_suggestions_once_each() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // 100 features, each missing the same 32 names of 60 characters: 3,200 missing edges.
+    many_features(dir.path(), 100, 32, 60);
+    let run = check(&[dir.path()]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let missing = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("which is not among the checked manifests"))
+        .count();
+    assert_eq!(
+        missing,
+        3200,
+        "{}",
+        &run.stdout[..run.stdout.len().min(2000)]
+    );
+}

@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use super::manifest::{self, Diagnostic, DocKind, Input, Object, Severity, type_name};
 use super::schema::{MAX_ERRORS_PER_OBJECT, SchemaValidator};
+use super::suggest::Suggester;
 use crate::api::duration::parse_duration;
 use crate::api::{PremiumFeature, PremiumPolicy};
 use crate::core::budget::{PoolRequest, allocate};
@@ -38,12 +39,12 @@ use crate::core::settings::pool_settings;
 pub fn main(paths: &[PathBuf]) -> ExitCode {
     let inputs = manifest::read_inputs(paths);
     let report = check_inputs(&inputs);
-    print!("{}", report.render());
-    if report.errors() > 0 {
+    let code = if report.errors() > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    }
+    };
+    super::output::emit_report(&report.render(), code)
 }
 
 /// The outcome of a check: findings in input order and the start-up plan per namespace.
@@ -736,6 +737,7 @@ fn semantic_checks(
         })
     };
     let analysis = analyze(&nodes, permitted);
+    let mut suggestions = FeatureSuggestions::new(by_key.keys().copied());
 
     for f in by_key.values() {
         let ns = f.key.namespace.as_str();
@@ -764,7 +766,8 @@ fn semantic_checks(
         for target in analysis.missing(&f.key) {
             let required = edges.iter().any(|e| &e.target == target && !e.optional);
             let shown = target.relative_to(ns);
-            let hint = closest_feature(target, by_key.keys().copied())
+            let hint = suggestions
+                .closest(target)
                 .map(|k| format!(" Did you mean {}?", k.relative_to(ns)))
                 .unwrap_or_default();
             if required {
@@ -798,39 +801,46 @@ fn semantic_checks(
     (analysis, nodes, found)
 }
 
-/// The feature name closest to a missing one, in the same namespace, as a suggestion.
-fn closest_feature<'a>(
-    missing: &FeatureKey,
-    keys: impl Iterator<Item = &'a FeatureKey>,
-) -> Option<&'a FeatureKey> {
-    keys.filter(|k| k.namespace == missing.namespace || k.name == missing.name)
-        .map(|k| {
-            let d = if k.name == missing.name {
-                0
-            } else {
-                strsim(&k.name, &missing.name)
-            };
-            (d, k)
-        })
-        .filter(|(d, k)| *d <= 2.max(k.name.len() / 4))
-        .min()
-        .map(|(_, k)| k)
+/// "Did you mean" for missing dependencies: a feature of the same name in another namespace,
+/// else the closest name in the missing one's namespace. Each missing key is answered once.
+struct FeatureSuggestions<'a> {
+    by_name: BTreeMap<&'a str, &'a FeatureKey>,
+    by_namespace: BTreeMap<&'a str, Vec<&'a FeatureKey>>,
+    suggesters: BTreeMap<&'a str, Suggester<'a>>,
 }
 
-/// Edit distance between two short names.
-fn strsim(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+impl<'a> FeatureSuggestions<'a> {
+    fn new(keys: impl Iterator<Item = &'a FeatureKey>) -> Self {
+        let mut by_name = BTreeMap::new();
+        let mut by_namespace: BTreeMap<&str, Vec<&FeatureKey>> = BTreeMap::new();
+        for key in keys {
+            by_name.entry(key.name.as_str()).or_insert(key);
+            by_namespace
+                .entry(key.namespace.as_str())
+                .or_default()
+                .push(key);
+        }
+        Self {
+            by_name,
+            by_namespace,
+            suggesters: BTreeMap::new(),
         }
     }
-    row[b.len()]
+
+    fn closest(&mut self, missing: &FeatureKey) -> Option<&'a FeatureKey> {
+        if let Some(other_namespace) = self.by_name.get(missing.name.as_str()) {
+            return Some(other_namespace);
+        }
+        let (&namespace, keys) = self
+            .by_namespace
+            .get_key_value(missing.namespace.as_str())?;
+        let suggester = self
+            .suggesters
+            .entry(namespace)
+            .or_insert_with(|| Suggester::new(keys.iter().map(|k| k.name.as_str())));
+        let name = suggester.suggest(&missing.name)?;
+        keys.iter().copied().find(|k| k.name == name)
+    }
 }
 
 /// A policy whose budget cannot hold the minimums of the features it selects, and policies

@@ -36,15 +36,16 @@ pub struct GraphNode {
 pub fn main(paths: &[PathBuf], format: Format) -> ExitCode {
     let inputs = manifest::read_inputs(paths);
     let (nodes, problems) = nodes_from_inputs(&inputs);
-    print!("{}", render(&nodes, format));
-    for problem in &problems {
-        eprintln!("{problem}");
-    }
-    if problems.is_empty() {
+    let code = if problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    };
+    let code = super::output::emit_report(&render(&nodes, format), code);
+    for problem in &problems {
+        eprintln!("{problem}");
     }
+    code
 }
 
 /// The PremiumFeatures among the inputs as graph nodes (the first of duplicates wins), and the

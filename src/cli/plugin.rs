@@ -60,10 +60,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn finish(result: Result<String, String>) -> ExitCode {
     match result {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(out) => super::output::emit_report(&out, ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -495,12 +495,8 @@ fn retry_on_conditions(pattern: &str) -> Vec<String> {
 }
 
 fn unknown_field_message(path: &str, name: &str, known: &[&str]) -> String {
-    let suggestion = known
-        .iter()
-        .map(|k| (edit_distance(&name.to_lowercase(), &k.to_lowercase()), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min()
-        .map(|(_, k)| format!("did you mean {k}? "))
+    let suggestion = super::suggest::closest(name, known.iter().copied(), str::to_lowercase)
+        .map(|k| format!("did you mean {k}? "))
         .unwrap_or_default();
     let listing = if known.is_empty() {
         "this field takes no sub-fields".to_string()
@@ -508,22 +504,6 @@ fn unknown_field_message(path: &str, name: &str, known: &[&str]) -> String {
         format!("the fields here are {}", known.join(", "))
     };
     format!("unknown field {path}: the API server refuses it; {suggestion}{listing}")
-}
-
-/// Levenshtein distance, for "did you mean" suggestions.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != *cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
@@ -734,12 +714,5 @@ mod tests {
             json!({"v": {"allOf": [{"type": "integer", "minimum": 1.0}, {"type": "integer", "maximum": 3.0}]}}),
         );
         assert!(one(s, json!({"v": 5})).contains("above the maximum 3"));
-    }
-
-    #[test]
-    fn edit_distance_works() {
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("same", "same"), 0);
     }
 }
