@@ -1394,6 +1394,19 @@ spec: {selector: {matchLabels: {tier: nope}}}
             ) && x.contains("InvalidSpec")),
             "{l:#?}"
         );
+        // What one object decides is found as the API server finds it.
+        let env = |entries: &str| FEATURE.replace("NAME", "a") + "  env: " + entries + "\n";
+        assert_one_error(
+            &run(&[(
+                "e.yaml",
+                &env("[{name: LOG, value: a}, {name: LOG, value: b}]"),
+            )]),
+            "spec.env lists \"LOG\" more than once",
+        );
+        assert_one_error(
+            &run(&[("e.yaml", &env("[{name: PREMIUM_CATALOG_URL, value: x}]"))]),
+            "PREMIUM_<DEPENDENCY>_URL are reserved",
+        );
     }
 
     #[test]
