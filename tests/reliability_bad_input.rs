@@ -103,6 +103,10 @@ fn generated(cycle: usize, depth: usize) -> Vec<Case> {
         "apiVersion: premium.dev/v1alpha1\nkind: PremiumFeature\nmetadata: {{name: huge}}\nspec:\n{spec}  env: [{{name: BIG, value: \"{}\"}}]\n",
         "x".repeat(3 * 1024 * 1024)
     );
+    let quantity = format!(
+        "apiVersion: premium.dev/v1alpha1\nkind: PremiumFeature\nmetadata: {{name: quantity}}\nspec:\n{spec}  resources: {{requests: {{cpu: \"{}\"}}}}\n",
+        "9".repeat(600 * 1024)
+    );
     vec![
         Case {
             name: "generated: 32 missing dependencies".into(),
@@ -118,6 +122,15 @@ fn generated(cycle: usize, depth: usize) -> Vec<Case> {
             expect: "too large".into(),
             admission: "refused".into(),
             strict: false,
+            class: "huge values".into(),
+        },
+        Case {
+            // Admitted (and quoted whole into two conditions) before the CRD bounded quantities.
+            name: "generated: 600 KB resource quantity".into(),
+            text: quantity,
+            expect: "Too long".into(),
+            admission: "refused".into(),
+            strict: true,
             class: "huge values".into(),
         },
         Case {

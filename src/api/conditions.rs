@@ -40,6 +40,8 @@ pub mod reason {
     pub const HEALTHY: &str = "Healthy";
     pub const RECONCILED: &str = "ReconciliationSucceeded";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The last reconcile failed (the message says how); it is retried.
+    pub const RECONCILE_ERROR: &str = "ReconcileError";
     pub const NOT_STALLED: &str = "NotStalled";
     pub const POLICY_OVERRIDDEN: &str = "PolicyOverridden";
     pub const NO_CONFLICT: &str = "NoConflict";

@@ -48,16 +48,22 @@ pub struct PremiumFeatureSpec {
     #[x_kube(validation = Rule::new("self < 15000 || self > 15199").message("ports 15000-15199 are reserved for the Envoy sidecar; choose another port"))]
     pub port: i32,
 
-    /// Environment variables for the application container. Values may come from ConfigMaps or
-    /// Secrets (`valueFrom`); the operator only passes the reference on. The operator also adds
-    /// `PREMIUM_<DEPENDENCY>_URL` for each dependency.
+    /// Environment variables for the application container, one entry per name (at most 128;
+    /// values up to 32 KiB). Values may come from ConfigMaps or Secrets (`valueFrom`); the
+    /// operator only passes the reference on. The operator also adds `PREMIUM_<DEPENDENCY>_URL`
+    /// for each dependency, so names of that form are refused here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = 128), transform = super::limits::bound_env)]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["name".into()]),
+        validation = Rule::new(format!("self.all(e, !e.name.matches('{}'))", super::RESERVED_ENV_PATTERN)).message("env names of the form PREMIUM_<DEPENDENCY>_URL are reserved: the operator sets them to the URLs of the feature's dependencies; rename the variable").reason(Reason::FieldValueForbidden)
+    )]
     pub env: Vec<EnvVar>,
 
     /// CPU and memory requests and limits of the application container. A CPU request is needed
-    /// for CPU-based autoscaling.
+    /// for CPU-based autoscaling. Quantities are at most 64 characters long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = super::limits::bound)]
     pub resources: Option<ResourceRequirements>,
 
     /// HTTP health check; it becomes the application's readiness and liveness probes. Without it

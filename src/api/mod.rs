@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod duration;
 pub mod feature;
+pub mod limits;
 pub mod policy;
 
 pub use feature::*;
@@ -19,6 +20,10 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Envoy `retry_on` conditions, comma-separated.
 pub const RETRY_ON_PATTERN: &str = r"^(5xx|gateway-error|reset|reset-before-request|connect-failure|envoy-ratelimited|retriable-4xx|refused-stream|retriable-status-codes|retriable-headers|http3-post-connect-failure)(,(5xx|gateway-error|reset|reset-before-request|connect-failure|envoy-ratelimited|retriable-4xx|refused-stream|retriable-status-codes|retriable-headers|http3-post-connect-failure))*$";
+
+/// Names of the environment variables the operator sets itself, one per dependency
+/// (`PREMIUM_<DEPENDENCY>_URL`); the CRD refuses them in `spec.env`.
+pub const RESERVED_ENV_PATTERN: &str = "^PREMIUM_[A-Z0-9_]+_URL$";
 
 /// Label on every object the operator creates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";

@@ -60,6 +60,7 @@ use super::{DURATION_PATTERN, RETRY_ON_PATTERN};
 pub struct PremiumPolicySpec {
     /// Which PremiumFeatures in this namespace the policy applies to. An empty selector (`{}`)
     /// selects every feature in the namespace.
+    #[schemars(transform = super::limits::bound)]
     pub selector: LabelSelector,
 
     /// When several policies select a feature, each setting comes from the policy with the highest

@@ -762,6 +762,15 @@ fn semantic_checks(
                 ),
             );
         }
+        // The operator's own rule (it stalls such a feature, reason InvalidSpec).
+        if let Some(typed) = &f.typed
+            && let Err(message) = crate::core::build::env_clashes(ns, &typed.spec)
+        {
+            report(
+                Severity::Error,
+                format!("{message} (the operator reports Stalled, reason InvalidSpec)"),
+            );
+        }
         let edges = f.object.dependencies();
         for target in analysis.missing(&f.key) {
             let required = edges.iter().any(|e| &e.target == target && !e.optional);
@@ -1378,6 +1387,36 @@ spec: {selector: {matchLabels: {tier: nope}}}
         assert_eq!(quantity_value("1e3"), Some(1000.0));
         assert_eq!(quantity_value("1.5"), Some(1.5));
         assert_eq!(quantity_value("abc"), None);
+    }
+
+    #[test]
+    fn dependencies_passed_as_one_variable_are_an_error() {
+        let text = FEATURE.replace("NAME", "a")
+            + "  dependsOn: [{name: catalog}, {name: catalog, namespace: other}]\n---\n"
+            + &feature("catalog", "")
+            + "---\n"
+            + &feature("catalog", "").replace("namespace: portal", "namespace: other");
+        let report = run(&[("env.yaml", &text)]);
+        let l = lines(&report);
+        assert!(
+            l.iter().any(|x| x.contains(
+                "dependencies catalog and other/catalog would both be passed as PREMIUM_CATALOG_URL"
+            ) && x.contains("InvalidSpec")),
+            "{l:#?}"
+        );
+        // What one object decides is found as the API server finds it.
+        let env = |entries: &str| FEATURE.replace("NAME", "a") + "  env: " + entries + "\n";
+        assert_one_error(
+            &run(&[(
+                "e.yaml",
+                &env("[{name: LOG, value: a}, {name: LOG, value: b}]"),
+            )]),
+            "spec.env lists \"LOG\" more than once",
+        );
+        assert_one_error(
+            &run(&[("e.yaml", &env("[{name: PREMIUM_CATALOG_URL, value: x}]"))]),
+            "PREMIUM_<DEPENDENCY>_URL are reserved",
+        );
     }
 
     #[test]

@@ -94,7 +94,7 @@ where
         .remember(kind, &namespace, &name, desired.view().written);
     match api.patch(&name, &params, &Patch::Apply(&desired)).await {
         Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+        Err(kube::Error::Api(s)) if refused_for_its_content(&s) => {
             ctx.echoes.forget(kind, &namespace, &name);
             return Ok(Applied::Refused(format!(
                 "the API server refused the {kind} built from this feature: {}",
@@ -114,6 +114,23 @@ where
         .get_or_create(&KindLabels { kind })
         .inc();
     Ok(Applied::Written)
+}
+
+/// Whether the API server refused an object for what it contains, so that sending it again
+/// cannot help: 400 and 422, and the 500 that server-side apply answers when it cannot even
+/// merge the object (duplicate list keys, such as two env entries of one name) or when it is
+/// too large to store.
+pub fn refused_for_its_content(s: &kube::core::Status) -> bool {
+    match s.code {
+        400 | 422 => true,
+        500 => {
+            let m = s.message.to_lowercase();
+            ["duplicate", "invalid", "typed patch object", "too large"]
+                .iter()
+                .any(|w| m.contains(w))
+        }
+        _ => false,
+    }
 }
 
 /// Deletes an owned object if the cache holds it and this feature controls it.
@@ -175,6 +192,38 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn status(code: u16, message: &str) -> kube::core::Status {
+        serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": code, "message": message, "reason": "InternalError",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_object_the_server_cannot_merge_is_refused_not_retried() {
+        // What server-side apply answers for a Deployment whose env lists one name twice.
+        let dup = status(
+            500,
+            "failed to create typed patch object (/; apps/v1, Kind=Deployment): .spec.template.spec.containers[name=\"app\"].env: duplicate entries for key [name=\"A\"]",
+        );
+        assert!(refused_for_its_content(&dup));
+        assert!(refused_for_its_content(&status(
+            422,
+            "Deployment.apps is invalid"
+        )));
+        assert!(refused_for_its_content(&status(400, "bad request")));
+        // A server in trouble is retried.
+        assert!(!refused_for_its_content(&status(
+            500,
+            "etcdserver: leader changed"
+        )));
+        assert!(!refused_for_its_content(&status(
+            503,
+            "the server is currently unable to handle the request"
+        )));
+        assert!(!refused_for_its_content(&status(409, "conflict")));
+    }
 
     #[test]
     fn hash_is_stable_and_sensitive() {

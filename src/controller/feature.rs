@@ -1,6 +1,7 @@
 //! The PremiumFeature reconciler: read caches, call the core, apply, patch status.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -74,7 +75,51 @@ pub async fn reconcile(
     super::measured(&ctx, CONTROLLER, reconcile_feature(feature, &ctx)).await
 }
 
+/// Runs the reconcile; a failure is also written into the status before it goes to
+/// `error_policy`, so a feature never retries silently with a status that says nothing of it.
 async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Action, Error> {
+    let reported = AtomicBool::new(false);
+    let result = reconcile_steps(feature, ctx, &reported).await;
+    if let Err(error) = &result
+        && !reported.load(Ordering::Relaxed)
+    {
+        report_failure(feature, ctx, error).await;
+    }
+    result
+}
+
+/// Writes Reconciling=True with the error (reason ReconcileError) over the last known status,
+/// unless the status already says exactly that. Best effort: the error itself goes on to
+/// `error_policy` whatever happens here.
+async fn report_failure(feature: &PremiumFeature, ctx: &Context, error: &Error) {
+    let Some(namespace) = feature.namespace() else {
+        return;
+    };
+    let key = FeatureKey::new(namespace.clone(), feature.name_any());
+    let newer = ctx.newer_status(&key, feature.status.as_ref());
+    let previous = newer.as_ref().or(feature.status.as_ref());
+    let now = now_time();
+    let new = status::reconcile_failed(
+        previous,
+        feature.metadata.generation,
+        &error.to_string(),
+        &now,
+    );
+    if previous == Some(&new) {
+        return;
+    }
+    if let Err(e) = write_status(ctx, feature, &namespace, previous, &new, &now).await {
+        warn!(error = %e, "could not write the reconcile error into the status");
+    }
+}
+
+/// The reconcile proper. `reported` is set once the status computed for this pass is written
+/// (or already current): an error returned after that point is already in the status.
+async fn reconcile_steps(
+    feature: &PremiumFeature,
+    ctx: &Context,
+    reported: &AtomicBool,
+) -> Result<Action, Error> {
     let name = feature.name_any();
     let namespace = feature
         .namespace()
@@ -114,6 +159,13 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         stall = stall.clone().or(invalid(e));
         None
     });
+    // Decided before anything is applied: the API server would refuse the Deployment.
+    if let Err(message) = build::env_clashes(&namespace, &feature.spec) {
+        stall = stall.clone().or(Some(Stall {
+            reason: reason::INVALID_SPEC,
+            message,
+        }));
+    }
     if let Err(message) = settings::check_resources(feature) {
         stall = stall.clone().or(Some(Stall {
             reason: reason::INVALID_SPEC,
@@ -342,6 +394,7 @@ async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Ac
         None
     };
 
+    reported.store(true, Ordering::Relaxed);
     if let Some(e) = forbidden {
         return Err(e);
     }

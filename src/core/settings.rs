@@ -280,9 +280,11 @@ pub fn check_resources(feature: &PremiumFeature) -> Result<(), String> {
     for (section, map) in [("requests", &res.requests), ("limits", &res.limits)] {
         for (name, q) in map.iter().flatten() {
             if !re.is_match(&q.0) || q.0.matches('.').count() > 1 {
+                // Both quoted shortened: a stored object may predate the CRD's length limits.
                 bad.push(format!(
-                    "spec.resources.{section}.{name}: {:?} is not a quantity (write it like 100m, 0.5, 64Mi or 1Gi)",
-                    q.0
+                    "spec.resources.{section}.{}: {} is not a quantity (write it like 100m, 0.5, 64Mi or 1Gi)",
+                    crate::core::shorten(name, crate::core::MAX_QUOTED_BYTES),
+                    crate::core::quoted(&q.0)
                 ));
             }
         }
@@ -317,5 +319,20 @@ mod resource_tests {
             let err = check_resources(&with(bad)).unwrap_err();
             assert!(err.contains("spec.resources.requests.cpu"), "{err}");
         }
+    }
+
+    /// A 600 KB value (stored before the CRD bounded quantities) is named, not copied.
+    #[test]
+    fn a_huge_quantity_is_quoted_shortened() {
+        let mut f = PremiumFeature::new("f", Default::default());
+        let huge = "9".repeat(300 * 1024) + "x";
+        f.spec.resources = Some(ResourceRequirements {
+            requests: Some([("cpu".to_string(), Quantity(huge.clone()))].into()),
+            limits: Some([("c".repeat(300 * 1024), Quantity(huge))].into()),
+            ..Default::default()
+        });
+        let err = check_resources(&f).unwrap_err();
+        assert!(err.len() < 1024, "a message of {} bytes", err.len());
+        assert!(err.contains("(307201 bytes) is not a quantity"), "{err}");
     }
 }

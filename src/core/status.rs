@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{BlockedBy, Phase, PremiumFeatureStatus};
+use crate::core::bounded_message;
 
 /// What the Deployment says about the rollout, taken from its status only.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -279,6 +280,8 @@ pub struct Stamp<'a> {
 }
 
 /// Sets a condition in `conditions`, keeping `lastTransitionTime` when the status is unchanged.
+/// The message is bounded ([`bounded_message`]): every condition the operator writes, of
+/// features and of policies, goes through here.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
     previous: &[Condition],
@@ -300,7 +303,7 @@ pub fn set_condition(
         type_: type_.to_string(),
         status: status.to_string(),
         reason: reason.to_string(),
-        message: message.to_string(),
+        message: bounded_message(message),
         observed_generation: generation,
         last_transition_time,
     });
@@ -399,7 +402,15 @@ pub fn feature_status(
         observed_generation: o.generation,
         phase: Some(v.phase),
         startup_level: o.startup_level.map(|l| l.min(i32::MAX as u32) as i32),
-        blocked_by: o.blocked_by.clone(),
+        blocked_by: o
+            .blocked_by
+            .iter()
+            .map(|b| BlockedBy {
+                name: b.name.clone(),
+                reason: b.reason.clone(),
+                message: bounded_message(&b.message),
+            })
+            .collect(),
         replicas: health.map(|h| h.desired),
         ready_replicas: health.map(|h| h.ready),
         policies: o.policies.clone(),
@@ -408,6 +419,38 @@ pub fn feature_status(
         recent_restarts: o.recent_restarts.clone(),
         conditions,
     }
+}
+
+/// The status after a reconcile failed with `error`: the previous status is kept (what was last
+/// observed still holds) and Reconciling=True says what failed and that it is retried.
+pub fn reconcile_failed(
+    previous: Option<&PremiumFeatureStatus>,
+    generation: Option<i64>,
+    error: &str,
+    now: &Time,
+) -> PremiumFeatureStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.phase.get_or_insert(Phase::Pending);
+    let mut updated = Vec::with_capacity(1);
+    set_condition(
+        &mut updated,
+        &status.conditions,
+        cond::RECONCILING,
+        true,
+        reason::RECONCILE_ERROR,
+        &format!("{error}; retrying"),
+        Stamp { generation, now },
+    );
+    // In place, so an unchanged error leaves the status equal (and unwritten).
+    match status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == cond::RECONCILING)
+    {
+        Some(c) => *c = updated.remove(0),
+        None => status.conditions.append(&mut updated),
+    }
+    status
 }
 
 /// The condition of a type in a status, if present.
@@ -471,6 +514,95 @@ mod tests {
 
     fn cond_of<'a>(s: &'a PremiumFeatureStatus, ty: &str) -> &'a Condition {
         condition(&s.conditions, ty).unwrap()
+    }
+
+    /// A user's 600 KB string that reaches a stall and a dependency's message: every message of
+    /// the status stays within the bound, so the status stays far below what etcd stores.
+    #[test]
+    fn every_message_is_bounded() {
+        let huge = "q".repeat(600 * 1024);
+        let limit = crate::core::MAX_MESSAGE_BYTES + '…'.len_utf8();
+        for o in [
+            Observation {
+                stall: Some(Stall {
+                    reason: reason::INVALID_SPEC,
+                    message: huge.clone(),
+                }),
+                ..Default::default()
+            },
+            Observation {
+                blocked_by: vec![BlockedBy {
+                    name: "catalog".into(),
+                    reason: reason::DEPENDENCY_NOT_READY.into(),
+                    message: huge.clone(),
+                }],
+                ..Default::default()
+            },
+            Observation {
+                deployment: Some(ready_health(1)),
+                optional_unavailable: vec![huge.clone()],
+                ..Default::default()
+            },
+        ] {
+            let s = feature_status(None, &o, &t(100));
+            for c in &s.conditions {
+                assert!(
+                    c.message.len() <= limit,
+                    "{}: {} bytes",
+                    c.type_,
+                    c.message.len()
+                );
+            }
+            for b in &s.blocked_by {
+                assert!(
+                    b.message.len() <= limit,
+                    "blockedBy {}: {} bytes",
+                    b.name,
+                    b.message.len()
+                );
+            }
+            let size = serde_json::to_vec(&s).unwrap().len();
+            assert!(size < 16 * 1024, "status of {size} bytes");
+        }
+    }
+
+    #[test]
+    fn a_failed_reconcile_is_reported_once() {
+        let ready = feature_status(
+            None,
+            &Observation {
+                generation: Some(2),
+                deployment: Some(ready_health(1)),
+                ..Default::default()
+            },
+            &t(100),
+        );
+        let failed = reconcile_failed(Some(&ready), Some(2), "applying Deployment: boom", &t(200));
+        assert_eq!(
+            failed.phase,
+            Some(Phase::Ready),
+            "what was observed still holds"
+        );
+        let c = cond_of(&failed, cond::RECONCILING);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::RECONCILE_ERROR)
+        );
+        assert_eq!(c.message, "applying Deployment: boom; retrying");
+        assert_eq!(c.last_transition_time, t(200));
+        assert_eq!(cond_of(&failed, cond::READY), cond_of(&ready, cond::READY));
+        // The same error again changes nothing, so nothing is written again.
+        assert_eq!(
+            reconcile_failed(Some(&failed), Some(2), "applying Deployment: boom", &t(300)),
+            failed
+        );
+        // A feature that never had a status gets one.
+        let first = reconcile_failed(None, Some(1), "adding the finalizer: boom", &t(10));
+        assert_eq!(first.phase, Some(Phase::Pending));
+        assert_eq!(
+            cond_of(&first, cond::RECONCILING).reason,
+            reason::RECONCILE_ERROR
+        );
     }
 
     #[test]

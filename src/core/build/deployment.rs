@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -10,12 +11,16 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+use regex::Regex;
 
 use super::{
     APP_CONTAINER, FeaturePlan, LISTENERS_HASH_ANNOTATION, RESTARTED_AT_ANNOTATION,
     SIDECAR_CONTAINER, labels, owned_meta, selector_labels, sidecar_configmap_name,
 };
-use crate::api::PremiumFeature;
+use crate::api::{PremiumFeature, PremiumFeatureSpec, RESERVED_ENV_PATTERN};
+use crate::core::graph::FeatureKey;
+use crate::core::plan::dependency_key;
+use crate::core::quoted;
 use crate::core::sidecar::{
     ENVOY_CONFIG_DIR, ENVOY_INBOUND_PORT, FILE_BOOTSTRAP, upstream_env_var, upstream_url,
 };
@@ -91,6 +96,63 @@ fn restricted_security_context(run_as_user: Option<i64>) -> SecurityContext {
         }),
         run_as_user,
         ..Default::default()
+    }
+}
+
+/// Whether `name` has the form of a variable the operator sets for a dependency.
+pub fn is_reserved_env_name(name: &str) -> bool {
+    static RESERVED: LazyLock<Option<Regex>> =
+        LazyLock::new(|| Regex::new(RESERVED_ENV_PATTERN).ok());
+    RESERVED.as_ref().is_some_and(|re| re.is_match(name))
+}
+
+/// The clashes among the app container's environment variables: a name listed twice in
+/// `spec.env`, a name of the reserved `PREMIUM_<DEPENDENCY>_URL` form, or two dependencies
+/// passed as one variable (`catalog` and `other/catalog`). The Deployment of such a feature is
+/// refused by the API server (as an internal error), so the feature must stall before any
+/// object is applied. `Err` names both sides of each clash.
+///
+/// The CRD refuses the first two at admission; they are checked here too for features stored
+/// before it did. The last needs no other object, but a CRD rule cannot compute the variable
+/// name, so it is found here (and by `premium-operator check`, which calls this).
+pub fn env_clashes(own_namespace: &str, spec: &PremiumFeatureSpec) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let mut own: Vec<&str> = Vec::new();
+    for e in &spec.env {
+        let name = e.name.as_str();
+        if own.contains(&name) {
+            problems.push(format!(
+                "spec.env lists {} more than once; keep one entry per name",
+                quoted(name)
+            ));
+            continue;
+        }
+        own.push(name);
+        if is_reserved_env_name(name) {
+            problems.push(format!(
+                "spec.env {}: names of the form PREMIUM_<DEPENDENCY>_URL are reserved for the URLs the operator passes for dependencies; rename the variable",
+                quoted(name)
+            ));
+        }
+    }
+    let mut generated: Vec<(String, FeatureKey)> = Vec::new();
+    for dep in &spec.depends_on {
+        let key = dependency_key(own_namespace, dep);
+        let variable = upstream_env_var(&key.name);
+        match generated.iter().find(|(v, _)| *v == variable) {
+            Some((_, first)) if *first == key => {}
+            Some((_, first)) => problems.push(format!(
+                "dependencies {} and {} would both be passed as {variable}; a feature can depend on only one feature of a name, remove one of them",
+                first.relative_to(own_namespace),
+                key.relative_to(own_namespace)
+            )),
+            None => generated.push((variable, key)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
     }
 }
 
@@ -209,6 +271,95 @@ mod tests {
             .annotations
             .as_ref()
             .unwrap()
+    }
+
+    fn spec(env: &[&str], deps: &[(&str, Option<&str>)]) -> PremiumFeatureSpec {
+        PremiumFeatureSpec {
+            env: env
+                .iter()
+                .map(|n| EnvVar {
+                    name: n.to_string(),
+                    value: Some("v".into()),
+                    ..Default::default()
+                })
+                .collect(),
+            depends_on: deps
+                .iter()
+                .map(|(name, namespace)| crate::api::Dependency {
+                    name: name.to_string(),
+                    namespace: namespace.map(str::to_string),
+                    optional: false,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn env_clashes_name_both_sides() {
+        // Two dependencies of one name in two namespaces: one variable.
+        let err = env_clashes(
+            "portal",
+            &spec(&[], &[("catalog", None), ("catalog", Some("other"))]),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains(
+                "dependencies catalog and other/catalog would both be passed as PREMIUM_CATALOG_URL"
+            ),
+            "{err}"
+        );
+        let err = env_clashes("portal", &spec(&["LOG", "LOG"], &[])).unwrap_err();
+        assert!(
+            err.contains("spec.env lists \"LOG\" more than once"),
+            "{err}"
+        );
+        let err = env_clashes(
+            "portal",
+            &spec(&["PREMIUM_CATALOG_URL"], &[("catalog", None)]),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("spec.env \"PREMIUM_CATALOG_URL\": names of the form"),
+            "{err}"
+        );
+        // Every clash is named, not only the first.
+        let err = env_clashes(
+            "portal",
+            &spec(&["A", "A"], &[("x", Some("a")), ("x", Some("b"))]),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("\"A\" more than once") && err.contains("a/x and b/x"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn what_does_not_clash_passes() {
+        // The same dependency spelled with and without its own namespace is one dependency.
+        env_clashes(
+            "portal",
+            &spec(
+                &["PREMIUM_MODE", "premium_catalog_url", "LOG"],
+                &[
+                    ("catalog", None),
+                    ("catalog", Some("portal")),
+                    ("skill-exchange", None),
+                ],
+            ),
+        )
+        .unwrap();
+        assert!(env_clashes("portal", &testing::feature().spec).is_ok());
+    }
+
+    proptest::proptest! {
+        /// The CRD's reserved pattern covers every name the operator generates, so a user's
+        /// variable refused by it is exactly one that could clash.
+        #[test]
+        fn every_generated_name_is_reserved(name in "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?") {
+            proptest::prop_assert!(is_reserved_env_name(&upstream_env_var(&name)));
+        }
     }
 
     #[test]

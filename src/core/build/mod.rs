@@ -11,7 +11,7 @@ mod hpa;
 mod service;
 
 pub use configmap::sidecar_configmap;
-pub use deployment::deployment;
+pub use deployment::{deployment, env_clashes, is_reserved_env_name};
 pub use event::{EventSource, event};
 pub use hpa::hpa;
 pub use service::service;
