@@ -363,6 +363,14 @@ async fn idle_writes(operator: &Operator, window: Duration) -> anyhow::Result<f6
     Ok(operator.writes()? - before)
 }
 
+/// Sum of every sample of a metric in a `/metrics` text whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     let ok = std::process::Command::new("kill")
         .arg(format!("-{sig}"))
@@ -545,19 +553,35 @@ async fn a_paused_leader_writes_nothing_after_a_standby_took_over() -> anyhow::R
     assert_eq!(second.metric("premium_leader")?, 0.0, "two leaders");
     assert_eq!(second.writes()?, 0.0, "the standby wrote");
 
-    // A change to every feature, and the leader frozen as soon as it starts writing for it:
-    // reconciles are in flight and more events wait in its watches.
+    // A burst of new features, and the leader frozen in the middle of it: while reconciles
+    // are in flight (started, not finished, some writes done), with more events queued.
+    let burst = if heavy() { 40 } else { 20 };
+    let burst_docs: String = (0..burst)
+        .map(|i| feature_yaml(&format!("b{i:03}"), &[], ""))
+        .collect();
     let before = first.writes()?;
-    apply_yaml(&client, ns.name(), &change(n, 4, seed(), 1)).await?;
+    apply_yaml(&client, ns.name(), &burst_docs).await?;
     let started = std::time::Instant::now();
-    while first.writes()? <= before {
+    let in_flight = |m: &str| {
+        metric_sum(m, "premium_reconciles_total{controller=\"feature\"}")
+            - metric_sum(
+                m,
+                "premium_reconcile_duration_seconds_count{controller=\"feature\"}",
+            )
+    };
+    let caught = loop {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(30),
-            "the leader did not act on the change"
+            "the leader was never caught in the middle of a reconcile"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    signal(first.pid(), "STOP")?;
+        let m = first.metrics()?;
+        let writes = metric_sum(&m, "premium_object_writes_total")
+            + metric_sum(&m, "premium_status_writes_total");
+        if writes > before && in_flight(&m) >= 1.0 {
+            signal(first.pid(), "STOP")?;
+            break in_flight(&m);
+        }
+    };
     let takeover = time_until(
         "the standby to take over",
         Duration::from_secs(lease + 30),
@@ -571,7 +595,8 @@ async fn a_paused_leader_writes_nothing_after_a_standby_took_over() -> anyhow::R
     // when it wakes, with a stale view of what was written since.
     apply_yaml(&client, ns.name(), &change(n, 4, seed(), 2)).await?;
     apply_yaml(&client, ns.name(), &feature_yaml("late", &["f000"], "")).await?;
-    converge(&client, ns.name(), n + 1, Duration::from_secs(120)).await?;
+    let total = n + burst + 1;
+    converge(&client, ns.name(), total, Duration::from_secs(180)).await?;
     let paused = started.elapsed().as_secs_f64();
 
     signal(first.pid(), "CONT")?;
@@ -582,7 +607,6 @@ async fn a_paused_leader_writes_nothing_after_a_standby_took_over() -> anyhow::R
     .await;
     // Anything it would still send has had time to reach the audit log.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    converge(&client, ns.name(), n + 1, Duration::from_secs(60)).await?;
 
     let first_user = format!(
         "system:serviceaccount:{}:{}",
@@ -626,6 +650,8 @@ async fn a_paused_leader_writes_nothing_after_a_standby_took_over() -> anyhow::R
         stale.join("\n"),
         first.log_tail()
     );
+    // And the cluster is still what the new leader made it (a stale write would undo it).
+    converge(&client, ns.name(), total, Duration::from_secs(60)).await?;
     let new_first = new.iter().map(|w| w.at.as_str()).min().unwrap_or_default();
     assert!(
         new_first >= took_lease.as_str(),
@@ -650,7 +676,7 @@ async fn a_paused_leader_writes_nothing_after_a_standby_took_over() -> anyhow::R
         ),
         "pass",
         &format!(
-            "paused {paused:.0}s; takeover {takeover:.1}s after the pause; audit: 0 writes by the old leader after the takeover ({} before, {} by the new); old leader exited {exited:.1}s after SIGCONT",
+            "paused {paused:.0}s with {caught:.0} reconcile(s) in flight; takeover {takeover:.1}s after the pause; audit: 0 writes by the old leader after the takeover ({} before, {} by the new); old leader exited {exited:.1}s after SIGCONT",
             old.len(),
             new.len(),
         ),
