@@ -298,7 +298,9 @@ pub struct RunArgs {
         env = "LEADER_ELECTION_LEASE"
     )]
     pub leader_election_lease: String,
-    /// How long a leader that stopped renewing keeps the lease, in seconds.
+    /// How long a leader that stopped renewing keeps the lease, in seconds. The leader itself
+    /// stops acting (and exits) once it has not renewed for two thirds of this, so a standby
+    /// that takes over never overlaps with it.
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
     /// This instance's identity in the Lease (default: POD_NAME or hostname, plus a random suffix).
