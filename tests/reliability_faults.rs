@@ -1,5 +1,5 @@
 //! Faults while a dependency graph converges: the operator SIGKILLed at seeded random moments,
-//! the leader killed, the API server restarted and frozen, etcd restarted, a watch expired
+//! the leader paused past its lease, the API server restarted and frozen, etcd restarted, a watch expired
 //! (410 Gone). Each ends by comparing the cluster with a clean run of the same manifests: same
 //! objects, same specs, no duplicates, no orphans, every feature in its phase.
 //!
@@ -363,6 +363,14 @@ async fn idle_writes(operator: &Operator, window: Duration) -> anyhow::Result<f6
     Ok(operator.writes()? - before)
 }
 
+/// Sum of every sample of a metric in a `/metrics` text whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     let ok = std::process::Command::new("kill")
         .arg(format!("-{sig}"))
@@ -450,9 +458,11 @@ async fn operator_sigkilled_at_random_moments_converges_like_a_clean_run() -> an
 struct Write {
     user: String,
     at: String,
+    resource: String,
     what: String,
 }
 
+/// Every write the API server accepted in `namespace`, in the order logged.
 fn audit_writes(path: &std::path::Path, namespace: &str) -> anyhow::Result<Vec<Write>> {
     let text = std::fs::read_to_string(path)?;
     let mut out = Vec::new();
@@ -466,7 +476,7 @@ fn audit_writes(path: &std::path::Path, namespace: &str) -> anyhow::Result<Vec<W
                 .unwrap_or("")
                 .to_string()
         };
-        if s("/objectRef/namespace") != namespace || s("/objectRef/resource") == "leases" {
+        if s("/objectRef/namespace") != namespace {
             continue;
         }
         if v.pointer("/responseStatus/code")
@@ -479,6 +489,7 @@ fn audit_writes(path: &std::path::Path, namespace: &str) -> anyhow::Result<Vec<W
         out.push(Write {
             user: s("/user/username"),
             at: s("/stageTimestamp"),
+            resource: s("/objectRef/resource"),
             what: format!(
                 "{} {}/{}",
                 s("/verb"),
@@ -490,9 +501,13 @@ fn audit_writes(path: &std::path::Path, namespace: &str) -> anyhow::Result<Vec<W
     Ok(out)
 }
 
+/// The leader is paused (SIGSTOP) in the middle of a burst of work for longer than its lease,
+/// a standby takes over and finishes the work, then the old leader resumes (SIGCONT) with
+/// reconciles still in flight and watch events queued. From the API server's audit log: the old
+/// leader wrote nothing after the standby took the Lease (it stopped on its own clock at the
+/// renew deadline), and it exits instead of acting on a lease it no longer holds.
 #[tokio::test]
-async fn the_leaders_death_hands_over_within_the_lease_and_never_two_writers() -> anyhow::Result<()>
-{
+async fn a_paused_leader_writes_nothing_after_a_standby_took_over() -> anyhow::Result<()> {
     let n = if heavy() { 60 } else { 15 };
     let lease = 6u64;
     let cluster = OwnCluster::up(
@@ -538,7 +553,35 @@ async fn the_leaders_death_hands_over_within_the_lease_and_never_two_writers() -
     assert_eq!(second.metric("premium_leader")?, 0.0, "two leaders");
     assert_eq!(second.writes()?, 0.0, "the standby wrote");
 
-    first.kill();
+    // A burst of new features, and the leader frozen in the middle of it: while reconciles
+    // are in flight (started, not finished, some writes done), with more events queued.
+    let burst = if heavy() { 40 } else { 20 };
+    let burst_docs: String = (0..burst)
+        .map(|i| feature_yaml(&format!("b{i:03}"), &[], ""))
+        .collect();
+    let before = first.writes()?;
+    apply_yaml(&client, ns.name(), &burst_docs).await?;
+    let started = std::time::Instant::now();
+    let in_flight = |m: &str| {
+        metric_sum(m, "premium_reconciles_total{controller=\"feature\"}")
+            - metric_sum(
+                m,
+                "premium_reconcile_duration_seconds_count{controller=\"feature\"}",
+            )
+    };
+    let caught = loop {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the leader was never caught in the middle of a reconcile"
+        );
+        let m = first.metrics()?;
+        let writes = metric_sum(&m, "premium_object_writes_total")
+            + metric_sum(&m, "premium_status_writes_total");
+        if writes > before && in_flight(&m) >= 1.0 {
+            signal(first.pid(), "STOP")?;
+            break in_flight(&m);
+        }
+    };
     let takeover = time_until(
         "the standby to take over",
         Duration::from_secs(lease + 30),
@@ -548,15 +591,22 @@ async fn the_leaders_death_hands_over_within_the_lease_and_never_two_writers() -
         },
     )
     .await?;
-    // Work after the handover is done by the new leader.
-    apply_yaml(&client, ns.name(), &change(n, 4, seed(), 1)).await?;
-    let new_feature = feature_yaml("late", &["f000"], "");
-    apply_yaml(&client, ns.name(), &new_feature).await?;
-    converge(&client, ns.name(), n + 1, Duration::from_secs(120)).await?;
-    assert!(
-        takeover <= (lease + 5) as f64,
-        "takeover took {takeover:.1}s (lease {lease}s)"
-    );
+    // More work while the old leader is still frozen: its watches will hand it these events
+    // when it wakes, with a stale view of what was written since.
+    apply_yaml(&client, ns.name(), &change(n, 4, seed(), 2)).await?;
+    apply_yaml(&client, ns.name(), &feature_yaml("late", &["f000"], "")).await?;
+    let total = n + burst + 1;
+    converge(&client, ns.name(), total, Duration::from_secs(180)).await?;
+    let paused = started.elapsed().as_secs_f64();
+
+    signal(first.pid(), "CONT")?;
+    let exited = time_until("the old leader to stop", Duration::from_secs(15), || {
+        let running = first.running();
+        async move { !running }
+    })
+    .await;
+    // Anything it would still send has had time to reach the audit log.
+    tokio::time::sleep(Duration::from_secs(3)).await;
 
     let first_user = format!(
         "system:serviceaccount:{}:{}",
@@ -565,30 +615,70 @@ async fn the_leaders_death_hands_over_within_the_lease_and_never_two_writers() -
     );
     let second_user = format!("system:serviceaccount:{}:standby", ns.name());
     let writes = audit_writes(&cluster.audit_log(), ns.name())?;
-    let by = |u: &str| writes.iter().filter(|w| w.user == u).collect::<Vec<_>>();
-    let (a, b) = (by(&first_user), by(&second_user));
+    // The takeover: the standby's first write to the Lease.
+    let took_lease = writes
+        .iter()
+        .find(|w| w.user == second_user && w.resource == "leases")
+        .map(|w| w.at.clone())
+        .ok_or_else(|| anyhow::anyhow!("the audit log shows no Lease write by the standby"))?;
+    let is_work = |w: &&Write| w.resource != "leases";
+    let old: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.user == first_user)
+        .filter(is_work)
+        .collect();
+    let new: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.user == second_user)
+        .filter(is_work)
+        .collect();
+    let stale: Vec<String> = old
+        .iter()
+        .filter(|w| w.at >= took_lease)
+        .map(|w| format!("{} {}", w.at, w.what))
+        .collect();
     assert!(
-        !a.is_empty() && !b.is_empty(),
+        !old.is_empty() && !new.is_empty(),
         "audit log: {} writes by the first, {} by the second",
-        a.len(),
-        b.len()
+        old.len(),
+        new.len()
     );
-    let a_last = a.iter().map(|w| w.at.as_str()).max().unwrap_or_default();
-    let b_first = b.iter().min_by_key(|w| w.at.as_str()).expect("non-empty");
     assert!(
-        a_last < b_first.at.as_str(),
-        "both instances wrote at once: the first's last write {a_last}, the second's first {} ({})",
-        b_first.at,
-        b_first.what
+        stale.is_empty(),
+        "the old leader wrote {} time(s) after the standby took the Lease at {took_lease}:\n{}\nits log:\n{}",
+        stale.len(),
+        stale.join("\n"),
+        first.log_tail()
+    );
+    // And the cluster is still what the new leader made it (a stale write would undo it).
+    converge(&client, ns.name(), total, Duration::from_secs(60)).await?;
+    let new_first = new.iter().map(|w| w.at.as_str()).min().unwrap_or_default();
+    assert!(
+        new_first >= took_lease.as_str(),
+        "the standby wrote at {new_first}, before it took the Lease at {took_lease}"
+    );
+    let exited = exited.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: the old leader kept running after it woke up\n{}",
+            first.log_tail()
+        )
+    })?;
+    let log = std::fs::read_to_string(&first.log)?;
+    assert!(
+        log.contains("lost the leader lease"),
+        "the old leader stopped without saying why:\n{}",
+        first.log_tail()
     );
     report(
-        "fault",
-        &format!("leader SIGKILLed (2 instances, lease {lease}s, chart RBAC)"),
+        "isolation",
+        &format!(
+            "leader paused (SIGSTOP) past its lease mid-burst, then resumed (2 instances, lease {lease}s, chart RBAC)"
+        ),
         "pass",
         &format!(
-            "takeover {takeover:.1}s; audit: {} writes by old leader, {} by new, overlap 0; standby writes before takeover 0",
-            a.len(),
-            b.len()
+            "paused {paused:.0}s with {caught:.0} reconcile(s) in flight; takeover {takeover:.1}s after the pause; audit: 0 writes by the old leader after the takeover ({} before, {} by the new); old leader exited {exited:.1}s after SIGCONT",
+            old.len(),
+            new.len(),
         ),
     );
     finish(ns, second).await?;

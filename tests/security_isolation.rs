@@ -18,7 +18,9 @@ use k8s_openapi::api::rbac::v1::Role;
 use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt};
 use premium_operator::api::{Phase, PremiumFeature};
-use support::cluster::{CHART_NAME, OwnCluster, chart_rbac_kubeconfig, report, time_until};
+use support::cluster::{
+    CHART_NAME, OwnCluster, chart_rbac_kubeconfig, client_for, report, time_until,
+};
 use support::operator::{
     Operator, apply_yaml, ensure_crds, feature_yaml, finish, phase, wait_phase,
 };
@@ -46,8 +48,15 @@ async fn chart_operator(client: &kube::Client, ns: &TestNamespace) -> anyhow::Re
     Ok(operator)
 }
 
+/// A Secret's value must never be copied into anything the operator writes. A feature takes
+/// the Secret through `valueFrom.secretKeyRef`: its Deployment must reference the Secret by name
+/// and key, and the value must appear in no object the operator writes (Deployments, Services,
+/// ConfigMaps, HPAs, their annotations), no feature status or annotation, no Event and no log
+/// line. The operator's identity cannot read Secrets at all. A negative control proves the
+/// search finds the value where it is: another feature carries it on purpose as a plain env
+/// value, and the search must find it in that feature's Deployment, and only there.
 #[tokio::test]
-async fn nothing_secret_reaches_configmaps_status_events_or_logs() -> anyhow::Result<()> {
+async fn a_secret_value_is_never_copied_into_anything_the_operator_writes() -> anyhow::Result<()> {
     let client = client().await;
     ensure_crds(&client).await?;
     let ns = TestNamespace::new(&client, "secrets").await?;
@@ -57,37 +66,75 @@ async fn nothing_secret_reaches_configmaps_status_events_or_logs() -> anyhow::Re
         "stringData": {"token": secret_value},
     }))?;
     support::apply(&ns.api::<Secret>(), &secret).await?;
-    let mut operator = chart_operator(&client, &ns).await?;
-    let env = "  env:\n  - name: API_TOKEN\n    valueFrom: {secretKeyRef: {name: api-key, key: token}}\n  - name: LOG_LEVEL\n    value: info\n";
+    let kubeconfigs = chart_rbac_kubeconfig(&client, &kubeconfig_path(), ns.name(), &[]).await?;
+    // The chart gives the operator no access to Secrets: it could not resolve one if it tried.
+    let as_operator = client_for(&kubeconfigs[0]).await?;
+    match Api::<Secret>::namespaced(as_operator, ns.name())
+        .get("api-key")
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => anyhow::bail!(
+            "the operator's identity should be refused Secrets, got {:?}",
+            other.map(|s| s.name_any())
+        ),
+    }
+    let operator = chart_operator(&client, &ns).await?;
+    let from_secret = "  env:\n  - name: API_TOKEN\n    valueFrom: {secretKeyRef: {name: api-key, key: token}}\n  - name: LOG_LEVEL\n    value: info\n";
+    let on_purpose = format!("  env:\n  - name: LEAKED_ON_PURPOSE\n    value: {secret_value}\n");
     apply_yaml(
         &client,
         ns.name(),
         &[
-            feature_yaml("catalog", &[], env),
-            feature_yaml("aika", &["catalog"], env),
+            feature_yaml("catalog", &[], from_secret),
+            feature_yaml("aika", &["catalog"], from_secret),
+            feature_yaml("control", &[], &on_purpose),
         ]
         .concat(),
     )
     .await?;
     let features: Api<PremiumFeature> = ns.api();
-    for name in ["catalog", "aika"] {
+    for name in ["catalog", "aika", "control"] {
         wait_phase(&features, name, Phase::Ready).await?;
     }
-    // Every place the operator writes or says something.
+    // Let the last status writes and Events land.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Everything the operator writes or says, whole (metadata and annotations included).
+    let lp = ListParams::default();
     let mut haystacks: Vec<(String, String)> = Vec::new();
-    for cm in ns.api::<ConfigMap>().list(&ListParams::default()).await? {
+    for d in ns.api::<Deployment>().list(&lp).await? {
+        haystacks.push((
+            format!("Deployment {}", d.name_any()),
+            serde_json::to_string(&d)?,
+        ));
+    }
+    for svc in ns.api::<Service>().list(&lp).await? {
+        haystacks.push((
+            format!("Service {}", svc.name_any()),
+            serde_json::to_string(&svc)?,
+        ));
+    }
+    for cm in ns.api::<ConfigMap>().list(&lp).await? {
         haystacks.push((
             format!("ConfigMap {}", cm.name_any()),
             serde_json::to_string(&cm)?,
         ));
     }
-    for f in features.list(&ListParams::default()).await? {
+    for hpa in ns.api::<HorizontalPodAutoscaler>().list(&lp).await? {
         haystacks.push((
-            format!("status of {}", f.name_any()),
-            serde_json::to_string(&f.status)?,
+            format!("HPA {}", hpa.name_any()),
+            serde_json::to_string(&hpa)?,
         ));
     }
-    for e in ns.api::<Event>().list(&ListParams::default()).await? {
+    for f in features.list(&lp).await? {
+        // The spec is the user's; the status, labels and annotations are the operator's.
+        haystacks.push((
+            format!("status and metadata of {}", f.name_any()),
+            serde_json::to_string(&(&f.status, &f.metadata.annotations, &f.metadata.labels))?,
+        ));
+    }
+    for e in ns.api::<Event>().list(&lp).await? {
         haystacks.push((
             format!("Event {}", e.name_any()),
             serde_json::to_string(&e)?,
@@ -97,22 +144,51 @@ async fn nothing_secret_reaches_configmaps_status_events_or_logs() -> anyhow::Re
         "operator log".into(),
         std::fs::read_to_string(&operator.log)?,
     ));
-    let leaks: Vec<&String> = haystacks
+    let found: Vec<&str> = haystacks
         .iter()
         .filter(|(_, text)| text.contains(&secret_value))
-        .map(|(what, _)| what)
+        .map(|(what, _)| what.as_str())
         .collect();
-    assert!(leaks.is_empty(), "the secret value leaked into {leaks:?}");
-    // The Deployment references the Secret; it never copies the value.
-    let d = ns.api::<Deployment>().get("aika").await?;
-    let text = serde_json::to_string(&d)?;
-    assert!(text.contains("secretKeyRef") && !text.contains(&secret_value));
-    assert!(operator.running(), "the operator exited");
+    // The negative control: the search sees the value where it was put on purpose...
+    assert!(
+        found.contains(&"Deployment control"),
+        "the search did not find the value in the control's Deployment: it could not find a leak either"
+    );
+    // ...and nowhere else.
+    assert_eq!(
+        found,
+        ["Deployment control"],
+        "the value was copied into more than the one Deployment that carries it on purpose"
+    );
+    // The features that take it from the Secret reference it by name and key only.
+    for name in ["catalog", "aika"] {
+        let d = ns.api::<Deployment>().get(name).await?;
+        let refs: Vec<(String, String)> = d
+            .spec
+            .iter()
+            .flat_map(|s| s.template.spec.iter())
+            .flat_map(|p| p.containers.iter())
+            .flat_map(|c| c.env.iter().flatten())
+            .filter(|e| e.name == "API_TOKEN")
+            .filter_map(|e| {
+                let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                Some((r.name.clone(), r.key.clone()))
+            })
+            .collect();
+        assert_eq!(
+            refs,
+            [("api-key".to_string(), "token".to_string())],
+            "{name}'s Deployment should take API_TOKEN from the Secret by reference"
+        );
+    }
     report(
-        "security",
-        "secret env (valueFrom secretKeyRef) never copied",
+        "isolation",
+        "a Secret's value (env valueFrom secretKeyRef) is never copied into anything the operator writes",
         "pass",
-        &format!("{} places searched, leaks=0", haystacks.len()),
+        &format!(
+            "{} places searched (owned objects with annotations, statuses, Events, log); the value found only in the control feature's Deployment, where it was put on purpose; secretKeyRef kept by name; operator refused Secrets (403)",
+            haystacks.len()
+        ),
     );
     finish(ns, operator).await
 }

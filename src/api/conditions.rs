@@ -29,6 +29,10 @@ pub mod reason {
     pub const NAME_CONFLICT: &str = "NameConflict";
     /// The operator's RBAC role lacks a permission it needs for this feature.
     pub const FORBIDDEN: &str = "Forbidden";
+    /// A ResourceQuota of the namespace has no room for the feature's objects.
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    /// An admission webhook or ValidatingAdmissionPolicy denied the feature's objects.
+    pub const ADMISSION_DENIED: &str = "AdmissionDenied";
     pub const SUSPENDED: &str = "Suspended";
     pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     pub const WAITING_FOR_STARTUP_SLOT: &str = "WaitingForStartupSlot";

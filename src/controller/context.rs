@@ -126,6 +126,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub events: EventSource,
     pub settings: Settings,
+    /// Failures in a row per object, for the retry backoff.
+    pub retries: super::retry::Retries,
 }
 
 impl Context {
@@ -163,6 +165,7 @@ impl Context {
             metrics,
             events,
             settings,
+            retries: Default::default(),
         }
     }
 

@@ -20,7 +20,7 @@ use tracing::{field, info, instrument, warn};
 use super::apply::{Applied, apply_owned, delete_owned};
 use super::context::{Context, HeldStatus, lock};
 use super::policy::{budget_for_feature, startup_limits};
-use super::{Error, FINALIZER};
+use super::{Error, ErrorKind, FINALIZER};
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{Phase, PremiumFeature, PremiumFeatureStatus};
 use crate::core::build::{self, FeaturePlan};
@@ -305,15 +305,10 @@ async fn reconcile_steps(
                 }
                 conflict
             }
-            Err(e) if e.kind() == "Forbidden" => {
-                let message = format!(
-                    "the operator's role does not allow this: {e}; grant the permission (the chart's RBAC lists what the operator needs)"
-                );
+            Err(e) if e.kind().is_refusal() => {
+                let (reason, message) = refusal(&e, &namespace);
                 forbidden = Some(e);
-                Some(Stall {
-                    reason: reason::FORBIDDEN,
-                    message,
-                })
+                Some(Stall { reason, message })
             }
             Err(e) => return Err(e),
         };
@@ -881,5 +876,30 @@ fn release_slot(ctx: &Context, key: &FeatureKey) {
     }
     if !wake.features.is_empty() {
         ctx.wake(wake);
+    }
+}
+
+/// The Stalled reason and message of a request the API server refused: each says who can lift
+/// it (whoever owns the operator's Role, the namespace's quota, or the admission policy).
+fn refusal(e: &Error, namespace: &str) -> (&'static str, String) {
+    match e.kind() {
+        ErrorKind::QuotaExceeded => (
+            reason::QUOTA_EXCEEDED,
+            format!(
+                "a ResourceQuota in namespace {namespace} has no room for this feature's objects: {e}; raise the quota or free room in it (retried with backoff)"
+            ),
+        ),
+        ErrorKind::AdmissionDenied => (
+            reason::ADMISSION_DENIED,
+            format!(
+                "an admission webhook or ValidatingAdmissionPolicy denied this feature's objects: {e}; change the feature or the policy (retried with backoff)"
+            ),
+        ),
+        _ => (
+            reason::FORBIDDEN,
+            format!(
+                "the operator's role does not allow this: {e}; grant the permission (the chart's RBAC lists what the operator needs)"
+            ),
+        ),
     }
 }

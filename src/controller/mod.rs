@@ -6,6 +6,7 @@ pub mod feature;
 pub mod index;
 pub mod owned;
 pub mod policy;
+pub mod retry;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelValue;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -36,7 +38,7 @@ use crate::api::{
 use crate::core::build::DEFAULT_SIDECAR_IMAGE;
 use crate::core::graph::FeatureKey;
 use crate::runtime::http::{HttpState, serve};
-use crate::runtime::leader::{Election, LeaderConfig};
+use crate::runtime::leader::{Election, LeaderConfig, NotLeader, WriteGate};
 use crate::runtime::metrics::{
     ControllerLabels, ErrorLabels, Metrics, PhaseLabels, request_counter,
 };
@@ -86,29 +88,113 @@ impl Error {
         }
     }
 
-    /// A bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure this is: its metric label, log line, status reason and retry
+    /// schedule.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Kube {
                 source: kube::Error::Api(s),
                 ..
-            } => match s.code {
-                // Creating in a namespace being deleted is refused with 403 too; it is no
-                // missing permission, and must not be reported as one.
-                403 if namespace_terminating(s) => "NamespaceTerminating",
-                403 => "Forbidden",
-                404 => "NotFound",
-                409 => "Conflict",
-                422 => "Invalid",
-                429 => "TooManyRequests",
-                500..=599 => "ServerError",
-                _ => "ApiError",
-            },
-            Error::Kube { .. } => "Transport",
-            Error::Invalid(_) => "InvalidObject",
-            Error::NotSynced => "NotSynced",
+            } => api_error_kind(s),
+            Error::Kube {
+                source: kube::Error::Service(e),
+                ..
+            } if e.is::<NotLeader>() => ErrorKind::NotLeader,
+            Error::Kube { .. } => ErrorKind::Transport,
+            Error::Invalid(_) => ErrorKind::InvalidObject,
+            Error::NotSynced => ErrorKind::NotSynced,
         }
     }
+}
+
+/// A bounded set of failure kinds (the `kind` label of `premium_reconcile_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum ErrorKind {
+    /// RBAC: the operator's role lacks a permission (403 from the authorizer).
+    Forbidden,
+    /// A ResourceQuota in the namespace has no room for the object (403 from quota admission).
+    QuotaExceeded,
+    /// An admission webhook or a ValidatingAdmissionPolicy denied the request.
+    AdmissionDenied,
+    /// The namespace is being deleted (403 from NamespaceLifecycle admission).
+    NamespaceTerminating,
+    NotFound,
+    Conflict,
+    Invalid,
+    TooManyRequests,
+    ServerError,
+    ApiError,
+    /// No answer: connection, TLS or timeout.
+    Transport,
+    /// This instance is not (or no longer surely) the leader: the write was not sent.
+    NotLeader,
+    /// An object that does not match the schema.
+    InvalidObject,
+    NotSynced,
+}
+
+impl ErrorKind {
+    /// A refusal that only a person can lift (a Role, a quota, an admission policy): reported
+    /// in the object's status, not just logged.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Forbidden | ErrorKind::QuotaExceeded | ErrorKind::AdmissionDenied
+        )
+    }
+
+    /// How soon a failure of this kind is tried again.
+    pub fn schedule(self) -> retry::Schedule {
+        match self {
+            ErrorKind::Conflict | ErrorKind::NotSynced => retry::Schedule::SOON,
+            ErrorKind::Forbidden
+            | ErrorKind::QuotaExceeded
+            | ErrorKind::AdmissionDenied
+            | ErrorKind::NamespaceTerminating
+            | ErrorKind::Invalid
+            | ErrorKind::InvalidObject
+            | ErrorKind::NotLeader => retry::Schedule::REFUSED,
+            ErrorKind::NotFound
+            | ErrorKind::TooManyRequests
+            | ErrorKind::ServerError
+            | ErrorKind::ApiError
+            | ErrorKind::Transport => retry::Schedule::TRANSIENT,
+        }
+    }
+}
+
+/// The kind of an API server refusal. A 403 comes from RBAC, from a ResourceQuota, from
+/// admission control or from a namespace being deleted, and each asks someone else to act; the
+/// Status's message is the only place that says which (the reason is "Forbidden" for all).
+fn api_error_kind(s: &kube::core::Status) -> ErrorKind {
+    match s.code {
+        403 if namespace_terminating(s) => ErrorKind::NamespaceTerminating,
+        403 if quota_exceeded(s) => ErrorKind::QuotaExceeded,
+        // Webhooks choose their own code (400, 403, 422...), so the message decides.
+        400..=499 if admission_denied(s) => ErrorKind::AdmissionDenied,
+        403 => ErrorKind::Forbidden,
+        404 => ErrorKind::NotFound,
+        409 => ErrorKind::Conflict,
+        422 => ErrorKind::Invalid,
+        429 => ErrorKind::TooManyRequests,
+        500..=599 => ErrorKind::ServerError,
+        _ => ErrorKind::ApiError,
+    }
+}
+
+/// ResourceQuota admission: "exceeded quota: q, requested: ...", or "failed quota: q: must
+/// specify limits.cpu" for a quota that demands limits.
+fn quota_exceeded(s: &kube::core::Status) -> bool {
+    s.message.contains("exceeded quota") || s.message.contains("failed quota")
+}
+
+/// A webhook ("admission webhook \"w\" denied the request: ...") or a ValidatingAdmissionPolicy
+/// ("ValidatingAdmissionPolicy 'p' with binding 'b' denied request: ...").
+fn admission_denied(s: &kube::core::Status) -> bool {
+    let m = &s.message;
+    (m.contains("admission webhook") && m.contains("denied the request"))
+        || m.contains("ValidatingAdmissionPolicy")
+        || m.contains("denied request")
 }
 
 /// Whether a refusal comes from the namespace being deleted (the API server's
@@ -121,7 +207,7 @@ fn namespace_terminating(s: &kube::core::Status) -> bool {
 }
 
 impl ErrorLabels {
-    pub fn new(controller: &'static str, kind: &'static str) -> Self {
+    pub fn new(controller: &'static str, kind: ErrorKind) -> Self {
         Self { controller, kind }
     }
 }
@@ -148,7 +234,7 @@ where
             );
             ctx.metrics
                 .reconcile_errors
-                .get_or_create(&ErrorLabels::new(controller, "InvalidObject"))
+                .get_or_create(&ErrorLabels::new(controller, ErrorKind::InvalidObject))
                 .inc();
             None
         }
@@ -212,7 +298,9 @@ pub struct RunArgs {
         env = "LEADER_ELECTION_LEASE"
     )]
     pub leader_election_lease: String,
-    /// How long a leader that stopped renewing keeps the lease, in seconds.
+    /// How long a leader that stopped renewing keeps the lease, in seconds. The leader itself
+    /// stops acting (and exits) once it has not renewed for two thirds of this, so a standby
+    /// that takes over never overlaps with it.
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
     /// This instance's identity in the Lease (default: POD_NAME or hostname, plus a random suffix).
@@ -304,10 +392,21 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     // (WATCH_TIMEOUT_SECS), so a quiet watch is never cut by it.
     config.read_timeout = Some(API_READ_TIMEOUT);
     config.reset_reader_on_write = true;
-    let client = kube::client::ClientBuilder::try_from(config)
-        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?
-        .with_layer(&request_counter(metrics.clone()))
-        .build();
+    let builder = || {
+        kube::client::ClientBuilder::try_from(config.clone())
+            .map(|b| b.with_layer(&request_counter(metrics.clone())))
+            .map_err(|e| format!("cannot build a Kubernetes client: {e}"))
+    };
+    // With leader election, every write goes through the election's gate, which lets it out
+    // only while this instance leads on its own clock; the Lease has a client of its own.
+    let mut election = match args.leader_elect {
+        true => Some(Election::new(builder()?.build(), leader_config(&args))),
+        false => None,
+    };
+    let gate = election
+        .as_ref()
+        .map_or_else(WriteGate::open, Election::gate);
+    let client = builder()?.with_layer(&gate).build();
 
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -364,35 +463,15 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         stopped(stop_rx.clone()),
     ));
 
-    let election = if args.leader_elect {
-        let namespace = args
-            .leader_election_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "default".into());
-        let base = args
-            .identity
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "premium-operator".into());
-        let identity = format!("{base}-{:08x}", rand::random::<u32>());
-        let cfg = LeaderConfig {
-            lease_name: args.leader_election_lease.clone(),
-            namespace,
-            identity: identity.clone(),
-            duration: Duration::from_secs(args.lease_duration_seconds),
-            grace: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
-        };
-        let mut election = Election::start(client.clone(), &cfg)
-            .await
-            .map_err(|e| format!("leader election: {e}"))?;
+    let election = if let Some(mut election) = election.take() {
+        election.start();
         // A standby is healthy and ready: it can take over.
         ready.store(true, Ordering::Relaxed);
-        info!(%identity, lease = %cfg.lease_name, namespace = %cfg.namespace, "waiting to become the leader");
+        info!(identity = election.identity(), lease = %args.leader_election_lease, "waiting to become the leader");
         tokio::select! {
             won = election.acquired() => {
                 if !won {
-                    return Err("the lease manager stopped before this instance became the leader".into());
+                    return Err("the leader election ended before this instance became the leader".into());
                 }
             }
             _ = stopped(stop_rx.clone()) => {
@@ -401,7 +480,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 return Ok(());
             }
         }
-        info!(%identity, "became the leader");
+        info!(identity = election.identity(), "became the leader");
         metrics.leader.set(1);
         Some(election)
     } else {
@@ -409,25 +488,21 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         None
     };
 
-    let lost_leadership = Arc::new(AtomicBool::new(false));
+    // Leadership ends on this instance's own clock (see `runtime::leader`): then in-flight
+    // reconciles are cancelled at once, not drained, since the Lease may already be someone
+    // else's. A shutdown request drains them instead.
+    let lost = match &election {
+        Some(e) => e.ended().boxed(),
+        None => std::future::pending().boxed(),
+    }
+    .shared();
     let controllers_stop = {
-        let lost = lost_leadership.clone();
-        let mut leader_rx = election.as_ref().map(|e| e.is_leader.clone());
+        let lost = lost.clone();
         let stop_rx = stop_rx.clone();
         async move {
-            let lost_lease = async {
-                match leader_rx.as_mut() {
-                    Some(rx) => loop {
-                        if rx.changed().await.is_err() || !*rx.borrow() {
-                            break;
-                        }
-                    },
-                    None => std::future::pending::<()>().await,
-                }
-            };
             tokio::select! {
                 _ = stopped(stop_rx) => {},
-                _ = lost_lease => { lost.store(true, Ordering::Relaxed); }
+                _ = lost => {},
             }
         }
     }
@@ -445,13 +520,25 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     // Graceful shutdown drains in-flight reconciles, but never waits forever (an API server
     // that stopped answering must not keep the process, and so the lease, alive).
     let deadline = controllers_stop.then(|_| tokio::time::sleep(SHUTDOWN_GRACE));
-    tokio::select! {
-        _ = controllers => {},
-        _ = deadline => warn!(grace = ?SHUTDOWN_GRACE, "in-flight reconciles did not finish in time; stopping anyway"),
-    }
+    let lost_leadership = tokio::select! {
+        biased;
+        // Dropping the controllers drops every reconcile in flight with them.
+        _ = lost.clone() => true,
+        _ = controllers => false,
+        _ = deadline => {
+            warn!(grace = ?SHUTDOWN_GRACE, "in-flight reconciles did not finish in time; stopping anyway");
+            false
+        }
+    };
+    // A drain that ended while leadership ran out counts as a loss too: no release then.
+    let lost_leadership = lost_leadership || lost.clone().now_or_never().is_some();
 
-    if lost_leadership.load(Ordering::Relaxed) {
-        error!("lost the leader lease; stopping so that only the leader writes");
+    if lost_leadership {
+        metrics.leader.set(0);
+        ready.store(false, Ordering::Relaxed);
+        error!(
+            "lost the leader lease (no renewal within the renew deadline, or another holder); in-flight work cancelled; stopping so that only the leader writes"
+        );
         let _ = stop_tx.send(true);
         let _ = http.await;
         return Err("lost the leader lease".into());
@@ -463,6 +550,26 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let _ = http.await;
     info!("stopped");
     Ok(())
+}
+
+/// The Lease settings of `premium-operator run --leader-elect`.
+fn leader_config(args: &RunArgs) -> LeaderConfig {
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let base = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "premium-operator".into());
+    LeaderConfig {
+        lease_name: args.leader_election_lease.clone(),
+        namespace,
+        identity: format!("{base}-{:08x}", rand::random::<u32>()),
+        duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
+    }
 }
 
 /// Every watch's base configuration: see [`WATCH_TIMEOUT_SECS`].
@@ -597,20 +704,20 @@ async fn run_controllers(
             }
         })
     };
-    let tasks = [
+    // Aborted however this function ends: when leadership is lost it is dropped, not awaited.
+    let mut tasks = AbortOnDrop(vec![
         deploy_task,
         svc_task,
         cm_task,
         hpa_task,
         feature_task,
         policy_task,
-    ];
+    ]);
 
     // Decide nothing from a partial picture: every cache has its first full list first.
     tokio::select! {
         _ = ctx.wait_synced() => {},
         _ = stop.clone() => {
-            for t in &tasks { t.abort(); }
             return;
         }
     }
@@ -640,6 +747,7 @@ async fn run_controllers(
             }
         })
     };
+    tasks.0.push(back_lane);
     for p in valid_policies(&policy_reader) {
         let _ = policy_tx.send(p);
     }
@@ -658,6 +766,8 @@ async fn run_controllers(
         })
     };
 
+    tasks.0.push(downstream);
+
     let controller_config = ControllerConfig::default().concurrency(args.concurrency);
     let feature_controller = Controller::for_stream(
         futures::stream::pending::<Result<DeserializeGuard<PremiumFeature>, watcher::Error>>(),
@@ -675,7 +785,14 @@ async fn run_controllers(
         }
     }))
     .graceful_shutdown_on(stop.clone())
-    .run(feature::reconcile, error_policy_feature, ctx.clone())
+    .run(
+        |obj, ctx| async move {
+            let reconcile = feature::reconcile(obj.clone(), ctx.clone());
+            reset_backoff_on_success("feature", &obj, &ctx, reconcile).await
+        },
+        error_policy_feature,
+        ctx.clone(),
+    )
     .for_each(|_| futures::future::ready(()));
     let policy_controller = Controller::for_stream(
         futures::stream::pending::<Result<DeserializeGuard<PremiumPolicy>, watcher::Error>>(),
@@ -684,15 +801,29 @@ async fn run_controllers(
     .with_config(controller_config)
     .reconcile_on(UnboundedReceiverStream::new(policy_rx))
     .graceful_shutdown_on(stop.clone())
-    .run(policy::reconcile, error_policy_policy, ctx.clone())
+    .run(
+        |obj, ctx| async move {
+            let reconcile = policy::reconcile(obj.clone(), ctx.clone());
+            reset_backoff_on_success("policy", &obj, &ctx, reconcile).await
+        },
+        error_policy_policy,
+        ctx.clone(),
+    )
     .for_each(|_| futures::future::ready(()));
     tokio::join!(feature_controller, policy_controller);
-    back_lane.abort();
-    downstream.abort();
-    for t in &tasks {
-        t.abort();
-    }
+    drop(tasks);
     ready.store(false, Ordering::Relaxed);
+}
+
+/// Background tasks that end with their owner.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
 }
 
 fn valid_policies(
@@ -791,12 +922,53 @@ fn index_policy_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumPol
     ctx.wake(wake);
 }
 
-fn backoff_for(error: &Error) -> Action {
-    match error.kind() {
-        "Conflict" => Action::requeue(Duration::from_millis(200)),
-        "Forbidden" => Action::requeue(Duration::from_secs(30)),
-        _ => Action::requeue(Duration::from_secs(5)),
+/// The retry key of a watched object, readable or not.
+fn retry_key<K>(controller: &'static str, g: &DeserializeGuard<K>) -> retry::RetryKey
+where
+    K: Resource<DynamicType = ()>,
+{
+    let meta = match &g.0 {
+        Ok(k) => k.meta(),
+        Err(invalid) => &invalid.metadata,
+    };
+    (
+        controller,
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// A reconcile that, when it succeeds, resets its object's retry backoff.
+async fn reset_backoff_on_success<K>(
+    controller: &'static str,
+    obj: &DeserializeGuard<K>,
+    ctx: &Context,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let result = reconcile.await;
+    if result.is_ok() {
+        ctx.retries.succeeded(&retry_key(controller, obj));
     }
+    result
+}
+
+/// Counts the failure and picks the wait before the next try: this object's own exponential
+/// backoff for the kind of failure (see [`retry`]).
+fn backoff_for(
+    controller: &'static str,
+    key: retry::RetryKey,
+    error: &Error,
+    ctx: &Context,
+) -> Action {
+    let kind = error.kind();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels::new(controller, kind))
+        .inc();
+    Action::requeue(ctx.retries.failed(key, kind.schedule()))
 }
 
 fn error_policy_feature(
@@ -804,23 +976,23 @@ fn error_policy_feature(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let name = obj.0.as_ref().map(|f| f.name_any()).unwrap_or_default();
-    let namespace = obj
-        .0
-        .as_ref()
-        .ok()
-        .and_then(|f| f.namespace())
-        .unwrap_or_default();
-    if error.kind() == "Forbidden" {
-        error!(feature = %name, %namespace, error = %error, kind = error.kind(), "permission denied: the operator's RBAC role lacks a permission this feature needs; the feature reports Stalled (reason Forbidden) and is retried until the permission is granted");
-    } else {
-        warn!(feature = %name, %namespace, error = %error, kind = error.kind(), "reconcile failed; retrying");
+    let (_, namespace, name) = retry_key("feature", &obj);
+    let kind = error.kind();
+    match kind {
+        ErrorKind::Forbidden => {
+            error!(feature = %name, %namespace, error = %error, ?kind, "permission denied: the operator's RBAC role lacks a permission this feature needs; the feature reports Stalled (reason Forbidden) and is retried with backoff until the permission is granted")
+        }
+        ErrorKind::QuotaExceeded => {
+            warn!(feature = %name, %namespace, error = %error, ?kind, "a ResourceQuota of the namespace has no room for this feature's objects; the feature reports Stalled (reason QuotaExceeded) and is retried with backoff")
+        }
+        ErrorKind::AdmissionDenied => {
+            warn!(feature = %name, %namespace, error = %error, ?kind, "an admission webhook or ValidatingAdmissionPolicy denied this feature's objects; the feature reports Stalled (reason AdmissionDenied) and is retried with backoff")
+        }
+        _ => {
+            warn!(feature = %name, %namespace, error = %error, ?kind, "reconcile failed; retrying")
+        }
     }
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels::new("feature", error.kind()))
-        .inc();
-    backoff_for(error)
+    backoff_for("feature", retry_key("feature", &obj), error, &ctx)
 }
 
 fn error_policy_policy(
@@ -828,13 +1000,9 @@ fn error_policy_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let name = obj.0.as_ref().map(|p| p.name_any()).unwrap_or_default();
-    warn!(policy = %name, error = %error, kind = error.kind(), "reconcile failed; retrying");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels::new("policy", error.kind()))
-        .inc();
-    backoff_for(error)
+    let key = retry_key("policy", &obj);
+    warn!(policy = %key.2, namespace = %key.1, error = %error, kind = ?error.kind(), "reconcile failed; retrying");
+    backoff_for("policy", key, error, &ctx)
 }
 
 #[cfg(test)]
@@ -863,12 +1031,114 @@ mod tests {
             "deployments.apps \"a\" is forbidden: unable to create new content in namespace ns because it is being terminated",
             Some("NamespaceTerminating"),
         );
-        assert_eq!(terminating.kind(), "NamespaceTerminating");
+        assert_eq!(terminating.kind(), ErrorKind::NamespaceTerminating);
         let rbac = api_error(
             403,
             "deployments.apps \"a\" is forbidden: User \"system:serviceaccount:ns:po\" cannot patch resource \"deployments\"",
             None,
         );
-        assert_eq!(rbac.kind(), "Forbidden");
+        assert_eq!(rbac.kind(), ErrorKind::Forbidden);
+        assert!(rbac.kind().is_refusal());
+    }
+
+    #[test]
+    fn a_403_says_whether_rbac_a_quota_or_admission_refused() {
+        // Messages as the API server words them.
+        let cases = [
+            (
+                403,
+                "deployments.apps \"a\" is forbidden: exceeded quota: no-deployments, requested: count/deployments.apps=1, used: count/deployments.apps=0, limited: count/deployments.apps=0",
+                ErrorKind::QuotaExceeded,
+            ),
+            (
+                403,
+                "deployments.apps \"a\" is forbidden: failed quota: compute: must specify limits.cpu for: podinfo",
+                ErrorKind::QuotaExceeded,
+            ),
+            (
+                403,
+                "deployments.apps \"a\" is forbidden: ValidatingAdmissionPolicy 'no-latest' with binding 'no-latest' denied request: failed expression: object.spec.replicas <= 5",
+                ErrorKind::AdmissionDenied,
+            ),
+            (
+                422,
+                "deployments.apps \"a\" is invalid: ValidatingAdmissionPolicy 'p' with binding 'b' denied request: nope",
+                ErrorKind::AdmissionDenied,
+            ),
+            (
+                403,
+                "admission webhook \"deny.example.com\" denied the request: images from this registry are not allowed",
+                ErrorKind::AdmissionDenied,
+            ),
+            (
+                400,
+                "admission webhook \"validate.example.com\" denied the request: missing team label",
+                ErrorKind::AdmissionDenied,
+            ),
+            (
+                403,
+                "services \"a\" is forbidden: User \"system:serviceaccount:ns:po\" cannot create resource \"services\" in API group \"\" in the namespace \"ns\"",
+                ErrorKind::Forbidden,
+            ),
+            (
+                422,
+                "Deployment.apps \"a\" is invalid: spec.replicas: Invalid value: -1",
+                ErrorKind::Invalid,
+            ),
+            (409, "Operation cannot be fulfilled", ErrorKind::Conflict),
+            (
+                503,
+                "the server is currently unable to handle the request",
+                ErrorKind::ServerError,
+            ),
+        ];
+        for (code, message, want) in cases {
+            assert_eq!(
+                api_error(code, message, None).kind(),
+                want,
+                "{code} {message}"
+            );
+        }
+        assert!(ErrorKind::QuotaExceeded.is_refusal() && ErrorKind::AdmissionDenied.is_refusal());
+        assert!(!ErrorKind::NamespaceTerminating.is_refusal());
+    }
+
+    #[test]
+    fn refusals_are_retried_slowly_and_races_soon() {
+        for kind in [
+            ErrorKind::Forbidden,
+            ErrorKind::QuotaExceeded,
+            ErrorKind::AdmissionDenied,
+        ] {
+            assert_eq!(kind.schedule(), retry::Schedule::REFUSED, "{kind:?}");
+        }
+        assert_eq!(ErrorKind::Conflict.schedule(), retry::Schedule::SOON);
+        assert_eq!(
+            ErrorKind::ServerError.schedule(),
+            retry::Schedule::TRANSIENT
+        );
+    }
+
+    #[test]
+    fn a_write_the_leader_gate_withheld_is_no_transport_failure() {
+        let e = Error::kube("applying", kube::Error::Service(Box::new(NotLeader)));
+        assert_eq!(e.kind(), ErrorKind::NotLeader);
+    }
+
+    #[test]
+    fn error_kinds_are_metric_labels() {
+        let metrics = Metrics::default();
+        metrics
+            .reconcile_errors
+            .get_or_create(&ErrorLabels::new("feature", ErrorKind::QuotaExceeded))
+            .inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).expect("encodes");
+        assert!(
+            text.contains(
+                "reconcile_errors_total{controller=\"feature\",kind=\"QuotaExceeded\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

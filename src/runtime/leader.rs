@@ -1,10 +1,32 @@
-//! Leader election on a Lease (kube-lease-manager): only the holder reconciles and writes.
+//! Leader election on a Lease: only the holder reconciles and writes.
+//!
+//! A standby may take the Lease over once it has seen no renewal for the lease duration. The
+//! leader therefore stops on its own clock, sooner: once its last successful renewal is older
+//! than the renew deadline (two thirds of the lease), it is no longer the leader, whatever the
+//! API server says later. A paused process (SIGSTOP, a frozen VM, a long CPU throttle) that
+//! wakes up after a standby took over finds its tenure over before it sends anything: every
+//! write goes through [`WriteGate`], which checks the clock each time the request is polled,
+//! and [`Election::ended`] resolves so in-flight reconciles are cancelled.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use kube::Client;
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// Field manager of the operator's writes to its Lease.
+const LEASE_FIELD_MANAGER: &str = "premium-operator-lease";
+/// Longest wait for the Lease to be handed back at shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Lease settings.
 #[derive(Debug, Clone)]
@@ -12,57 +34,622 @@ pub struct LeaderConfig {
     pub lease_name: String,
     pub namespace: String,
     pub identity: String,
-    /// A holder that has not renewed for this long loses the lease.
+    /// A holder that a standby has not seen renew for this long loses the lease.
     pub duration: Duration,
-    /// The holder renews this long before expiry.
-    pub grace: Duration,
 }
 
-/// A running election: `is_leader` flips as the lease is won or lost.
+impl LeaderConfig {
+    /// How long after sending its last successful renewal the leader still acts. A standby
+    /// counts the lease duration from when it *saw* that renewal, which is later, so the third
+    /// left over is the margin for a slow answer and for scheduling delays.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+
+    /// How often the leader renews and a standby looks at the Lease: several tries fit in the
+    /// renew deadline, so one slow or failed request does not end a tenure.
+    pub fn retry_period(&self) -> Duration {
+        (self.duration / 6).max(Duration::from_millis(500))
+    }
+}
+
+/// This instance's leadership, as its own monotonic clock sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tenure {
+    /// Not the leader (yet).
+    Standby,
+    /// The leader until `until`: the renew deadline after the last successful renewal was sent.
+    Leading { until: Instant },
+    /// Was the leader and is no more. Never leads again in this process: its work was cancelled
+    /// and it stops, so a supervisor restarts it as a fresh standby.
+    Over,
+}
+
+impl Tenure {
+    /// After a renewal (or the first acquisition) sent at `sent_at` was confirmed at `now`.
+    /// The deadline counts from the send, the last moment the Lease can show as renewed. A
+    /// confirmation that arrives after the previous deadline is too late: this instance has
+    /// already stopped acting, and must not start again on a Lease a standby may have taken.
+    pub fn renewed(self, sent_at: Instant, now: Instant, renew_deadline: Duration) -> Self {
+        let until = sent_at + renew_deadline;
+        match self {
+            Tenure::Over => Tenure::Over,
+            Tenure::Leading { until: previous } if now >= previous => Tenure::Over,
+            Tenure::Leading { until: previous } => Tenure::Leading {
+                until: until.max(previous),
+            },
+            Tenure::Standby if now < until => Tenure::Leading { until },
+            // Acquired, but so slowly that the renew deadline has already passed: the next
+            // renewal makes it the leader.
+            Tenure::Standby => Tenure::Standby,
+        }
+    }
+
+    /// After reading the Lease held by another instance.
+    pub fn lost(self) -> Self {
+        match self {
+            Tenure::Standby => Tenure::Standby,
+            Tenure::Leading { .. } | Tenure::Over => Tenure::Over,
+        }
+    }
+
+    /// Whether this instance may act (reconcile, write) at `now`.
+    pub fn leads_at(&self, now: Instant) -> bool {
+        matches!(self, Tenure::Leading { until } if now < *until)
+    }
+
+    /// Whether this instance led and, at `now`, no longer does.
+    pub fn over_at(&self, now: Instant) -> bool {
+        match self {
+            Tenure::Standby => false,
+            Tenure::Leading { until } => now >= *until,
+            Tenure::Over => true,
+        }
+    }
+}
+
+/// A request the leader gate refused to send.
+#[derive(Debug, thiserror::Error)]
+#[error("not sent: this instance is not (or no longer surely) the leader")]
+pub struct NotLeader;
+
+/// Lets writes to the API server through only while this instance leads (always, without
+/// leader election). Reads always pass: a standby keeps its caches warm.
+#[derive(Debug, Clone)]
+pub struct WriteGate(Option<watch::Receiver<Tenure>>);
+
+impl WriteGate {
+    /// A gate for a single instance (no leader election): every write passes.
+    pub fn open() -> Self {
+        Self(None)
+    }
+
+    /// Whether a write may be sent at `now`.
+    pub fn allows(&self, now: Instant) -> bool {
+        self.0.as_ref().is_none_or(|t| t.borrow().leads_at(now))
+    }
+}
+
+impl<S> tower::Layer<S> for WriteGate {
+    type Service = GatedService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GatedService {
+            inner,
+            gate: self.clone(),
+        }
+    }
+}
+
+/// The client service stack behind a [`WriteGate`].
+#[derive(Debug, Clone)]
+pub struct GatedService<S> {
+    inner: S,
+    gate: WriteGate,
+}
+
+fn is_write(method: &http::Method) -> bool {
+    !matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
+impl<S, B> tower::Service<http::Request<B>> for GatedService<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = Gated<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let gate = is_write(req.method()).then(|| self.gate.clone());
+        Gated {
+            gate,
+            inner: Box::pin(self.inner.call(req)),
+        }
+    }
+}
+
+/// A request in flight. A write checks the gate each time it is polled, before it progresses:
+/// a process paused between building a request and sending it finds, once resumed, that its
+/// tenure is over, and the request is dropped unsent.
+pub struct Gated<F> {
+    gate: Option<WriteGate>,
+    inner: Pin<Box<F>>,
+}
+
+impl<F, T, E> Future for Gated<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<tower::BoxError>,
+{
+    type Output = Result<T, tower::BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(gate) = &self.gate
+            && !gate.allows(Instant::now())
+        {
+            return Poll::Ready(Err(Box::new(NotLeader)));
+        }
+        self.inner.as_mut().poll(cx).map_err(Into::into)
+    }
+}
+
+/// An election: a background campaign that acquires and renews the Lease and publishes the
+/// [`Tenure`].
 pub struct Election {
-    pub is_leader: watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+    api: Api<Lease>,
+    cfg: LeaderConfig,
+    tenure_tx: watch::Sender<Tenure>,
+    tenure: watch::Receiver<Tenure>,
+    campaign: Option<JoinHandle<()>>,
 }
 
 impl Election {
-    pub async fn start(client: Client, cfg: &LeaderConfig) -> kube_lease_manager::Result<Self> {
-        let manager = LeaseManagerBuilder::new(client, &cfg.lease_name)
-            .with_namespace(&cfg.namespace)
-            .with_identity(&cfg.identity)
-            .with_duration(cfg.duration.as_secs().max(2))
-            .with_grace(cfg.grace.as_secs().max(1))
-            .with_field_manager(format!("premium-operator-lease-{}", cfg.identity))
-            .build()
-            .await?;
-        let (is_leader, task) = manager.watch().await;
-        Ok(Self { is_leader, task })
+    /// An election not started yet: its [`WriteGate`] can be wired into the client first.
+    /// `client` is used for the Lease only, and must not go through that gate.
+    pub fn new(client: Client, cfg: LeaderConfig) -> Self {
+        let (tenure_tx, tenure) = watch::channel(Tenure::Standby);
+        Self {
+            api: Api::namespaced(client, &cfg.namespace),
+            cfg,
+            tenure_tx,
+            tenure,
+            campaign: None,
+        }
     }
 
-    /// Waits until this instance holds the lease.
+    /// This instance's identity in the Lease.
+    pub fn identity(&self) -> &str {
+        &self.cfg.identity
+    }
+
+    /// The gate that lets writes through while this instance leads.
+    pub fn gate(&self) -> WriteGate {
+        WriteGate(Some(self.tenure.clone()))
+    }
+
+    /// Starts acquiring and renewing the Lease in the background.
+    pub fn start(&mut self) {
+        if self.campaign.is_none() {
+            let campaign = campaign(self.api.clone(), self.cfg.clone(), self.tenure_tx.clone());
+            self.campaign = Some(tokio::spawn(campaign));
+        }
+    }
+
+    /// Waits until this instance leads; false if its tenure ended first.
     pub async fn acquired(&mut self) -> bool {
         loop {
-            if *self.is_leader.borrow_and_update() {
+            let tenure = *self.tenure.borrow_and_update();
+            if tenure.leads_at(Instant::now()) {
                 return true;
             }
-            if self.is_leader.changed().await.is_err() {
+            if tenure == Tenure::Over || self.tenure.changed().await.is_err() {
                 return false;
             }
         }
     }
 
-    /// Stops renewing and hands the lease back so a standby takes over at once.
-    pub async fn release(self) {
-        drop(self.is_leader);
-        match self.task.await {
-            Ok(Ok(manager)) => {
-                if let Err(e) = manager.release().await {
-                    tracing::warn!(error = %e, "could not release the leader lease; it expires by itself");
-                } else {
-                    tracing::info!("released the leader lease");
+    /// Resolves once this instance has led and no longer does, on its own clock: when the renew
+    /// deadline passes without a renewal, even while a renewal request is still hanging.
+    pub fn ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        tenure_ended(self.tenure.clone())
+    }
+
+    /// Stops renewing and hands the Lease back so a standby takes over at once.
+    pub async fn release(mut self) {
+        if let Some(campaign) = self.campaign.take() {
+            campaign.abort();
+        }
+        // Nothing may be written once the Lease can be someone else's.
+        self.tenure_tx.send_replace(Tenure::Over);
+        match tokio::time::timeout(RELEASE_TIMEOUT, release(&self.api, &self.cfg)).await {
+            Ok(Ok(true)) => info!("released the leader lease"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not release the leader lease; it expires by itself")
+            }
+            Err(_) => warn!("releasing the leader lease timed out; it expires by itself"),
+        }
+    }
+}
+
+impl Drop for Election {
+    fn drop(&mut self) {
+        if let Some(campaign) = self.campaign.take() {
+            campaign.abort();
+        }
+    }
+}
+
+async fn tenure_ended(mut tenure: watch::Receiver<Tenure>) {
+    loop {
+        let current = *tenure.borrow_and_update();
+        if current.over_at(Instant::now()) {
+            return;
+        }
+        let deadline = match current {
+            Tenure::Leading { until } => until,
+            // Far enough to mean "until the tenure changes".
+            Tenure::Standby | Tenure::Over => Instant::now() + Duration::from_secs(3600),
+        };
+        tokio::select! {
+            changed = tenure.changed() => {
+                if changed.is_err() {
+                    return;
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "lease manager failed"),
-            Err(e) => tracing::warn!(error = %e, "lease manager task failed"),
+            _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+/// What a standby last saw of the Lease, and when (on its own clock): a holder counts as gone
+/// once its record has not changed for its lease duration. Comparing its own clock with the
+/// holder's renewTime would trust two clocks to agree.
+#[derive(Debug, Clone, PartialEq)]
+struct Observed {
+    record: (Option<String>, Option<MicroTime>),
+    at: Instant,
+}
+
+/// How one look at the Lease went.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    /// This instance holds the Lease (acquired or renewed).
+    Holding,
+    /// Another instance holds it and its lease is current.
+    HeldByOther,
+}
+
+async fn campaign(api: Api<Lease>, cfg: LeaderConfig, tenure: watch::Sender<Tenure>) {
+    let renew_deadline = cfg.renew_deadline();
+    let mut observed: Option<Observed> = None;
+    loop {
+        if tenure.borrow().over_at(Instant::now()) {
+            // Sticky: a late renewal must not revive a tenure whose work was cancelled.
+            tenure.send_replace(Tenure::Over);
+            return;
+        }
+        let sent_at = Instant::now();
+        // An attempt answered after the renew deadline is useless; the clock has decided.
+        let attempt =
+            tokio::time::timeout(renew_deadline, try_hold(&api, &cfg, &mut observed)).await;
+        let now = Instant::now();
+        match attempt {
+            Ok(Ok(Attempt::Holding)) => {
+                tenure.send_if_modified(|t| {
+                    let next = t.renewed(sent_at, now, renew_deadline);
+                    let changed = next != *t;
+                    *t = next;
+                    changed
+                });
+            }
+            Ok(Ok(Attempt::HeldByOther)) => {
+                tenure.send_if_modified(|t| {
+                    let next = t.lost();
+                    let changed = next != *t;
+                    *t = next;
+                    changed
+                });
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, lease = %cfg.lease_name, "leader lease request failed; retrying")
+            }
+            Err(_) => warn!(lease = %cfg.lease_name, "leader lease request timed out; retrying"),
+        }
+        tokio::time::sleep(cfg.retry_period()).await;
+    }
+}
+
+/// One look at the Lease: takes it when it is free, expired or ours, with the resourceVersion
+/// read as a precondition so two instances never both succeed.
+async fn try_hold(
+    api: &Api<Lease>,
+    cfg: &LeaderConfig,
+    observed: &mut Option<Observed>,
+) -> Result<Attempt, kube::Error> {
+    let now = Timestamp::now();
+    let seconds = i32::try_from(cfg.duration.as_secs()).unwrap_or(i32::MAX);
+    let Some(lease) = api.get_opt(&cfg.lease_name).await? else {
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": cfg.lease_name, "namespace": cfg.namespace},
+            "spec": {
+                "holderIdentity": cfg.identity,
+                "leaseDurationSeconds": seconds,
+                "acquireTime": MicroTime(now),
+                "renewTime": MicroTime(now),
+                "leaseTransitions": 0,
+            },
+        }))
+        .map_err(kube::Error::SerdeError)?;
+        let created = api
+            .create(
+                &PostParams {
+                    field_manager: Some(LEASE_FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &lease,
+            )
+            .await;
+        return match created {
+            Ok(_) => Ok(Attempt::Holding),
+            // Another instance created it first: look again next time.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldByOther),
+            Err(e) => Err(e),
+        };
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+    let record = (holder.clone(), spec.renew_time.clone());
+    let seen_at = Instant::now();
+    if observed.as_ref().is_none_or(|o| o.record != record) {
+        *observed = Some(Observed {
+            record,
+            at: seen_at,
+        });
+    }
+    let ours = holder.as_deref() == Some(cfg.identity.as_str());
+    let their_duration = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(cfg.duration, Duration::from_secs);
+    let expired = observed
+        .as_ref()
+        .is_some_and(|o| seen_at >= o.at + their_duration);
+    if holder.is_some() && !ours && !expired {
+        return Ok(Attempt::HeldByOther);
+    }
+    let mut spec_patch = serde_json::json!({
+        "holderIdentity": cfg.identity,
+        "leaseDurationSeconds": seconds,
+        "renewTime": MicroTime(now),
+    });
+    if !ours {
+        spec_patch["acquireTime"] = serde_json::json!(MicroTime(now));
+        spec_patch["leaseTransitions"] =
+            serde_json::json!(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+    }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": lease.resource_version()},
+        "spec": spec_patch,
+    });
+    match api
+        .patch(
+            &cfg.lease_name,
+            &PatchParams {
+                field_manager: Some(LEASE_FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(Attempt::Holding),
+        // Someone wrote the Lease since it was read: read it again next time.
+        Err(kube::Error::Api(s)) if s.code == 409 && !ours => Ok(Attempt::HeldByOther),
+        Err(e) => Err(e),
+    }
+}
+
+/// Clears the holder if it is still this instance; whether it was.
+async fn release(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool, kube::Error> {
+    let Some(lease) = api.get_opt(&cfg.lease_name).await? else {
+        return Ok(false);
+    };
+    let holder = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref());
+    if holder != Some(cfg.identity.as_str()) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": lease.resource_version()},
+        "spec": {"holderIdentity": null, "renewTime": MicroTime(Timestamp::now())},
+    });
+    api.patch(
+        &cfg.lease_name,
+        &PatchParams {
+            field_manager: Some(LEASE_FIELD_MANAGER.into()),
+            ..Default::default()
+        },
+        &Patch::Merge(patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn cfg(seconds: u64) -> LeaderConfig {
+        LeaderConfig {
+            lease_name: "l".into(),
+            namespace: "ns".into(),
+            identity: "me".into(),
+            duration: Duration::from_secs(seconds),
+        }
+    }
+
+    #[test]
+    fn the_leader_stops_well_before_a_standby_may_take_over() {
+        for seconds in [2, 4, 6, 15, 60] {
+            let c = cfg(seconds);
+            assert!(c.renew_deadline() < c.duration, "{seconds}s");
+            // At least two renewals fit before the deadline.
+            assert!(c.retry_period() * 2 < c.renew_deadline(), "{seconds}s");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_ends_on_the_own_clock_at_the_renew_deadline() {
+        let t0 = Instant::now();
+        let tenure = Tenure::Standby.renewed(t0, t0 + Duration::from_millis(50), DEADLINE);
+        assert!(tenure.leads_at(Instant::now()));
+        tokio::time::advance(DEADLINE - Duration::from_millis(1)).await;
+        assert!(tenure.leads_at(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!tenure.leads_at(Instant::now()));
+        assert!(tenure.over_at(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_counts_from_when_it_was_sent_not_answered() {
+        let t0 = Instant::now();
+        let slow_answer = t0 + Duration::from_secs(3);
+        let tenure = Tenure::Standby.renewed(t0, slow_answer, DEADLINE);
+        assert_eq!(
+            tenure,
+            Tenure::Leading {
+                until: t0 + DEADLINE
+            }
+        );
+        // Each renewal moves the deadline on; an older one never moves it back.
+        let later = tenure.renewed(
+            t0 + Duration::from_secs(5),
+            t0 + Duration::from_secs(6),
+            DEADLINE,
+        );
+        assert_eq!(
+            later,
+            Tenure::Leading {
+                until: t0 + Duration::from_secs(15)
+            }
+        );
+        let stale = later.renewed(
+            t0 + Duration::from_secs(1),
+            t0 + Duration::from_secs(7),
+            DEADLINE,
+        );
+        assert_eq!(stale, later);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_confirmation_after_the_deadline_does_not_revive_the_tenure() {
+        let t0 = Instant::now();
+        let leading = Tenure::Standby.renewed(t0, t0, DEADLINE);
+        // Paused for 30 s in the middle of a renewal: its answer arrives after the deadline.
+        let woke = t0 + Duration::from_secs(30);
+        let after = leading.renewed(t0 + Duration::from_secs(9), woke, DEADLINE);
+        assert_eq!(after, Tenure::Over);
+        assert!(!after.leads_at(woke));
+        // And nothing brings it back.
+        assert_eq!(after.renewed(woke, woke, DEADLINE), Tenure::Over);
+        assert_eq!(after.lost(), Tenure::Over);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seeing_another_holder_ends_a_tenure_and_leaves_a_standby_waiting() {
+        let t0 = Instant::now();
+        assert_eq!(Tenure::Standby.lost(), Tenure::Standby);
+        assert!(!Tenure::Standby.over_at(t0));
+        let leading = Tenure::Standby.renewed(t0, t0, DEADLINE);
+        assert_eq!(leading.lost(), Tenure::Over);
+        // An acquisition confirmed after its own deadline does not make a leader yet.
+        assert_eq!(
+            Tenure::Standby.renewed(t0, t0 + DEADLINE, DEADLINE),
+            Tenure::Standby
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_closes_writes_at_the_deadline_and_never_closes_reads() {
+        let (tx, rx) = watch::channel(Tenure::Standby);
+        let gate = WriteGate(Some(rx));
+        assert!(!gate.allows(Instant::now()), "a standby writes nothing");
+        let t0 = Instant::now();
+        tx.send_replace(Tenure::Standby.renewed(t0, t0, DEADLINE));
+        assert!(gate.allows(Instant::now()));
+        tokio::time::advance(DEADLINE).await;
+        assert!(!gate.allows(Instant::now()));
+        assert!(WriteGate::open().allows(Instant::now()));
+        assert!(is_write(&http::Method::PATCH) && is_write(&http::Method::DELETE));
+        assert!(!is_write(&http::Method::GET));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_built_before_a_pause_is_not_sent_after_it() {
+        use tower::{Service, ServiceExt};
+        let (tx, rx) = watch::channel(Tenure::Standby);
+        let t0 = Instant::now();
+        tx.send_replace(Tenure::Standby.renewed(t0, t0, DEADLINE));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inner = {
+            let sent = sent.clone();
+            tower::service_fn(move |req: http::Request<()>| {
+                let sent = sent.clone();
+                async move {
+                    // Stands for the connection checkout before the bytes go out.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<_, std::convert::Infallible>(req.method().clone())
+                }
+            })
+        };
+        let mut svc = tower::Layer::layer(&WriteGate(Some(rx)), inner);
+        let patch = http::Request::patch("/x").body(()).expect("a request");
+        let read = http::Request::get("/x").body(()).expect("a request");
+        let mut write = svc.ready().await.expect("ready").call(patch);
+        let read = svc.ready().await.expect("ready").call(read);
+        // The write is on its way (polled once) when the process is paused past the deadline.
+        assert!(futures::poll!(&mut write).is_pending());
+        tokio::time::advance(DEADLINE + Duration::from_secs(5)).await;
+        let refused = write.await.expect_err("the write must not be sent");
+        assert!(refused.is::<NotLeader>(), "{refused}");
+        assert_eq!(read.await.expect("reads pass"), http::Method::GET);
+        assert_eq!(
+            sent.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "only the read went out"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_resolves_at_the_deadline_without_any_news() {
+        let (tx, rx) = watch::channel(Tenure::Standby);
+        let t0 = Instant::now();
+        tx.send_replace(Tenure::Standby.renewed(t0, t0, DEADLINE));
+        let ended = tokio::spawn(tenure_ended(rx));
+        tokio::time::advance(DEADLINE - Duration::from_millis(100)).await;
+        tokio::task::yield_now().await;
+        assert!(!ended.is_finished());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        tokio::time::timeout(Duration::from_millis(1), ended)
+            .await
+            .expect("ended at the deadline")
+            .expect("no panic");
+        drop(tx);
     }
 }
