@@ -53,6 +53,7 @@ pub fn allocation(
                 weight: pool.weight,
                 // Features on or behind a cycle cannot start anyway: admit them last.
                 level: graph.level(&key).unwrap_or(u32::MAX),
+                running: false,
             }
         })
         .collect();

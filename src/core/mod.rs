@@ -10,6 +10,7 @@ pub mod policy;
 pub mod settings;
 pub mod sidecar;
 pub mod signal;
+pub mod slots;
 pub mod status;
 
 /// `text` cut to at most `max_bytes` on a character boundary, with `…` appended when cut (for
