@@ -888,6 +888,7 @@ fn budget_checks(
                     max: settings.max_replicas,
                     weight: settings.weight,
                     level: analysis.level(&f.key).unwrap_or(u32::MAX),
+                    // Manifests on disk run nowhere: rank alone orders admission.
                     running: false,
                 })
             })
