@@ -756,7 +756,7 @@ fn update_slot(
     let mut wake = BTreeSet::new();
     if stage == Stage::Admitted && !limits.is_empty() {
         // Holders that stopped starting before their own reconcile could say so.
-        wake.extend(slots.retain(|f| still_starting(ctx, f)));
+        wake.extend(slots.retain(limits, |f| still_starting(ctx, f)));
     }
     let update = slots.update(key, stage, limits);
     drop(slots);

@@ -125,12 +125,19 @@ impl StartSlots {
         wake
     }
 
-    /// Takes the slot from every holder that `starting` says no longer starts (a feature
-    /// deleted, suspended or settled before its own reconcile said so); returns the features
-    /// that waited for a slot this freed.
-    pub fn retain(&mut self, starting: impl Fn(&FeatureKey) -> bool) -> BTreeSet<FeatureKey> {
+    /// Takes the slots of `limits`' policies from every holder that `starting` says no longer
+    /// starts (a feature deleted, suspended or settled before its own reconcile said so);
+    /// returns the features that waited for a slot this freed.
+    pub fn retain(
+        &mut self,
+        limits: &[Limit],
+        starting: impl Fn(&FeatureKey) -> bool,
+    ) -> BTreeSet<FeatureKey> {
         let mut freed = Vec::new();
         for (policy, set) in &mut self.holders {
+            if !limits.iter().any(|(p, _)| p == policy) {
+                continue;
+            }
             let before = set.len();
             set.retain(|f| starting(f));
             if set.len() < before {
@@ -261,7 +268,10 @@ mod tests {
         let mut slots = StartSlots::default();
         slots.update(&key("a"), Stage::Admitted, &limits);
         slots.update(&key("b"), Stage::Admitted, &limits);
-        let wake = slots.retain(|f| f != &key("a"));
+        // Only the policies asked about are looked at.
+        assert!(slots.retain(&[limit("q", 1)], |_| false).is_empty());
+        assert!(slots.holds(&key("a")));
+        let wake = slots.retain(&limits, |f| f != &key("a"));
         assert_eq!(names(&wake), ["b"]);
         assert!(slots.update(&key("b"), Stage::Admitted, &limits).granted());
     }
@@ -354,7 +364,7 @@ mod tests {
                             (0..FEATURES).any(|i| mask & (1 << i) != 0 && &feature(i) == f)
                         };
                         starting.retain(|f| still(f));
-                        slots.retain(still);
+                        slots.retain(&limits_of(0b111), still);
                     }
                 }
                 for (i, max) in MAX.iter().enumerate() {
