@@ -155,7 +155,9 @@ async fn a_minimum_larger_than_the_budget_stops_no_one() -> anyhow::Result<()> {
         .expect("a BudgetExceeded condition");
     assert_eq!(exceeded.status, "True");
     assert!(
-        exceeded.message.contains("big"),
+        exceeded
+            .message
+            .contains("big (minReplicas above the whole budget)"),
         "the policy names the feature: {exceeded:?}"
     );
 
@@ -164,8 +166,8 @@ async fn a_minimum_larger_than_the_budget_stops_no_one() -> anyhow::Result<()> {
         .map(|c| c.message.clone())
         .unwrap_or_default();
     assert!(
-        message.contains("shared") && message.contains("minReplicas"),
-        "the feature says which budget and why: {message}"
+        message.contains("policy shared") && message.contains("whole replica budget"),
+        "the feature says which budget and that it can never fit: {message}"
     );
     assert_eq!(replicas(&deployments, "big").await?, 0, "big does not run");
 
@@ -214,7 +216,7 @@ async fn a_minimum_larger_than_the_budget_stops_no_one() -> anyhow::Result<()> {
         "a feature whose minReplicas exceeds the whole budget stops no one",
         "pass",
         &format!(
-            "skipped and named in the policy {named_after:.1}s after apply; running features scaled down=0; later feature Ready in {small_ready:.1}s"
+            "skipped and named in the policy {named_after:.2}s after apply; running features scaled down=0; later feature Ready in {small_ready:.2}s"
         ),
     );
     finish(ns, operator).await
@@ -304,8 +306,7 @@ async fn a_start_slot_goes_back_when_its_holder_loses_its_budget() -> anyhow::Re
     assert_eq!(phase(Some(&held)), Some(Phase::Pending));
     assert_eq!(ready_reason(Some(&held)).as_deref(), Some("BudgetExceeded"));
     assert_eq!(replicas(&deployments, "holder").await?, 0);
-    let first = features.get("first").await?;
-    assert_eq!(phase(Some(&first)), Some(Phase::Ready));
+    wait_phase_for(&features, "first", Phase::Ready, DEFAULT_TIMEOUT).await?;
     assert_eq!(replicas(&deployments, "first").await?, 2);
 
     report(
@@ -313,7 +314,7 @@ async fn a_start_slot_goes_back_when_its_holder_loses_its_budget() -> anyhow::Re
         "start slot given back when its holder is pushed out of the budget (maxConcurrent 1)",
         "pass",
         &format!(
-            "newcomer that took the budget Ready in {started_in:.1}s; holder Pending/BudgetExceeded with 0 replicas; deadlocks=0"
+            "newcomer that took the budget Ready in {started_in:.2}s; holder Pending/BudgetExceeded with 0 replicas; deadlocks=0"
         ),
     );
     finish(ns, operator).await

@@ -368,3 +368,21 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
     }
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_waiting_list_marks_who_can_never_fit_and_stays_bounded() {
+        let mut alloc = allocate(Some(0), &[]);
+        alloc.waiting = vec!["big".into(), "later".into()];
+        alloc.oversized = vec!["big".into()];
+        assert_eq!(
+            waiting_list(&alloc),
+            "big (minReplicas above the whole budget), later"
+        );
+        alloc.waiting = (0..1000).map(|i| format!("feature-{i}")).collect();
+        assert!(waiting_list(&alloc).len() <= 2000 + '…'.len_utf8());
+    }
+}
