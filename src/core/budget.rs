@@ -64,7 +64,7 @@ pub struct BudgetAllocation {
 ///
 /// Inputs are sanitized first: `max < min` is raised to `min`, weight 0
 /// counts as 1, and of requests sharing a name the one that sorts first
-/// (by min, max, weight, level) is kept.
+/// (by min, max, weight, level, running) is kept.
 pub fn allocate(budget: Option<u32>, requests: &[PoolRequest]) -> BudgetAllocation {
     let pools = sanitize(requests);
     let requested = saturate(pools.iter().map(|p| u64::from(p.max)).sum());
