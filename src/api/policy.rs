@@ -205,7 +205,10 @@ pub struct PolicyPool {
     /// Pool bounds for features that do not set their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<PoolDefaults>,
-    /// A cap on the sum of the selected features' maximum replicas.
+    /// A cap on the sum of the selected features' maximum replicas. When their minReplicas do
+    /// not all fit, running features keep theirs first, then the others are admitted by
+    /// start-up level, weight (heaviest first) and name; one whose minReplicas does not fit in
+    /// what is left waits at zero replicas (BudgetExceeded) without holding back those after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
     /// How the autoscaler scales down.
@@ -263,7 +266,9 @@ pub struct Startup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
     pub timeout: Option<String>,
-    /// Most selected features starting at the same time (default: no limit).
+    /// Most selected features starting at the same time (default: no limit). A feature holds a
+    /// start-up slot only while its pods start: one held back (by the budget, its dependencies
+    /// or a suspension) gives its slot back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_concurrent: Option<i32>,
@@ -317,7 +322,8 @@ pub struct BudgetStatus {
     pub requested: i32,
     /// Sum of the maxima granted.
     pub allocated: i32,
-    /// Features held at zero replicas because the budget cannot hold their minimum.
+    /// Features held at zero replicas because their minimum does not fit in what the running
+    /// features and those ranked ahead of them leave, in admission order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<String>,
 }

@@ -907,6 +907,8 @@ fn budget_checks(
                     max: settings.max_replicas,
                     weight: settings.weight,
                     level: analysis.level(&f.key).unwrap_or(u32::MAX),
+                    // Manifests on disk run nowhere: rank alone orders admission.
+                    running: false,
                 })
             })
             .collect();

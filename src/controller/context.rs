@@ -1,6 +1,6 @@
 //! What every reconcile is handed: the client, the caches, the index and the telemetry.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +19,7 @@ use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, GraphAnalysis,
 use crate::core::plan::dependency_key;
 use crate::core::policy::selects;
 use crate::core::signal::Written;
+use crate::core::slots::StartSlots;
 use crate::runtime::metrics::Metrics;
 
 /// Operator settings from the command line.
@@ -37,15 +38,6 @@ pub struct Stores {
     pub services: OwnedStore,
     pub configmaps: OwnedStore,
     pub hpas: OwnedStore,
-}
-
-/// Features that hold or wait for a start-up slot of a policy's `startup.maxConcurrent`.
-#[derive(Debug, Default)]
-pub struct StartSlots {
-    /// Policy → features currently starting under it.
-    pub starting: BTreeMap<FeatureKey, BTreeSet<FeatureKey>>,
-    /// Policy → features waiting for a slot.
-    pub waiting: BTreeMap<FeatureKey, BTreeSet<FeatureKey>>,
 }
 
 /// What this instance last wrote to each owned object (kind, namespace, name), until the
@@ -96,6 +88,7 @@ pub struct Context {
     /// Budget allocations per policy, valid for one index budget version: computed once per
     /// change, not once per feature reconcile (each is O(features) policy merges).
     allocations: Mutex<(u64, BTreeMap<FeatureKey, Arc<BudgetAllocation>>)>,
+    /// Who holds and who waits for the start-up slots of each policy.
     pub slots: Mutex<StartSlots>,
     /// Last budget shares per policy, to wake only the features whose share moved.
     pub budget_shares: Mutex<BTreeMap<FeatureKey, BTreeMap<String, u32>>>,

@@ -1,5 +1,6 @@
 //! The PremiumFeature reconciler: read caches, call the core, apply, patch status.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::core::plan::{self, DependencyView, dependency_key};
 use crate::core::policy::effective_policy;
 use crate::core::settings;
 use crate::core::sidecar::{SidecarSpec, Upstream, render};
+use crate::core::slots::Stage;
 use crate::core::status::{
     self, DeploymentHealth, Observation, Stall, condition, feature_status, now_time,
 };
@@ -195,21 +197,23 @@ async fn reconcile_steps(
     let mut held =
         feature.spec.suspend || gate.holds() || budget.waiting.is_some() || stall.is_some();
 
-    // Start-up slots of policies with startup.maxConcurrent.
+    // Start-up slots (startup.maxConcurrent) are held only while really starting: a feature
+    // held back for any other reason (budget, dependencies, suspension) gives its slot back, or
+    // the feature waiting for that slot could wait for it forever.
     let limits = startup_limits(ctx, feature);
-    let mut waiting_for_slot = None;
-    if !held && !limits.is_empty() {
-        let ready_now = status::is_ready(feature.status.as_ref(), feature.metadata.generation);
-        if running || ready_now {
-            // Already started: it holds a slot while starting (also after an operator restart).
-            if !ready_now {
-                register_slot(ctx, &key, &limits);
-            }
-        } else if let Err(message) = acquire_slot(ctx, &key, &limits) {
-            waiting_for_slot = Some(message);
-            held = true;
-        }
-    }
+    let ready_now = status::is_ready(feature.status.as_ref(), feature.metadata.generation);
+    let stage = if held {
+        Stage::Held
+    } else if ready_now {
+        Stage::Settled
+    } else if running {
+        // Already started (also found so after an operator restart): never stopped for a slot.
+        Stage::Starting
+    } else {
+        Stage::Admitted
+    };
+    let waiting_for_slot = update_slot(ctx, &key, stage, &limits);
+    held |= waiting_for_slot.is_some();
 
     let replicas = plan::desired_replicas(
         held,
@@ -788,94 +792,64 @@ async fn teardown(
     Ok(Action::await_change())
 }
 
-/// Takes a start-up slot in every limiting policy, or says what it waits for.
-fn acquire_slot(
+/// Tells the start-up slots where the feature stands; returns what it waits for when it may not
+/// start yet. Features waiting for a slot this frees are woken.
+fn update_slot(
     ctx: &Context,
     key: &FeatureKey,
+    stage: Stage,
     limits: &[(FeatureKey, u32)],
-) -> Result<(), String> {
+) -> Option<String> {
     let mut slots = lock(&ctx.slots);
-    // Drop holders that are no longer starting.
-    for (policy, _) in limits {
-        if let Some(set) = slots.starting.get_mut(policy) {
-            set.retain(|f| {
-                ctx.feature(f).is_some_and(|feat| {
-                    !matches!(
-                        feat.status.as_ref().and_then(|s| s.phase),
-                        Some(Phase::Ready | Phase::Degraded | Phase::Failed | Phase::Suspended)
-                    ) && !feat.spec.suspend
-                })
-            });
-        }
+    let mut wake = BTreeSet::new();
+    if stage == Stage::Admitted && !limits.is_empty() {
+        // Holders that stopped starting before their own reconcile could say so.
+        wake.extend(slots.retain(limits, |f| still_starting(ctx, f)));
     }
-    let full: Vec<String> = limits
+    let update = slots.update(key, stage, limits);
+    drop(slots);
+    wake.extend(update.wake.iter().cloned());
+    wake.remove(key);
+    if !wake.is_empty() {
+        ctx.wake(super::index::Wake {
+            features: wake,
+            ..Default::default()
+        });
+    }
+    if update.granted() {
+        return None;
+    }
+    let full: Vec<String> = update
+        .full
         .iter()
-        .filter(|(policy, max)| {
-            let set = slots.starting.get(policy);
-            !set.is_some_and(|s| s.contains(key)) && set.map_or(0, |s| s.len()) >= *max as usize
-        })
         .map(|(policy, max)| format!("{} (startup.maxConcurrent {max})", policy.name))
         .collect();
-    if full.is_empty() {
-        for (policy, _) in limits {
-            slots
-                .starting
-                .entry(policy.clone())
-                .or_default()
-                .insert(key.clone());
-            if let Some(w) = slots.waiting.get_mut(policy) {
-                w.remove(key);
-            }
-        }
-        Ok(())
-    } else {
-        for (policy, _) in limits {
-            slots
-                .waiting
-                .entry(policy.clone())
-                .or_default()
-                .insert(key.clone());
-        }
-        Err(format!(
-            "waiting for a start-up slot of policy {}",
-            full.join(", ")
-        ))
-    }
+    Some(format!(
+        "waiting for a start-up slot of policy {}",
+        full.join(", ")
+    ))
 }
 
-fn register_slot(ctx: &Context, key: &FeatureKey, limits: &[(FeatureKey, u32)]) {
-    let mut slots = lock(&ctx.slots);
-    for (policy, _) in limits {
-        slots
-            .starting
-            .entry(policy.clone())
-            .or_default()
-            .insert(key.clone());
-    }
+/// Whether a slot holder may still be starting, from what the cache shows of it.
+fn still_starting(ctx: &Context, key: &FeatureKey) -> bool {
+    ctx.feature(key).is_some_and(|f| {
+        f.meta().deletion_timestamp.is_none()
+            && !f.spec.suspend
+            && !matches!(
+                f.status.as_ref().and_then(|s| s.phase),
+                Some(Phase::Ready | Phase::Degraded | Phase::Failed | Phase::Suspended)
+            )
+    })
 }
 
 /// Gives back any slot the feature holds and wakes the features waiting for one.
 fn release_slot(ctx: &Context, key: &FeatureKey) {
-    let mut wake = super::index::Wake::default();
-    {
-        let mut slots = lock(&ctx.slots);
-        let mut freed = Vec::new();
-        for (policy, set) in slots.starting.iter_mut() {
-            if set.remove(key) {
-                freed.push(policy.clone());
-            }
-        }
-        for policy in freed {
-            if let Some(w) = slots.waiting.get(&policy) {
-                wake.features.extend(w.iter().cloned());
-            }
-        }
-        for w in slots.waiting.values_mut() {
-            w.remove(key);
-        }
-    }
-    if !wake.features.is_empty() {
-        ctx.wake(wake);
+    let wake = lock(&ctx.slots).release(key);
+    if !wake.is_empty() {
+        ctx.wake(super::index::Wake {
+            features: wake,
+            ..Default::default()
+        });
     }
 }
 

@@ -26,12 +26,30 @@ use crate::runtime::metrics::KindLabels;
 
 const CONTROLLER: &str = "policy";
 
-/// The budget of one policy shared among the features it selects.
+/// Whether a feature runs: the Deployment it controls asks for replicas. A running feature
+/// keeps its place in a budget ahead of every feature that does not run yet.
+pub fn is_running(ctx: &Context, feature: &PremiumFeature) -> bool {
+    let (Some(namespace), Some(uid)) = (feature.namespace(), feature.uid()) else {
+        return false;
+    };
+    ctx.stores
+        .deployments
+        .get(&namespace, &feature.name_any())
+        .is_some_and(|d| d.controlled_by(&uid) && d.written.replicas.unwrap_or(0) > 0)
+}
+
+/// The budget of one policy shared among the features it selects; `running` says which of
+/// them run already.
+///
+/// Cached per budget version (see `Context::allocation`), which a Deployment scaled up or down
+/// does not bump: the admitted set does not depend on whether an admitted feature has started
+/// yet, or a waiting one has stopped yet, so only a real change needs a new allocation.
 pub fn allocation(
     policy: &PremiumPolicy,
     features: &[Cached<PremiumFeature>],
     policies: &[PremiumPolicy],
     graph: &GraphAnalysis,
+    running: impl Fn(&PremiumFeature) -> bool,
 ) -> BudgetAllocation {
     let budget = policy
         .spec
@@ -53,6 +71,7 @@ pub fn allocation(
                 weight: pool.weight,
                 // Features on or behind a cycle cannot start anyway: admit them last.
                 level: graph.level(&key).unwrap_or(u32::MAX),
+                running: running(f),
             }
         })
         .collect();
@@ -93,7 +112,9 @@ pub fn budget_for_feature(
     let mut out = FeatureBudget::default();
     for p in budgeted {
         let a = ctx.allocation(p, || {
-            allocation(p, &ctx.features_in(&namespace), &policies, graph)
+            allocation(p, &ctx.features_in(&namespace), &policies, graph, |f| {
+                is_running(ctx, f)
+            })
         });
         if let Some(max) = a.max_replicas.get(&name) {
             out.max_replicas = Some(out.max_replicas.map_or(*max, |m| m.min(*max)));
@@ -105,10 +126,17 @@ pub fn budget_for_feature(
                 .and_then(|x| x.budget.as_ref())
                 .map(|b| b.max_replicas)
                 .unwrap_or(0);
-            out.waiting = Some(format!(
-                "the replica budget of policy {} ({budget}) cannot hold this feature's minReplicas after higher-priority features; raise pool.budget.maxReplicas or lower minReplicas",
-                p.name_any()
-            ));
+            out.waiting = Some(if a.oversized.contains(&name) {
+                format!(
+                    "this feature's minReplicas is more than the whole replica budget of policy {} ({budget}): it is skipped and cannot start until minReplicas is lowered or pool.budget.maxReplicas raised",
+                    p.name_any()
+                )
+            } else {
+                format!(
+                    "the replica budget of policy {} ({budget}) cannot hold this feature's minReplicas next to the running features and those ranked ahead of it; it starts when enough is free (raise pool.budget.maxReplicas or lower minReplicas)",
+                    p.name_any()
+                )
+            });
         }
     }
     out
@@ -128,6 +156,23 @@ pub fn startup_limits(ctx: &Context, feature: &PremiumFeature) -> Vec<(FeatureKe
             ))
         })
         .collect()
+}
+
+/// The waiting features for a condition message, those that can never fit marked, cut to a
+/// size a condition can carry.
+fn waiting_list(alloc: &BudgetAllocation) -> String {
+    let names: Vec<String> = alloc
+        .waiting
+        .iter()
+        .map(|n| {
+            if alloc.oversized.contains(n) {
+                format!("{n} (minReplicas above the whole budget)")
+            } else {
+                n.clone()
+            }
+        })
+        .collect();
+    shorten(&names.join(", "), 2000)
 }
 
 #[instrument(skip_all, fields(policy = field::Empty, namespace = field::Empty))]
@@ -171,7 +216,9 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
         .as_ref()
         .and_then(|p| p.budget.as_ref())
         .is_some();
-    let alloc = ctx.allocation(policy, || allocation(policy, &features, &policies, &graph));
+    let alloc = ctx.allocation(policy, || {
+        allocation(policy, &features, &policies, &graph, |f| is_running(ctx, f))
+    });
 
     // Wake the features whose share of the budget moved.
     if has_budget {
@@ -208,12 +255,12 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
         now: &now,
     };
     let exceeded = has_budget && alloc.exceeded;
+    let waiting = waiting_list(&alloc);
     let (ready_reason, ready_message) = if exceeded {
         (
             reason::BUDGET_EXCEEDED,
             format!(
-                "the minimum replicas of the selected features exceed the budget; waiting: {}",
-                alloc.waiting.join(", ")
+                "the minimum replicas of the selected features exceed the budget; waiting: {waiting}"
             ),
         )
     } else {
@@ -268,7 +315,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
                     .and_then(|p| p.budget.as_ref())
                     .map(|b| b.max_replicas)
                     .unwrap_or(0),
-                alloc.waiting.join(", ")
+                waiting
             ),
         ),
     };
@@ -320,4 +367,22 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
             .inc();
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_waiting_list_marks_who_can_never_fit_and_stays_bounded() {
+        let mut alloc = allocate(Some(0), &[]);
+        alloc.waiting = vec!["big".into(), "later".into()];
+        alloc.oversized = vec!["big".into()];
+        assert_eq!(
+            waiting_list(&alloc),
+            "big (minReplicas above the whole budget), later"
+        );
+        alloc.waiting = (0..1000).map(|i| format!("feature-{i}")).collect();
+        assert!(waiting_list(&alloc).len() <= 2000 + '…'.len_utf8());
+    }
 }

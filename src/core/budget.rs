@@ -20,6 +20,9 @@ pub struct PoolRequest {
     /// Start-up level: features lower in the graph are admitted first, since
     /// their dependents cannot run without them.
     pub level: u32,
+    /// The feature already runs (its Deployment asks for replicas): it keeps its
+    /// place ahead of every feature that does not run yet.
+    pub running: bool,
 }
 
 /// The outcome for one policy's budget.
@@ -27,8 +30,8 @@ pub struct PoolRequest {
 pub struct BudgetAllocation {
     /// Admitted features and their allowed HPA maximum.
     pub max_replicas: BTreeMap<String, u32>,
-    /// Features that wait because the minimums do not fit, in the order they
-    /// would be admitted.
+    /// Features that wait because their minimum does not fit in what the
+    /// features admitted before them left, in admission order.
     pub waiting: Vec<String>,
     /// Sum of the requested maxima (saturating).
     pub requested: u32,
@@ -36,17 +39,24 @@ pub struct BudgetAllocation {
     pub allocated: u32,
     /// The minimums alone exceed the budget.
     pub exceeded: bool,
+    /// The waiting features whose minimum alone is larger than the whole
+    /// budget: they cannot start until their minimum or the budget changes.
+    pub oversized: Vec<String>,
 }
 
 /// Splits `budget` replicas among `requests`.
 ///
 /// Without a budget everyone gets their max. With one:
 /// 1. Admission: if all minimums fit, everyone is admitted; otherwise
-///    features are admitted in priority order (level ascending, weight
-///    descending, name) while the running sum of minimums fits, and the
-///    first that does not fit stops admission. Stopping rather than skipping
-///    keeps a lower-priority feature from running ahead of a higher one, and
-///    a dependent from running while its dependency waits.
+///    features are taken in admission order (running ones first, then level
+///    ascending, weight descending, name) and each is admitted if its minimum
+///    fits in what the ones admitted before it left. One that does not fit is
+///    skipped and waits, and the rest go on: a feature whose minimum can never
+///    fit (larger than the whole budget) stops no one. Running first means a
+///    feature that does not run yet never takes a running one below its
+///    minimum; among running features (a budget that shrank, a minimum that
+///    grew) rank decides. A dependent admitted while its dependency waits is
+///    still held back by its dependency, so admission needs no graph.
 /// 2. Every admitted feature starts at its min; the rest of the budget goes
 ///    to features with headroom in proportion to weight, capped at their
 ///    max (water-filling). Rounding: floor shares, then one unit each by
@@ -54,7 +64,7 @@ pub struct BudgetAllocation {
 ///
 /// Inputs are sanitized first: `max < min` is raised to `min`, weight 0
 /// counts as 1, and of requests sharing a name the one that sorts first
-/// (by min, max, weight, level) is kept.
+/// (by min, max, weight, level, running) is kept.
 pub fn allocate(budget: Option<u32>, requests: &[PoolRequest]) -> BudgetAllocation {
     let pools = sanitize(requests);
     let requested = saturate(pools.iter().map(|p| u64::from(p.max)).sum());
@@ -66,6 +76,7 @@ pub fn allocate(budget: Option<u32>, requests: &[PoolRequest]) -> BudgetAllocati
             requested,
             allocated: requested,
             exceeded: false,
+            oversized: Vec::new(),
         };
     };
     let budget = u64::from(budget);
@@ -81,6 +92,11 @@ pub fn allocate(budget: Option<u32>, requests: &[PoolRequest]) -> BudgetAllocati
             .map(|(p, g)| (p.name.clone(), u32::try_from(g).unwrap_or(u32::MAX)))
             .collect(),
         exceeded: !waiting.is_empty(),
+        oversized: waiting
+            .iter()
+            .filter(|p| u64::from(p.min) > budget)
+            .map(|p| p.name.clone())
+            .collect(),
         waiting: waiting.into_iter().map(|p| p.name).collect(),
         requested,
         allocated,
@@ -107,31 +123,32 @@ fn sanitize(requests: &[PoolRequest]) -> Vec<PoolRequest> {
 }
 
 /// Splits sanitized pools into admitted (sorted by name) and waiting (in
-/// priority order), with the sum of admitted minimums.
+/// admission order), with the sum of admitted minimums.
 fn admit(budget: u64, pools: Vec<PoolRequest>) -> (Vec<PoolRequest>, Vec<PoolRequest>, u64) {
     let total_min: u64 = pools.iter().map(|p| u64::from(p.min)).sum();
     if total_min <= budget {
         return (pools, Vec::new(), total_min);
     }
-    let mut by_priority = pools;
-    by_priority.sort_by(|a, b| {
-        (a.level, Reverse(a.weight), &a.name).cmp(&(b.level, Reverse(b.weight), &b.name))
-    });
+    let mut in_order = pools;
+    in_order.sort_by(|a, b| admission_rank(a).cmp(&admission_rank(b)));
     let mut admitted_mins = 0u64;
-    let fits = by_priority
-        .iter()
-        .take_while(|p| {
+    let (mut admitted, waiting): (Vec<PoolRequest>, Vec<PoolRequest>) =
+        in_order.into_iter().partition(|p| {
             let fits = admitted_mins + u64::from(p.min) <= budget;
             if fits {
                 admitted_mins += u64::from(p.min);
             }
             fits
-        })
-        .count();
-    let waiting = by_priority.split_off(fits);
-    let mut admitted = by_priority;
+        });
     admitted.sort_by(|a, b| a.name.cmp(&b.name));
     (admitted, waiting, admitted_mins)
+}
+
+/// The order admission goes through: running features first (a feature that
+/// does not run yet never stops one that does), then level, weight (heaviest
+/// first) and name.
+fn admission_rank(p: &PoolRequest) -> (bool, u32, Reverse<u32>, &str) {
+    (!p.running, p.level, Reverse(p.weight), &p.name)
 }
 
 /// Each pool's granted max: its min plus a weighted share of `spare`,
@@ -208,7 +225,13 @@ mod tests {
             max,
             weight,
             level,
+            running: false,
         }
+    }
+
+    fn running(mut request: PoolRequest) -> PoolRequest {
+        request.running = true;
+        request
     }
 
     fn grants(allocation: &BudgetAllocation) -> Vec<(&str, u32)> {
@@ -314,13 +337,69 @@ mod tests {
     fn mins_over_budget_admit_by_level_then_weight_then_name() {
         // Priority: catalog (0), skill-exchange and soundcheck (1, weight 1,
         // by name), aika (2). Budget 3: catalog 1 + skill-exchange 1 fit,
-        // soundcheck's 2 does not, so admission stops there.
+        // soundcheck's 2 does not and is skipped; aika's 1 still fits after
+        // it. (Admission used to stop at soundcheck, so aika waited behind a
+        // feature that could not start anyway.)
         let allocation = allocate(Some(3), &portal());
         assert!(allocation.exceeded);
-        assert_eq!(allocation.waiting, ["soundcheck", "aika"]);
-        // The one spare replica goes by remainder tie to the name first.
-        assert_eq!(grants(&allocation), [("catalog", 2), ("skill-exchange", 1)]);
+        assert_eq!(allocation.waiting, ["soundcheck"]);
+        assert!(
+            allocation.oversized.is_empty(),
+            "soundcheck fits an empty budget"
+        );
+        // The mins use the whole budget: nothing spare to share.
+        assert_eq!(
+            grants(&allocation),
+            [("aika", 1), ("catalog", 1), ("skill-exchange", 1)]
+        );
         assert_eq!((allocation.requested, allocation.allocated), (24, 3));
+    }
+
+    #[test]
+    fn a_minimum_larger_than_the_budget_blocks_nobody() {
+        // big ranks first (level 0, heaviest) but its 5 can never fit in 4:
+        // it is skipped and the others share the budget as if it were not
+        // there.
+        let requests = [
+            pool("big", 5, 8, 10, 0),
+            running(pool("a", 1, 2, 1, 0)),
+            running(pool("b", 1, 2, 1, 0)),
+            pool("c", 1, 1, 1, 0),
+        ];
+        let allocation = allocate(Some(4), &requests);
+        assert_eq!(allocation.waiting, ["big"]);
+        assert_eq!(allocation.oversized, ["big"]);
+        assert_eq!(grants(&allocation), [("a", 2), ("b", 1), ("c", 1)]);
+        assert!(allocation.exceeded);
+    }
+
+    #[test]
+    fn running_features_keep_their_place_ahead_of_new_ones() {
+        // x ranks ahead of a (lower level, heavier) but a already runs: x
+        // waits for room instead of a being stopped for it.
+        let requests = [running(pool("a", 2, 3, 1, 1)), pool("x", 2, 3, 9, 0)];
+        let allocation = allocate(Some(3), &requests);
+        assert_eq!(grants(&allocation), [("a", 3)]);
+        assert_eq!(allocation.waiting, ["x"]);
+        // Before a started, x would have gone first.
+        let allocation = allocate(Some(3), &[pool("a", 2, 3, 1, 1), pool("x", 2, 3, 9, 0)]);
+        assert_eq!(grants(&allocation), [("x", 3)]);
+        assert_eq!(allocation.waiting, ["a"]);
+    }
+
+    #[test]
+    fn running_features_that_no_longer_fit_go_by_rank() {
+        // The budget shrank under two running features: rank decides which
+        // one keeps running, and the new feature that fits in what is left
+        // is admitted.
+        let requests = [
+            running(pool("a", 2, 2, 1, 0)),
+            running(pool("b", 2, 2, 5, 0)),
+            pool("c", 1, 1, 1, 0),
+        ];
+        let allocation = allocate(Some(3), &requests);
+        assert_eq!(grants(&allocation), [("b", 2), ("c", 1)]);
+        assert_eq!(allocation.waiting, ["a"]);
     }
 
     #[test]
@@ -383,9 +462,18 @@ mod tests {
 
     fn arb_requests(limit: u32) -> impl Strategy<Value = Vec<PoolRequest>> {
         prop::collection::vec(
-            (0..12u8, 0..=limit, 0..=limit, 0..=limit.min(8), 0..4u32).prop_map(
-                |(n, min, max, weight, level)| pool(&format!("f{n}"), min, max, weight, level),
-            ),
+            (
+                0..12u8,
+                0..=limit,
+                0..=limit,
+                0..=limit.min(8),
+                0..4u32,
+                any::<bool>(),
+            )
+                .prop_map(|(n, min, max, weight, level, runs)| PoolRequest {
+                    running: runs,
+                    ..pool(&format!("f{n}"), min, max, weight, level)
+                }),
             0..10,
         )
     }
@@ -398,9 +486,11 @@ mod tests {
                 any::<u32>(),
                 any::<u32>(),
                 any::<u32>(),
+                any::<bool>(),
             )
-                .prop_map(|(n, min, max, weight, level)| {
-                    pool(&format!("f{n}"), min, max, weight, level)
+                .prop_map(|(n, min, max, weight, level, runs)| PoolRequest {
+                    running: runs,
+                    ..pool(&format!("f{n}"), min, max, weight, level)
                 }),
             0..8,
         )
@@ -428,6 +518,14 @@ mod tests {
             }
             prop_assert!(admitted_mins <= u64::from(budget));
             prop_assert_eq!(allocation.exceeded, !allocation.waiting.is_empty());
+            // Oversized: exactly the waiting features whose minimum alone is over the budget.
+            let oversized: Vec<String> = allocation
+                .waiting
+                .iter()
+                .filter(|n| sanitized(&requests, n).is_some_and(|p| p.min > budget))
+                .cloned()
+                .collect();
+            prop_assert_eq!(&allocation.oversized, &oversized);
             // Every sanitized pool is either admitted or waiting.
             let names = sanitize(&requests).len();
             prop_assert_eq!(allocation.max_replicas.len() + allocation.waiting.len(), names);
@@ -438,6 +536,83 @@ mod tests {
                 .iter()
                 .all(|(name, &max)| sanitized(&requests, name).is_some_and(|p| p.max == max));
             prop_assert!(all_capped || granted == u64::from(budget));
+        }
+
+        #[test]
+        fn no_feature_waits_behind_one_that_does_not_fit(
+            budget in 0..60u32,
+            requests in arb_requests(20),
+        ) {
+            // Every waiting feature's minimum is more than what the admitted
+            // features ranked ahead of it leave: none waits while its
+            // minimum would fit.
+            let allocation = allocate(Some(budget), &requests);
+            for name in &allocation.waiting {
+                let waiting = sanitized(&requests, name).expect("waiting names come from the requests");
+                let ahead: u64 = allocation
+                    .max_replicas
+                    .keys()
+                    .filter_map(|n| sanitized(&requests, n))
+                    .filter(|p| admission_rank(p) < admission_rank(&waiting))
+                    .map(|p| u64::from(p.min))
+                    .sum();
+                prop_assert!(
+                    ahead + u64::from(waiting.min) > u64::from(budget),
+                    "{} (min {}) waits though {} of {} are left after the admitted features ranked ahead: {:?}",
+                    name, waiting.min, u64::from(budget) - ahead, budget, allocation
+                );
+            }
+        }
+
+        #[test]
+        fn running_features_that_fit_together_all_keep_running(
+            budget in 0..60u32,
+            requests in arb_requests(20),
+        ) {
+            let running_mins: u64 = sanitize(&requests)
+                .iter()
+                .filter(|p| p.running)
+                .map(|p| u64::from(p.min))
+                .sum();
+            prop_assume!(running_mins <= u64::from(budget));
+            let allocation = allocate(Some(budget), &requests);
+            for p in sanitize(&requests).iter().filter(|p| p.running) {
+                prop_assert!(
+                    allocation.max_replicas.contains_key(&p.name),
+                    "running {} was moved to waiting: {:?}", p.name, allocation
+                );
+            }
+        }
+
+        #[test]
+        fn a_new_feature_never_stops_a_running_one(
+            budget in 0..60u32,
+            requests in arb_requests(20),
+            newcomer in (0..=40u32, 0..=40u32, 0..=8u32, 0..4u32),
+        ) {
+            // The steady state: what the budget admitted has started, the
+            // rest waits. Then a feature that does not run yet arrives.
+            let settled: Vec<PoolRequest> = {
+                let first = allocate(Some(budget), &requests);
+                sanitize(&requests)
+                    .into_iter()
+                    .map(|p| PoolRequest {
+                        running: first.max_replicas.contains_key(&p.name),
+                        ..p
+                    })
+                    .collect()
+            };
+            let before = allocate(Some(budget), &settled);
+            let (min, max, weight, level) = newcomer;
+            let mut with_newcomer = settled.clone();
+            with_newcomer.push(pool("newcomer", min, max, weight, level));
+            let after = allocate(Some(budget), &with_newcomer);
+            for name in before.max_replicas.keys() {
+                prop_assert!(
+                    after.max_replicas.contains_key(name),
+                    "running {} was stopped for the newcomer: before {:?}, after {:?}", name, before, after
+                );
+            }
         }
 
         #[test]

@@ -10,6 +10,7 @@ pub mod policy;
 pub mod settings;
 pub mod sidecar;
 pub mod signal;
+pub mod slots;
 pub mod status;
 
 /// Longest message the operator writes into a status (a condition, a `blockedBy` entry): a user's
