@@ -11,6 +11,7 @@ pub mod settings;
 pub mod sidecar;
 pub mod signal;
 pub mod status;
+pub mod teardown;
 
 /// `text` cut to at most `max_bytes` on a character boundary, with `…` appended when cut (for
 /// messages the API server limits in size).
