@@ -738,7 +738,7 @@ async fn teardown(
         // Said in the pass that removes the finalizer, so once, however many passes the
         // Deployment's deletion takes.
         let note = overdue_note(&holders, &key.namespace, bound);
-        warn!(held_by = ?holders, "{note}");
+        warn!("{note}");
         publish(
             ctx,
             feature,

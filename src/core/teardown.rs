@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn only_permitted_dependents_still_to_be_torn_down_count() {
         // One row per reason not to count; each alone lets the teardown go on at once.
-        let rows: [(&str, fn(&mut Dependent)); 4] = [
+        type Change = fn(&mut Dependent);
+        let rows: [(&str, Change); 4] = [
             ("not being deleted", |d| d.deleting = false),
             ("torn down already, kept only by another finalizer", |d| {
                 d.teardown_pending = false
