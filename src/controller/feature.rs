@@ -767,28 +767,27 @@ async fn teardown(
 
 /// A feature that no longer deserializes (stored before a schema change, or behind the
 /// schema's back) cannot be reconciled, but once deleted it must not stay for good: its
-/// finalizer is removed, and the garbage collector takes what it owned. Returns whether it
-/// was such a feature.
-pub async fn release_unreadable(
+/// finalizer is removed, and the garbage collector takes what it owned.
+async fn release_unreadable(
     guard: &DeserializeGuard<PremiumFeature>,
     ctx: &Context,
-) -> Result<bool, Error> {
+) -> Result<(), Error> {
     let Err(invalid) = &guard.0 else {
-        return Ok(false);
+        return Ok(());
     };
     let meta = &invalid.metadata;
     let ours = meta.finalizers.iter().flatten().any(|f| f == FINALIZER);
     let (Some(name), Some(namespace)) = (&meta.name, &meta.namespace) else {
-        return Ok(false);
+        return Ok(());
     };
     if meta.deletion_timestamp.is_none() || !ours {
-        return Ok(false);
+        return Ok(());
     }
     let key = FeatureKey::new(namespace.clone(), name.clone());
     let finalizers = meta.finalizers.clone().unwrap_or_default();
     remove_finalizer(ctx, &key, &finalizers, meta.resource_version.clone()).await?;
     info!(feature = %key, "an unreadable feature was deleted: finalizer removed, owned objects left to garbage collection");
-    Ok(true)
+    Ok(())
 }
 
 /// Removes the operator's finalizer (and forgets what this instance kept about the feature);
