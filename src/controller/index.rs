@@ -693,4 +693,91 @@ mod tests {
         assert_eq!(cross(&wake), BTreeSet::new());
         assert_eq!(idx.graph_version(), v);
     }
+
+    /// One step of the grant property test.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Relabel catalog to `tier=<t>`.
+        Relabel(&'static str),
+        /// Apply policy `share` selecting `tier=<t>` and granting these namespaces.
+        Policy(&'static str, Vec<&'static str>),
+        /// Delete policy `share`.
+        DeletePolicy,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let tier = prop_oneof![Just("premium"), Just("x"), Just("y")];
+        let grant = proptest::sample::subsequence(vec!["team-b", "team-c"], 0..=2);
+        prop_oneof![
+            tier.clone().prop_map(Step::Relabel),
+            (tier, grant).prop_map(|(t, g)| Step::Policy(t, g)),
+            Just(Step::DeletePolicy),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of relabels and policy changes, each event wakes exactly the
+        /// dependents in other namespaces whose permission (worked out from scratch, as the
+        /// graph does) it flipped, and bumps the graph version exactly when one flipped.
+        #[test]
+        fn every_grant_change_wakes_exactly_the_dependents_it_flips(
+            steps in proptest::collection::vec(step(), 1..24)
+        ) {
+            let (mut idx, mut catalog) = cross_namespace_world();
+            let mut policy = Some(granting("share", "x", &["team-b"]));
+            let elsewhere = [fk("team-b", "aika"), fk("team-c", "intruder")];
+            let permitted = |policy: &Option<PremiumPolicy>, catalog: &PremiumFeature| {
+                elsewhere
+                    .iter()
+                    .filter(|d| {
+                        policy.as_ref().is_some_and(|p| {
+                            selects(p, catalog)
+                                && p.spec
+                                    .expose_to
+                                    .as_ref()
+                                    .is_some_and(|e| e.namespaces.contains(&d.namespace))
+                        })
+                    })
+                    .cloned()
+                    .collect::<BTreeSet<_>>()
+            };
+            for step in steps {
+                let before = permitted(&policy, &catalog);
+                let version = idx.graph_version();
+                let wake = match &step {
+                    Step::Relabel(t) => {
+                        catalog.labels_mut().insert("tier".into(), t.to_string());
+                        idx.apply_feature(&catalog)
+                    }
+                    Step::Policy(t, g) => {
+                        let p = granting("share", t, g);
+                        policy = Some(p.clone());
+                        idx.apply_policy(&p, [&catalog])
+                    }
+                    Step::DeletePolicy => {
+                        policy = None;
+                        idx.delete_policy(&k("share"))
+                    }
+                };
+                let after = permitted(&policy, &catalog);
+                let flipped: BTreeSet<FeatureKey> =
+                    before.symmetric_difference(&after).cloned().collect();
+                let woken: BTreeSet<FeatureKey> = wake
+                    .features
+                    .iter()
+                    .chain(&wake.background)
+                    .filter(|k| k.namespace != "portal")
+                    .cloned()
+                    .collect();
+                proptest::prop_assert_eq!(&woken, &flipped, "after {:?}", step);
+                proptest::prop_assert_eq!(
+                    idx.graph_version() != version,
+                    !flipped.is_empty(),
+                    "graph version after {:?}",
+                    step
+                );
+            }
+        }
+    }
 }
