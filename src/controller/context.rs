@@ -27,6 +27,8 @@ use crate::runtime::metrics::Metrics;
 pub struct Settings {
     pub sidecar_image: String,
     pub field_manager: String,
+    /// Longest wait of a feature being deleted for its dependents (see `core::teardown`).
+    pub teardown_wait: std::time::Duration,
 }
 
 /// Caches of everything the reconcilers read.

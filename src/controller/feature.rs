@@ -20,6 +20,7 @@ use tracing::{field, info, instrument, warn};
 
 use super::apply::{Applied, apply_owned, delete_owned};
 use super::context::{Context, HeldStatus, lock};
+use super::index::Wake;
 use super::policy::{budget_for_feature, startup_limits};
 use super::{Error, ErrorKind, FINALIZER};
 use crate::api::conditions::{self as cond, reason};
@@ -34,6 +35,7 @@ use crate::core::slots::Stage;
 use crate::core::status::{
     self, DeploymentHealth, Observation, Stall, condition, feature_status, now_time,
 };
+use crate::core::teardown::{Dependent, TeardownGate, overdue_note, teardown_gate};
 use crate::runtime::metrics::KindLabels;
 
 const CONTROLLER: &str = "feature";
@@ -63,6 +65,7 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let Some(feature) = super::valid_or_report(&guard, &ctx, CONTROLLER) else {
+        release_unreadable(&guard, &ctx).await?;
         return Ok(Action::await_change());
     };
     let span = tracing::Span::current();
@@ -718,8 +721,9 @@ async fn add_finalizer(
     Ok(())
 }
 
-/// Deletion: dependents that are also being deleted go first; then this feature's Deployment
-/// (foreground, so its pods are gone), then the finalizer.
+/// Deletion: dependents that are also being deleted go first (only those permitted to depend
+/// on this feature, and only for a bounded time: see `core::teardown`); then this feature's
+/// Deployment (foreground, so its pods are gone), then the finalizer.
 async fn teardown(
     feature: &PremiumFeature,
     ctx: &Context,
@@ -729,24 +733,45 @@ async fn teardown(
     if !feature.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    // Members of one dependency cycle cannot go in order; they go together.
     let graph = ctx.graph().await;
-    let on_cycle = |k: &FeatureKey| graph.cycle(key).is_some_and(|path| path.contains(k));
-    let dependents_leaving: Vec<String> = lock(&ctx.index)
+    let cycle = graph.cycle(key);
+    let dependents: Vec<Dependent> = lock(&ctx.index)
         .dependents(key)
         .into_iter()
-        .filter(|d| {
-            !on_cycle(d)
-                && ctx
-                    .feature(d)
-                    .is_some_and(|f| f.meta().deletion_timestamp.is_some())
+        .filter_map(|d| {
+            let f = ctx.feature(&d)?;
+            Some(Dependent {
+                deleting: f.meta().deletion_timestamp.is_some(),
+                teardown_pending: f.finalizers().iter().any(|x| x == FINALIZER),
+                permitted: d.namespace == key.namespace || ctx.permitted(&d, key),
+                same_cycle: cycle.is_some_and(|path| path.contains(&d)),
+                key: d,
+            })
         })
-        .map(|d| d.relative_to(&key.namespace))
         .collect();
-    if !dependents_leaving.is_empty() {
-        info!(waiting_for = ?dependents_leaving, "deletion waits for dependents to be torn down first");
-        return Ok(Action::await_change());
-    }
+    let deleting_for = seconds_since(feature.meta().deletion_timestamp.as_ref(), &now_time());
+    let bound = ctx.settings.teardown_wait;
+    let overdue = match teardown_gate(&dependents, deleting_for, bound) {
+        TeardownGate::Proceed => None,
+        TeardownGate::Wait {
+            holders,
+            recheck_after,
+        } => {
+            let waiting_for: Vec<String> = holders
+                .iter()
+                .map(|d| d.relative_to(&key.namespace))
+                .collect();
+            info!(
+                ?waiting_for,
+                "deletion waits for dependents to be torn down first"
+            );
+            // Their teardown wakes this feature; the requeue is the bound running out.
+            return Ok(Action::requeue(
+                recheck_after.max(Duration::from_millis(500)),
+            ));
+        }
+        TeardownGate::Overdue { holders } => Some(holders),
+    };
     let still_there = delete_owned::<Deployment>(
         ctx,
         &ctx.stores.deployments,
@@ -761,35 +786,94 @@ async fn teardown(
         // The Deployment's own deletion event wakes this feature again.
         return Ok(Action::requeue(Duration::from_secs(10)));
     }
+    if let Some(holders) = overdue {
+        // Said in the pass that removes the finalizer, so once, however many passes the
+        // Deployment's deletion takes.
+        let note = overdue_note(&holders, &key.namespace, bound);
+        warn!("{note}");
+        publish(
+            ctx,
+            feature,
+            EventType::Warning,
+            "TeardownWaitExpired",
+            &note,
+        )
+        .await;
+    }
+    remove_finalizer(ctx, key, feature.finalizers(), feature.resource_version()).await?;
+    // Dependencies waiting for this feature to go first may go now, also while someone else's
+    // finalizer keeps this object (its deletion, which wakes them too, may never come).
+    let dependencies = Wake {
+        features: feature
+            .spec
+            .depends_on
+            .iter()
+            .map(|d| dependency_key(&key.namespace, d))
+            .collect(),
+        ..Default::default()
+    };
+    ctx.wake(dependencies);
+    info!("torn down");
+    Ok(Action::await_change())
+}
+
+/// A feature that no longer deserializes (stored before a schema change, or behind the
+/// schema's back) cannot be reconciled, but once deleted it must not stay for good: its
+/// finalizer is removed, and the garbage collector takes what it owned.
+async fn release_unreadable(
+    guard: &DeserializeGuard<PremiumFeature>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let Err(invalid) = &guard.0 else {
+        return Ok(());
+    };
+    let meta = &invalid.metadata;
+    let ours = meta.finalizers.iter().flatten().any(|f| f == FINALIZER);
+    let (Some(name), Some(namespace)) = (&meta.name, &meta.namespace) else {
+        return Ok(());
+    };
+    if meta.deletion_timestamp.is_none() || !ours {
+        return Ok(());
+    }
+    let key = FeatureKey::new(namespace.clone(), name.clone());
+    let finalizers = meta.finalizers.clone().unwrap_or_default();
+    remove_finalizer(ctx, &key, &finalizers, meta.resource_version.clone()).await?;
+    info!(feature = %key, "an unreadable feature was deleted: finalizer removed, owned objects left to garbage collection");
+    Ok(())
+}
+
+/// Removes the operator's finalizer (and forgets what this instance kept about the feature);
+/// a feature already gone is fine. Sent as a merge patch on the finalizers alone, guarded by
+/// the resourceVersion they were read at, through a reader that takes any stored form.
+async fn remove_finalizer(
+    ctx: &Context,
+    key: &FeatureKey,
+    finalizers: &[String],
+    resource_version: Option<String>,
+) -> Result<(), Error> {
     release_slot(ctx, key);
     lock(&ctx.held_status).remove(key);
     lock(&ctx.written_status).remove(key);
     lock(&ctx.ready_since).remove(key);
     lock(&ctx.queued_since).remove(key);
     lock(&ctx.hops_seen).remove(key);
-    let api: Api<PremiumFeature> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let finalizers: Vec<String> = feature
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
+    let api: Api<DeserializeGuard<PremiumFeature>> =
+        Api::namespaced(ctx.client.clone(), &key.namespace);
+    let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
     let patch = json!({
         "metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": feature.resource_version(),
+            "finalizers": rest,
+            "resourceVersion": resource_version,
         }
     });
     match api
         .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(Error::kube(format!("removing the finalizer from {key}"), e)),
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(format!("removing the finalizer from {key}"), e)),
     }
-    info!("torn down");
-    Ok(Action::await_change())
 }
 
 /// Tells the start-up slots where the feature stands; returns what it waits for when it may not

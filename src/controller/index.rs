@@ -125,6 +125,52 @@ impl Index {
             .collect()
     }
 
+    /// Namespaces granted to depend on `key` (`exposeTo`) by the policies of its namespace that
+    /// selected it when last seen.
+    fn grants(&self, key: &FeatureKey) -> BTreeSet<String> {
+        self.policies
+            .range(FeatureKey::new(key.namespace.as_str(), "")..)
+            .take_while(|(k, _)| k.namespace == key.namespace)
+            .filter(|(k, _)| self.selected.get(*k).is_some_and(|s| s.contains(key)))
+            .filter_map(|(_, p)| p.spec.expose_to.as_ref())
+            .flat_map(|e| e.namespaces.iter().cloned())
+            .collect()
+    }
+
+    /// The grants of each of `keys`, to compare before and after a change.
+    fn grants_of(&self, keys: &BTreeSet<FeatureKey>) -> Vec<BTreeSet<String>> {
+        keys.iter().map(|k| self.grants(k)).collect()
+    }
+
+    /// Wakes the dependents in other namespaces whose permission to depend on one of `keys`
+    /// differs between `before` and `after` (as returned by [`Index::grants_of`]), and says
+    /// whether any grant moved (the graph, which holds the not-permitted edges, did then).
+    fn wake_regranted(
+        &self,
+        keys: &BTreeSet<FeatureKey>,
+        before: &[BTreeSet<String>],
+        after: &[BTreeSet<String>],
+        wake: &mut Wake,
+    ) -> bool {
+        let mut moved_any = false;
+        for ((key, before), after) in keys.iter().zip(before).zip(after) {
+            if before == after {
+                continue;
+            }
+            moved_any = true;
+            let moved: BTreeSet<&String> = before.symmetric_difference(after).collect();
+            wake.features.extend(
+                self.dependents
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter(|d| d.namespace != key.namespace && moved.contains(&d.namespace))
+                    .cloned(),
+            );
+        }
+        moved_any
+    }
+
     /// A feature was created or changed.
     pub fn apply_feature(&mut self, f: &PremiumFeature) -> Wake {
         let key = key_of_feature(f);
@@ -197,6 +243,27 @@ impl Index {
             // (A phase change alone wakes no policy: a policy's status does not read phases,
             // and start-up slots are handed on by the feature reconciler.)
             wake.policies.extend(self.all_policies_in(&key.namespace));
+            // Its labels may have moved it into or out of a policy that grants other
+            // namespaces the right to depend on it: no event of theirs will tell those
+            // dependents, so they are woken here, and the graph is analysed again.
+            let keys = BTreeSet::from([key.clone()]);
+            let before = self.grants_of(&keys);
+            for (policy_key, policy) in self
+                .policies
+                .range(FeatureKey::new(key.namespace.as_str(), "")..)
+                .take_while(|(k, _)| k.namespace == key.namespace)
+            {
+                let selected = self.selected.entry(policy_key.clone()).or_default();
+                if selects(policy, f) {
+                    selected.insert(key.clone());
+                } else {
+                    selected.remove(&key);
+                }
+            }
+            let after = self.grants_of(&keys);
+            if self.wake_regranted(&keys, &before, &after, &mut wake) {
+                self.graph_version += 1;
+            }
         }
         wake
     }
@@ -215,6 +282,11 @@ impl Index {
                 wake.features.insert(d.clone());
             }
             wake.policies.extend(self.all_policies_in(&key.namespace));
+            for policy in self.all_policies_in(&key.namespace) {
+                if let Some(selected) = self.selected.get_mut(&policy) {
+                    selected.remove(key);
+                }
+            }
         }
         wake
     }
@@ -239,6 +311,25 @@ impl Index {
                 k
             })
             .collect();
+        // Features whose grants this change may move: with `exposeTo` unchanged, those joining
+        // or leaving the selection; with `exposeTo` changed, every one selected before or now.
+        let old_grant = self
+            .policies
+            .get(&key)
+            .and_then(|o| o.spec.expose_to.as_ref());
+        let new_grant = p.spec.expose_to.as_ref();
+        let before_selected = self.selected.get(&key).cloned().unwrap_or_default();
+        let regrant: BTreeSet<FeatureKey> = if old_grant != new_grant {
+            before_selected.union(&now).cloned().collect()
+        } else if new_grant.is_some_and(|g| !g.namespaces.is_empty()) {
+            before_selected
+                .symmetric_difference(&now)
+                .cloned()
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let grants_before = self.grants_of(&regrant);
         let before = self.selected.insert(key.clone(), now.clone());
         let previous = self.policies.insert(key.clone(), p.clone());
         let mut wake = Wake::default();
@@ -256,18 +347,12 @@ impl Index {
                     wake.feature(f.clone(), !unreconciled.contains(f));
                 }
             }
-            if previous
-                .as_ref()
-                .map(|o| (&o.spec.selector, &o.spec.expose_to))
-                != Some((&p.spec.selector, &p.spec.expose_to))
-            {
-                // A grant may have appeared or gone: features elsewhere that depend on the
-                // selected ones must look again.
-                self.graph_version += 1;
-                for f in &now {
-                    wake.features.extend(self.dependents(f));
-                }
-            }
+        }
+        // A grant that appeared or went: the features elsewhere that it concerns must look
+        // again (both ways: granted, or no longer).
+        let grants_after = self.grants_of(&regrant);
+        if self.wake_regranted(&regrant, &grants_before, &grants_after, &mut wake) {
+            self.graph_version += 1;
         }
         wake
     }
@@ -275,15 +360,16 @@ impl Index {
     /// A policy is gone.
     pub fn delete_policy(&mut self, key: &PolicyKey) -> Wake {
         let mut wake = Wake::default();
+        let selected = self.selected.get(key).cloned().unwrap_or_default();
+        let grants_before = self.grants_of(&selected);
         self.policies.remove(key);
+        self.selected.remove(key);
         self.budget_version += 1;
-        if let Some(selected) = self.selected.remove(key) {
+        let grants_after = self.grants_of(&selected);
+        if self.wake_regranted(&selected, &grants_before, &grants_after, &mut wake) {
             self.graph_version += 1;
-            for f in &selected {
-                wake.features.extend(self.dependents(f));
-            }
-            wake.features.extend(selected);
         }
+        wake.features.extend(selected);
         wake
     }
 
@@ -467,5 +553,231 @@ mod tests {
         assert_eq!(wake.policies, BTreeSet::from([k("p")]));
         assert_eq!(idx.policies_in("portal").len(), 1);
         assert!(idx.policies_in("other").is_empty());
+    }
+
+    /// A feature of `ns` with `labels`, depending on `deps` (`ns/name` across namespaces).
+    fn feature_in(ns: &str, name: &str, deps: &[&str], labels: &[(&str, &str)]) -> PremiumFeature {
+        let mut f = feature(name, &[], "");
+        f.metadata.namespace = Some(ns.into());
+        f.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        f.spec.depends_on = deps
+            .iter()
+            .map(|d| match d.split_once('/') {
+                Some((ns, name)) => Dependency {
+                    name: name.into(),
+                    namespace: Some(ns.into()),
+                    ..Default::default()
+                },
+                None => Dependency {
+                    name: d.to_string(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        f
+    }
+
+    /// A policy of `portal` selecting `tier=<tier>` that grants `expose_to`.
+    fn granting(name: &str, tier: &str, expose_to: &[&str]) -> PremiumPolicy {
+        let mut p = policy(name, tier);
+        p.spec.expose_to = Some(crate::api::ExposeTo {
+            namespaces: expose_to.iter().map(|n| n.to_string()).collect(),
+        });
+        p
+    }
+
+    /// catalog in portal, depended on from team-b (to be granted), team-c (never granted) and
+    /// portal itself (needs no grant).
+    fn cross_namespace_world() -> (Index, PremiumFeature) {
+        let mut idx = Index::default();
+        let catalog = feature_in("portal", "catalog", &[], &[("tier", "premium")]);
+        idx.apply_feature(&catalog);
+        for f in [
+            feature_in("team-b", "aika", &["portal/catalog"], &[]),
+            feature_in("team-c", "intruder", &["portal/catalog"], &[]),
+            feature_in("portal", "home", &["catalog"], &[]),
+        ] {
+            idx.apply_feature(&f);
+        }
+        idx.apply_policy(&granting("share", "x", &["team-b"]), [&catalog]);
+        (idx, catalog)
+    }
+
+    fn fk(ns: &str, name: &str) -> FeatureKey {
+        FeatureKey::new(ns, name)
+    }
+
+    #[test]
+    fn a_relabel_into_or_out_of_a_grant_wakes_exactly_the_dependents_it_concerns() {
+        let (mut idx, catalog) = cross_namespace_world();
+        let cross = |w: &Wake| -> BTreeSet<FeatureKey> {
+            w.features
+                .iter()
+                .chain(&w.background)
+                .filter(|k| k.namespace != "portal")
+                .cloned()
+                .collect()
+        };
+        // Labelled into the granting policy: team-b's dependent may now depend on it.
+        let v = idx.graph_version();
+        let mut granted = catalog.clone();
+        granted
+            .labels_mut()
+            .insert("tier".to_string(), "x".to_string());
+        let wake = idx.apply_feature(&granted);
+        assert_eq!(cross(&wake), BTreeSet::from([fk("team-b", "aika")]));
+        assert!(!wake.features.contains(&fk("portal", "home")));
+        assert!(idx.graph_version() > v, "a grant is part of the graph");
+        assert_eq!(idx.selected_by(&k("share")), vec![k("catalog")]);
+        // Another label that changes no grant: nobody elsewhere, and no new analysis.
+        let v = idx.graph_version();
+        let mut relabelled = granted.clone();
+        relabelled
+            .labels_mut()
+            .insert("owner".to_string(), "me".to_string());
+        let wake = idx.apply_feature(&relabelled);
+        assert_eq!(cross(&wake), BTreeSet::new());
+        assert_eq!(idx.graph_version(), v);
+        // Labelled out again: the grant is gone, and the same dependent must look again.
+        let wake = idx.apply_feature(&catalog);
+        assert_eq!(cross(&wake), BTreeSet::from([fk("team-b", "aika")]));
+        assert!(idx.graph_version() > v);
+        assert!(idx.selected_by(&k("share")).is_empty());
+    }
+
+    #[test]
+    fn a_grant_moved_by_the_policy_wakes_the_dependents_it_concerns_both_ways() {
+        let (mut idx, catalog) = cross_namespace_world();
+        let mut granted = catalog.clone();
+        granted
+            .labels_mut()
+            .insert("tier".to_string(), "x".to_string());
+        idx.apply_feature(&granted);
+        let cross = |w: &Wake| -> BTreeSet<FeatureKey> {
+            w.features
+                .iter()
+                .filter(|k| k.namespace != "portal")
+                .cloned()
+                .collect()
+        };
+        // exposeTo grows: team-c's dependent is concerned, team-b's is not.
+        let v = idx.graph_version();
+        let wider = granting("share", "x", &["team-b", "team-c"]);
+        let wake = idx.apply_policy(&wider, [&granted]);
+        assert_eq!(cross(&wake), BTreeSet::from([fk("team-c", "intruder")]));
+        assert!(idx.graph_version() > v);
+        // The selector stops selecting catalog: both grants are revoked.
+        let elsewhere = granting("share", "y", &["team-b", "team-c"]);
+        let wake = idx.apply_policy(&elsewhere, [&granted]);
+        assert_eq!(
+            cross(&wake),
+            BTreeSet::from([fk("team-b", "aika"), fk("team-c", "intruder")])
+        );
+        // Selecting it again, then deleting the policy: the grants go with it.
+        idx.apply_policy(&wider, [&granted]);
+        let v = idx.graph_version();
+        let wake = idx.delete_policy(&k("share"));
+        assert_eq!(
+            cross(&wake),
+            BTreeSet::from([fk("team-b", "aika"), fk("team-c", "intruder")])
+        );
+        assert!(idx.graph_version() > v);
+        // A policy that grants nothing moves no grant, whatever it selects.
+        let v = idx.graph_version();
+        let wake = idx.apply_policy(&policy("plain", "x"), [&granted]);
+        assert_eq!(cross(&wake), BTreeSet::new());
+        assert_eq!(idx.graph_version(), v);
+    }
+
+    /// One step of the grant property test.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Relabel catalog to `tier=<t>`.
+        Relabel(&'static str),
+        /// Apply policy `share` selecting `tier=<t>` and granting these namespaces.
+        Policy(&'static str, Vec<&'static str>),
+        /// Delete policy `share`.
+        DeletePolicy,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let tier = prop_oneof![Just("premium"), Just("x"), Just("y")];
+        let grant = proptest::sample::subsequence(vec!["team-b", "team-c"], 0..=2);
+        prop_oneof![
+            tier.clone().prop_map(Step::Relabel),
+            (tier, grant).prop_map(|(t, g)| Step::Policy(t, g)),
+            Just(Step::DeletePolicy),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of relabels and policy changes, each event wakes exactly the
+        /// dependents in other namespaces whose permission (worked out from scratch, as the
+        /// graph does) it flipped, and bumps the graph version exactly when one flipped.
+        #[test]
+        fn every_grant_change_wakes_exactly_the_dependents_it_flips(
+            steps in proptest::collection::vec(step(), 1..24)
+        ) {
+            let (mut idx, mut catalog) = cross_namespace_world();
+            let mut policy = Some(granting("share", "x", &["team-b"]));
+            let elsewhere = [fk("team-b", "aika"), fk("team-c", "intruder")];
+            let permitted = |policy: &Option<PremiumPolicy>, catalog: &PremiumFeature| {
+                elsewhere
+                    .iter()
+                    .filter(|d| {
+                        policy.as_ref().is_some_and(|p| {
+                            selects(p, catalog)
+                                && p.spec
+                                    .expose_to
+                                    .as_ref()
+                                    .is_some_and(|e| e.namespaces.contains(&d.namespace))
+                        })
+                    })
+                    .cloned()
+                    .collect::<BTreeSet<_>>()
+            };
+            for step in steps {
+                let before = permitted(&policy, &catalog);
+                let version = idx.graph_version();
+                let wake = match &step {
+                    Step::Relabel(t) => {
+                        catalog.labels_mut().insert("tier".into(), t.to_string());
+                        idx.apply_feature(&catalog)
+                    }
+                    Step::Policy(t, g) => {
+                        let p = granting("share", t, g);
+                        policy = Some(p.clone());
+                        idx.apply_policy(&p, [&catalog])
+                    }
+                    Step::DeletePolicy => {
+                        policy = None;
+                        idx.delete_policy(&k("share"))
+                    }
+                };
+                let after = permitted(&policy, &catalog);
+                let flipped: BTreeSet<FeatureKey> =
+                    before.symmetric_difference(&after).cloned().collect();
+                let woken: BTreeSet<FeatureKey> = wake
+                    .features
+                    .iter()
+                    .chain(&wake.background)
+                    .filter(|k| k.namespace != "portal")
+                    .cloned()
+                    .collect();
+                proptest::prop_assert_eq!(&woken, &flipped, "after {:?}", step);
+                proptest::prop_assert_eq!(
+                    idx.graph_version() != version,
+                    !flipped.is_empty(),
+                    "graph version after {:?}",
+                    step
+                );
+            }
+        }
     }
 }

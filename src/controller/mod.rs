@@ -321,6 +321,12 @@ pub struct RunArgs {
     /// outside it are neither read nor written; a dependency outside it counts as missing.
     #[arg(long, env = "LABEL_SELECTOR")]
     pub selector: Option<String>,
+    /// Longest time, in seconds from its deletion, that a PremiumFeature being deleted waits for
+    /// its dependents (also being deleted) to be torn down first. After it the feature is torn
+    /// down anyway and a Warning Event names the dependents that held it: a dependent kept by
+    /// someone else's finalizer must not keep a namespace from being deleted.
+    #[arg(long, default_value_t = crate::core::teardown::DEFAULT_TEARDOWN_WAIT.as_secs(), env = "TEARDOWN_WAIT_SECONDS")]
+    pub teardown_wait_seconds: u64,
 }
 
 /// Entry point of `premium-operator run`.
@@ -660,6 +666,7 @@ async fn run_controllers(
         Settings {
             sidecar_image: args.sidecar_image.clone(),
             field_manager: FIELD_MANAGER.into(),
+            teardown_wait: Duration::from_secs(args.teardown_wait_seconds),
         },
     ));
 
@@ -881,9 +888,14 @@ fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFe
                 Ok(f) => index.apply_feature(f),
                 Err(_) => Default::default(),
             },
+            // One that no longer deserializes is forgotten too (by its metadata): the
+            // dependencies its teardown held are woken like for any other.
             WatchEvent::Delete(g) => match &g.0 {
                 Ok(f) => index.delete_feature(&feature_key(f)),
-                Err(_) => Default::default(),
+                Err(invalid) => match (&invalid.metadata.namespace, &invalid.metadata.name) {
+                    (Some(ns), Some(name)) => index.delete_feature(&FeatureKey::new(ns, name)),
+                    _ => Default::default(),
+                },
             },
             WatchEvent::Init | WatchEvent::InitDone => Default::default(),
         }

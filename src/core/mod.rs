@@ -12,6 +12,7 @@ pub mod sidecar;
 pub mod signal;
 pub mod slots;
 pub mod status;
+pub mod teardown;
 
 /// Longest message the operator writes into a status (a condition, a `blockedBy` entry): a user's
 /// string can reach a message (quoted, or inside an API server refusal), and a status over what

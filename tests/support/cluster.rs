@@ -208,10 +208,19 @@ impl OwnCluster {
         &self,
         client: &Client,
     ) -> anyhow::Result<(super::TestNamespace, super::operator::Operator)> {
+        self.chart_operator_with(client, &[]).await
+    }
+
+    /// [`OwnCluster::chart_operator`] with extra `run` flags.
+    pub async fn chart_operator_with(
+        &self,
+        client: &Client,
+        extra: &[&str],
+    ) -> anyhow::Result<(super::TestNamespace, super::operator::Operator)> {
         let home = super::TestNamespace::new(client, "operator").await?;
         let mut files = chart_rbac(client, &self.kubeconfig, home.name(), false, &[]).await?;
         let kubeconfig = files.pop().context("no kubeconfig written")?;
-        let operator = super::operator::Operator::start_with(&kubeconfig, None, &[])?;
+        let operator = super::operator::Operator::start_with(&kubeconfig, None, extra)?;
         Ok((home, operator))
     }
 }
