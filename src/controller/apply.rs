@@ -162,15 +162,48 @@ where
     // What the watch will show once the writes below land: the echo wakes nobody.
     let mut expected = desired.view().written;
     expected.owned = Some(owned);
+    // Remembered before the requests: the watch may deliver the echo before the answer.
+    ctx.echoes.remember(kind, &namespace, &name, expected);
     let mut wrote = false;
-    if !in_place {
-        expected.strays = removals.clone().into_boxed_slice();
+    if let Some(patch) = drift::removal_patch(&removals, &desired_json) {
+        // Before the apply: a stray may clash with what the apply sets (a Service port
+        // renumbered by hand keeps the port's name), and the patch carries the desired items
+        // of every list it removes from, so it never leaves one empty.
+        let params = PatchParams {
+            field_manager: Some(ctx.settings.field_manager.clone()),
+            ..Default::default()
+        };
+        match api
+            .patch(&name, &params, &Patch::Strategic(&patch))
+            .await
+        {
+            Ok(_) => {
+                count_write(ctx, kind);
+                wrote = true;
+            }
+            // Nothing the feature can change; the apply below still puts back what it sets.
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                warn!(%kind, %namespace, %name, error = %s.message, "could not remove fields others added");
+            }
+            Err(e) => {
+                ctx.echoes.forget(kind, &namespace, &name);
+                return Err(Error::kube(
+                    format!("removing what others added to {kind} {namespace}/{name}"),
+                    e,
+                ));
+            }
+        }
+    }
+    if in_place {
+        // The removal put back nothing the operator owns (it holds the desired values).
+        if !wrote {
+            ctx.echoes.forget(kind, &namespace, &name);
+            return Ok(Applied::Unchanged);
+        }
+    } else {
         let params = PatchParams::apply(&ctx.settings.field_manager).force();
-        // Remembered before the request: the watch may deliver the echo before the answer.
-        ctx.echoes
-            .remember(kind, &namespace, &name, expected.clone());
-        match api.patch(&name, &params, &Patch::Apply(&desired)).await {
-            Ok(_) => {}
+        let applied = match api.patch(&name, &params, &Patch::Apply(&desired)).await {
+            Ok(applied) => applied,
             Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
                 ctx.echoes.forget(kind, &namespace, &name);
                 return Ok(Applied::Refused(format!(
@@ -185,46 +218,37 @@ where
                     e,
                 ));
             }
-        }
-        count_write(ctx, kind);
-        wrote = true;
-    }
-    if let Some(patch) = drift::removal_patch(&removals) {
-        // After the apply, so a list the removal would empty (a Service's only port, renamed)
-        // already holds what the operator sets. A patch that only removes makes nobody the
-        // owner of anything.
-        expected.strays = Box::default();
-        ctx.echoes.remember(kind, &namespace, &name, expected);
-        let params = PatchParams {
-            field_manager: Some(ctx.settings.field_manager.clone()),
-            ..Default::default()
         };
-        match api
-            .patch(&name, &params, &Patch::Strategic(&patch))
-            .await
-        {
-            Ok(_) => {
-                count_write(ctx, kind);
-                wrote = true;
-            }
-            // Whatever blocks it, the object is not the feature's fault; the next change
-            // that wakes the feature tries again.
-            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 || s.code == 404 => {
-                warn!(%kind, %namespace, %name, error = %s.message, "could not remove fields others added");
-            }
-            Err(e) => {
-                return Err(Error::kube(
-                    format!("removing what others added to {kind} {namespace}/{name}"),
-                    e,
-                ));
-            }
-        }
+        count_write(ctx, kind);
+        forget_own_update(ctx, &api, kind, &applied).await;
     }
-    Ok(if wrote {
-        Applied::Written
-    } else {
-        Applied::Unchanged
-    })
+    Ok(Applied::Written)
+}
+
+/// Removes the record of the operator's own update from `applied` (see
+/// [`drift::update_entry`]), only if nothing changed the object since.
+async fn forget_own_update<K>(ctx: &Context, api: &Api<K>, kind: &'static str, applied: &K)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    let managed = applied.meta().managed_fields.as_deref().unwrap_or(&[]);
+    let Some(at) = drift::update_entry(managed, &ctx.settings.field_manager) else {
+        return;
+    };
+    let ops = serde_json::json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": applied.resource_version()},
+        {"op": "remove", "path": format!("/metadata/managedFields/{at}")},
+    ]);
+    let Ok(ops) = serde_json::from_value(ops) else {
+        return;
+    };
+    let patch: Patch<()> = Patch::Json(ops);
+    let name = applied.name_any();
+    match api.patch(&name, &PatchParams::default(), &patch).await {
+        Ok(_) => count_write(ctx, kind),
+        // Changed meanwhile: the next repair tries again.
+        Err(e) => warn!(%kind, %name, error = %e, "could not drop the record of a repair"),
+    }
 }
 
 fn count_write(ctx: &Context, kind: &'static str) {

@@ -69,6 +69,18 @@ fn on_main_resource(entry: &ManagedFieldsEntry) -> bool {
     entry.subresource.as_deref().unwrap_or("").is_empty()
 }
 
+/// Where `manager`'s own updates (not applies) to the object itself are recorded, if anywhere:
+/// a repair by [`removal_patch`] that had to put items back leaves one, and a field it keeps
+/// owning there would outlive the operator's apply (which could then neither drop nor rename
+/// it), so the entry is removed after the apply took those fields over.
+pub fn update_entry(managed: &[ManagedFieldsEntry], manager: &str) -> Option<usize> {
+    managed.iter().position(|e| {
+        e.manager.as_deref() == Some(manager)
+            && e.operation.as_deref() == Some("Update")
+            && on_main_resource(e)
+    })
+}
+
 /// The fields `manager`'s server-side apply owns, if it applied any.
 pub fn owned_fields<'a>(managed: &'a [ManagedFieldsEntry], manager: &str) -> Option<&'a Value> {
     managed
@@ -394,6 +406,10 @@ fn collect_strays(
 
 /// Whether `desired` (the object the operator applies, as JSON) sets the field at `path`.
 pub fn sets(desired: &Value, path: &[String]) -> bool {
+    value_at(desired, path).is_some()
+}
+
+fn value_at<'a>(desired: &'a Value, path: &[String]) -> Option<&'a Value> {
     let mut at = desired;
     for element in path {
         let next = if let Some(name) = element.strip_prefix("f:") {
@@ -409,23 +425,62 @@ pub fn sets(desired: &Value, path: &[String]) -> bool {
         };
         match next {
             Some(v) if !v.is_null() => at = v,
-            _ => return false,
+            _ => return None,
         }
     }
-    true
+    Some(at)
 }
 
-/// A strategic merge patch that removes the fields at `paths` (from [`strays`]) and nothing
-/// else: a field becomes `null`, a keyed list item `{<key>, "$patch": "delete"}`, a set
-/// member a `$deleteFromPrimitiveList` entry. `None` when no path can be written so (an
-/// item known only by its position).
-pub fn removal_patch(paths: &[FieldPath]) -> Option<Value> {
+/// A strategic merge patch that removes the fields at `paths` (from [`strays`]): a field
+/// becomes `null`, a keyed list item `{<key>, "$patch": "delete"}`, a set member a
+/// `$deleteFromPrimitiveList` entry. A list it removes items from also gets the items
+/// `desired` puts there, so the patch never leaves it empty or with a clash (a Service port
+/// renumbered by hand is the Service's only port, and shares its name with the one the
+/// operator sets). `None` when no path can be written so (an item known only by its
+/// position).
+pub fn removal_patch(paths: &[FieldPath], desired: &Value) -> Option<Value> {
     let mut patch = Map::new();
     let mut any = false;
     for path in paths {
         any |= remove_in(&mut patch, path);
     }
+    let mut lists: Vec<&[String]> = paths
+        .iter()
+        .filter(|p| p.last().is_some_and(|e| e.starts_with("k:")))
+        .map(|p| &p[..p.len() - 1])
+        .collect();
+    lists.sort();
+    lists.dedup();
+    for list in lists {
+        let Some(Value::Array(items)) = value_at(desired, list) else {
+            continue;
+        };
+        if let Some(target) = list_in(&mut patch, list) {
+            target.extend(items.iter().cloned());
+        }
+    }
     any.then_some(Value::Object(patch))
+}
+
+/// The list at `path` in a patch built by [`remove_in`] (which created it).
+fn list_in<'a>(obj: &'a mut Map<String, Value>, path: &[String]) -> Option<&'a mut Vec<Value>> {
+    let name = path.first()?.strip_prefix("f:")?;
+    let child = obj.get_mut(name)?;
+    match path.get(1) {
+        None => child.as_array_mut(),
+        Some(next) if next.starts_with("f:") => list_in(child.as_object_mut()?, &path[1..]),
+        Some(next) => {
+            let json = next.strip_prefix("k:")?;
+            let Ok(Value::Object(key)) = serde_json::from_str::<Value>(json) else {
+                return None;
+            };
+            let item = child
+                .as_array_mut()?
+                .iter_mut()
+                .find(|i| key.iter().all(|(k, v)| i.get(k) == Some(v)))?;
+            list_in(item.as_object_mut()?, &path[2..])
+        }
+    }
 }
 
 fn remove_in(obj: &mut Map<String, Value>, path: &[String]) -> bool {
@@ -743,8 +798,9 @@ mod tests {
         ]);
         let selector = path(&["f:spec", "f:selector", "f:extra"]);
         let finalizer = path(&["f:spec", "f:list", "v:\"x\""]);
+        let none = json!({});
         assert_eq!(
-            removal_patch(&[volume.clone(), port, selector, finalizer]),
+            removal_patch(&[volume.clone(), port, selector, finalizer], &none),
             Some(json!({
                 "spec": {
                     "template": {"spec": {"volumes": [{"name": "extra", "$patch": "delete"}]}},
@@ -762,14 +818,25 @@ mod tests {
             "k:{\"name\":\"app\"}",
             "f:command",
         ]);
+        // A list that loses items gets the desired ones with it.
+        let volumes = &desired()["spec"]["template"]["spec"]["volumes"][0];
         assert_eq!(
-            removal_patch(&[command, volume]),
+            removal_patch(&[command, volume], &desired()),
             Some(json!({"spec": {"template": {"spec": {
                 "containers": [{"name": "app", "command": null}],
-                "volumes": [{"name": "extra", "$patch": "delete"}],
+                "volumes": [{"name": "extra", "$patch": "delete"}, volumes],
             }}}}))
         );
-        assert_eq!(removal_patch(&[path(&["f:spec", "f:list", "i:0"])]), None);
+        let port = path(&["f:spec", "f:ports", "k:{\"port\":81,\"protocol\":\"TCP\"}"]);
+        let service = json!({"spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}});
+        assert_eq!(
+            removal_patch(&[port], &service),
+            Some(json!({"spec": {"ports": [
+                {"port": 81, "protocol": "TCP", "$patch": "delete"},
+                {"name": "http", "port": 80, "protocol": "TCP"},
+            ]}}))
+        );
+        assert_eq!(removal_patch(&[path(&["f:spec", "f:list", "i:0"])], &none), None);
     }
 
     proptest! {
