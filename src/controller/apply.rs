@@ -16,8 +16,8 @@ use super::context::Context;
 use super::owned::OwnedStore;
 use crate::runtime::metrics::KindLabels;
 
-pub use crate::core::signal::APPLIED_HASH_ANNOTATION;
 use crate::core::drift::{self, FieldPath};
+pub use crate::core::signal::APPLIED_HASH_ANNOTATION;
 use crate::core::signal::{OwnedView, Signalled};
 
 /// What happened to one object.
@@ -97,7 +97,10 @@ where
         &desired.name_any(),
     )
     .await?;
-    apply_over(ctx, current, kind, desired, hash_input, owner_uid, also_equal).await
+    apply_over(
+        ctx, current, kind, desired, hash_input, owner_uid, also_equal,
+    )
+    .await
 }
 
 /// Makes the object `desired`, given its `current` view: applies it unless the object carries
@@ -173,10 +176,7 @@ where
             field_manager: Some(ctx.settings.field_manager.clone()),
             ..Default::default()
         };
-        match api
-            .patch(&name, &params, &Patch::Strategic(&patch))
-            .await
-        {
+        match api.patch(&name, &params, &Patch::Strategic(&patch)).await {
             Ok(_) => {
                 count_write(ctx, kind);
                 wrote = true;

@@ -27,8 +27,8 @@ use crate::core::graph::FeatureKey;
 use crate::core::plan::{self, DependencyView, dependency_key};
 use crate::core::policy::effective_policy;
 use crate::core::settings;
-use crate::core::signal::OwnedView;
 use crate::core::sidecar::{SidecarSpec, Upstream, render};
+use crate::core::signal::OwnedView;
 use crate::core::status::{
     self, DeploymentHealth, Observation, Stall, condition, feature_status, now_time,
 };

@@ -369,7 +369,8 @@ fn owns(set: &Value) -> bool {
 }
 
 fn node_at<'a>(set: Option<&'a Value>, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(set?, |node, element| node.get(element))
+    path.iter()
+        .try_fold(set?, |node, element| node.get(element))
 }
 
 fn collect_strays(
@@ -382,9 +383,10 @@ fn collect_strays(
     if path.iter().any(|e| OPEN.contains(&e.as_str())) {
         return;
     }
-    let shared = rules.shared.iter().any(|s| {
-        s.len() <= path.len() && s.iter().zip(path.iter()).all(|(a, b)| a == b)
-    });
+    let shared = rules
+        .shared
+        .iter()
+        .any(|s| s.len() <= path.len() && s.iter().zip(path.iter()).all(|(a, b)| a == b));
     if shared {
         return;
     }
@@ -760,7 +762,13 @@ mod tests {
             .copied()
             .chain(["k:{\"name\":\"app\"}", "f:command"])
             .collect();
-        let volume = ["f:spec", "f:template", "f:spec", "f:volumes", "k:{\"name\":\"extra\"}"];
+        let volume = [
+            "f:spec",
+            "f:template",
+            "f:spec",
+            "f:volumes",
+            "k:{\"name\":\"extra\"}",
+        ];
         assert_eq!(found, vec![path(&command), path(&volume)]);
         // Nothing foreign, nothing found; a field both own is no stray.
         assert!(strays(&managed[..1], US, &DEPLOYMENT).is_empty());
@@ -789,13 +797,12 @@ mod tests {
             "f:volumes",
             "k:{\"name\":\"extra\"}",
         ]);
-        assert!(sets(&desired(), &image), "a taken-over field is applied back");
+        assert!(
+            sets(&desired(), &image),
+            "a taken-over field is applied back"
+        );
         assert!(!sets(&desired(), &volume));
-        let port = path(&[
-            "f:spec",
-            "f:ports",
-            "k:{\"port\":81,\"protocol\":\"TCP\"}",
-        ]);
+        let port = path(&["f:spec", "f:ports", "k:{\"port\":81,\"protocol\":\"TCP\"}"]);
         let selector = path(&["f:spec", "f:selector", "f:extra"]);
         let finalizer = path(&["f:spec", "f:list", "v:\"x\""]);
         let none = json!({});
@@ -836,7 +843,10 @@ mod tests {
                 {"name": "http", "port": 80, "protocol": "TCP"},
             ]}}))
         );
-        assert_eq!(removal_patch(&[path(&["f:spec", "f:list", "i:0"])], &none), None);
+        assert_eq!(
+            removal_patch(&[path(&["f:spec", "f:list", "i:0"])], &none),
+            None
+        );
     }
 
     proptest! {
