@@ -52,7 +52,10 @@ pub struct StartSlots {
 /// the watch echoes it back: that echo tells the writer nothing and wakes nobody. A drift
 /// repair writes twice in a row (an apply, then a removal), so more than one can be in flight.
 #[derive(Debug, Default)]
-pub struct Echoes(Mutex<HashMap<(&'static str, String, String), Vec<Written>>>);
+pub struct Echoes(Mutex<HashMap<ObjectKey, Vec<Written>>>);
+
+/// Kind, namespace and name of an owned object.
+type ObjectKey = (&'static str, String, String);
 
 /// Writes remembered per object at most; older ones are dropped (their echo then wakes the
 /// owner once, which costs a reconcile, never a wrong decision).
@@ -499,8 +502,30 @@ where
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{WRITTEN_STATUS_MEMORY, next_analysis, written_status_done};
+    use super::{Echoes, WRITTEN_STATUS_MEMORY, next_analysis, written_status_done};
     use crate::api::{Phase, PremiumFeatureStatus};
+    use crate::core::signal::Written;
+
+    #[test]
+    fn two_writes_in_flight_are_both_echoes() {
+        let echoes = Echoes::default();
+        let written = |hash: &str| Written {
+            applied_hash: Some(hash.into()),
+            ..Default::default()
+        };
+        // A repair: a removal, then an apply, both sent before either echo arrives.
+        echoes.remember("Service", "ns", "a", written("removed"));
+        echoes.remember("Service", "ns", "a", written("applied"));
+        assert!(echoes.is_echo("Service", "ns", "a", &written("removed")));
+        assert!(echoes.is_echo("Service", "ns", "a", &written("applied")));
+        // Used up: the same state from someone else is news.
+        assert!(!echoes.is_echo("Service", "ns", "a", &written("applied")));
+        // A later echo covers the writes before it (their own echoes were merged away).
+        echoes.remember("Service", "ns", "a", written("1"));
+        echoes.remember("Service", "ns", "a", written("2"));
+        assert!(echoes.is_echo("Service", "ns", "a", &written("2")));
+        assert!(!echoes.is_echo("Service", "ns", "a", &written("1")));
+    }
 
     #[test]
     fn a_written_status_is_forgotten_once_seen_or_old() {

@@ -325,7 +325,7 @@ pub fn canonical_quantity(s: &str) -> Option<String> {
     if digits == 0 {
         return Some("0".into());
     }
-    while digits % 10 == 0 {
+    while digits.is_multiple_of(10) {
         digits /= 10;
         exp10 += 1;
     }
