@@ -2,18 +2,21 @@
 //! already holds what would be written, and never over an object someone else owns.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
 use super::Error;
 use super::context::Context;
 use super::owned::OwnedStore;
 use crate::runtime::metrics::KindLabels;
 
+use crate::core::drift::{self, FieldPath};
 pub use crate::core::signal::APPLIED_HASH_ANNOTATION;
 use crate::core::signal::{OwnedView, Signalled};
 
@@ -38,14 +41,78 @@ pub fn hash_of<T: Serialize>(value: &T) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Applies `desired` unless the cached (or, when the cache has none, the live) object already
-/// carries the same applied hash and `also_equal` holds for its view.
-///
-/// `hash_input` is what the hash covers: the desired object minus fields another controller
-/// may legitimately change (the Deployment's replicas, moved by the HPA).
+/// The view of an owned object: the cached one, or, when the (label-filtered) cache has none,
+/// the live object's. A missing object may be someone else's, ours not seen yet, or ours with
+/// its labels removed (which took it out of the watch).
+pub async fn observe_owned<K>(
+    ctx: &Context,
+    store: &OwnedStore,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<OwnedView>>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Signalled,
+{
+    if let Some(cached) = store.get(namespace, name) {
+        return Ok(Some(cached));
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(api
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("reading {kind} {namespace}/{name}"), e))?
+        .map(|live| Arc::new(live.view())))
+}
+
+/// [`apply_over`] the object's current view ([`observe_owned`]).
 pub async fn apply_owned<K>(
     ctx: &Context,
     store: &OwnedStore,
+    kind: &'static str,
+    desired: K,
+    hash_input: &impl Serialize,
+    owner_uid: &str,
+    also_equal: impl Fn(&OwnedView) -> bool,
+) -> Result<Applied, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Signalled
+        + Send
+        + Sync,
+{
+    let current = observe_owned::<K>(
+        ctx,
+        store,
+        kind,
+        &desired.namespace().unwrap_or_default(),
+        &desired.name_any(),
+    )
+    .await?;
+    apply_over(
+        ctx, current, kind, desired, hash_input, owner_uid, also_equal,
+    )
+    .await
+}
+
+/// Makes the object `desired`, given its `current` view: applies it unless the object carries
+/// the same applied hash, the fields the operator owns still hold what it would write (nobody
+/// changed them: see [`drift`]) and `also_equal` holds for the view; then removes whatever
+/// others added where only the operator writes, which an apply leaves in place.
+///
+/// `hash_input` is what the applied hash covers: the desired object minus fields another
+/// controller may legitimately change (the Deployment's replicas, moved by the HPA).
+pub async fn apply_over<K>(
+    ctx: &Context,
+    current: Option<Arc<OwnedView>>,
     kind: &'static str,
     mut desired: K,
     hash_input: &impl Serialize,
@@ -68,52 +135,127 @@ where
     desired
         .annotations_mut()
         .insert(APPLIED_HASH_ANNOTATION.to_string(), hash.clone());
+    let desired_json = serde_json::to_value(&desired)
+        .map_err(|e| Error::Invalid(format!("{kind} {namespace}/{name} as JSON: {e}")))?;
+    let owned = drift::desired_owned_hash(&desired_json, &K::DRIFT);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-    let current = match store.get(&namespace, &name) {
-        Some(cached) => Some(cached),
-        // Not in our (label-filtered) cache: it may be someone else's, or ours not yet seen.
-        None => api
-            .get_opt(&name)
-            .await
-            .map_err(|e| Error::kube(format!("reading {kind} {namespace}/{name}"), e))?
-            .map(|live| std::sync::Arc::new(live.view())),
-    };
+    // Strays the apply takes over (it sets them) need no removal.
+    let mut removals: Vec<FieldPath> = Vec::new();
+    let mut in_place = false;
     if let Some(current) = &current {
         if !current.controlled_by(owner_uid) {
             return Ok(Applied::Conflict(format!(
                 "{kind} {namespace}/{name} already exists and is not owned by this PremiumFeature; rename the feature or remove that {kind}"
             )));
         }
-        if current.written.applied_hash.as_ref() == Some(&hash) && also_equal(current) {
+        removals = current
+            .written
+            .strays
+            .iter()
+            .filter(|p| !drift::sets(&desired_json, p))
+            .cloned()
+            .collect();
+        in_place = current.written.applied_hash.as_ref() == Some(&hash)
+            && current.written.owned == Some(owned)
+            && also_equal(current);
+        if in_place && removals.is_empty() {
             return Ok(Applied::Unchanged);
         }
     }
-    let params = PatchParams::apply(&ctx.settings.field_manager).force();
-    // Remembered before the request: the watch may deliver the echo before the answer.
-    ctx.echoes
-        .remember(kind, &namespace, &name, desired.view().written);
-    match api.patch(&name, &params, &Patch::Apply(&desired)).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if refused_for_its_content(&s) => {
-            ctx.echoes.forget(kind, &namespace, &name);
-            return Ok(Applied::Refused(format!(
-                "the API server refused the {kind} built from this feature: {}",
-                s.message
-            )));
-        }
-        Err(e) => {
-            ctx.echoes.forget(kind, &namespace, &name);
-            return Err(Error::kube(
-                format!("applying {kind} {namespace}/{name}"),
-                e,
-            ));
+    // What the watch will show once the writes below land: the echo wakes nobody.
+    let mut expected = desired.view().written;
+    expected.owned = Some(owned);
+    // Remembered before the requests: the watch may deliver the echo before the answer.
+    ctx.echoes.remember(kind, &namespace, &name, expected);
+    let mut wrote = false;
+    if let Some(patch) = drift::removal_patch(&removals, &desired_json) {
+        // Before the apply: a stray may clash with what the apply sets (a Service port
+        // renumbered by hand keeps the port's name), and the patch carries the desired items
+        // of every list it removes from, so it never leaves one empty.
+        let params = PatchParams {
+            field_manager: Some(ctx.settings.field_manager.clone()),
+            ..Default::default()
+        };
+        match api.patch(&name, &params, &Patch::Strategic(&patch)).await {
+            Ok(_) => {
+                count_write(ctx, kind);
+                wrote = true;
+            }
+            // Nothing the feature can change; the apply below still puts back what it sets.
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                warn!(%kind, %namespace, %name, error = %s.message, "could not remove fields others added");
+            }
+            Err(e) => {
+                ctx.echoes.forget(kind, &namespace, &name);
+                return Err(Error::kube(
+                    format!("removing what others added to {kind} {namespace}/{name}"),
+                    e,
+                ));
+            }
         }
     }
+    if in_place {
+        // The removal put back nothing the operator owns (it holds the desired values).
+        if !wrote {
+            ctx.echoes.forget(kind, &namespace, &name);
+            return Ok(Applied::Unchanged);
+        }
+    } else {
+        let params = PatchParams::apply(&ctx.settings.field_manager).force();
+        let applied = match api.patch(&name, &params, &Patch::Apply(&desired)).await {
+            Ok(applied) => applied,
+            Err(kube::Error::Api(s)) if refused_for_its_content(&s) => {
+                ctx.echoes.forget(kind, &namespace, &name);
+                return Ok(Applied::Refused(format!(
+                    "the API server refused the {kind} built from this feature: {}",
+                    s.message
+                )));
+            }
+            Err(e) => {
+                ctx.echoes.forget(kind, &namespace, &name);
+                return Err(Error::kube(
+                    format!("applying {kind} {namespace}/{name}"),
+                    e,
+                ));
+            }
+        };
+        count_write(ctx, kind);
+        forget_own_update(ctx, &api, kind, &applied).await;
+    }
+    Ok(Applied::Written)
+}
+
+/// Removes the record of the operator's own update from `applied` (see
+/// [`drift::update_entry`]), only if nothing changed the object since.
+async fn forget_own_update<K>(ctx: &Context, api: &Api<K>, kind: &'static str, applied: &K)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    let managed = applied.meta().managed_fields.as_deref().unwrap_or(&[]);
+    let Some(at) = drift::update_entry(managed, &ctx.settings.field_manager) else {
+        return;
+    };
+    let ops = serde_json::json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": applied.resource_version()},
+        {"op": "remove", "path": format!("/metadata/managedFields/{at}")},
+    ]);
+    let Ok(ops) = serde_json::from_value(ops) else {
+        return;
+    };
+    let patch: Patch<()> = Patch::Json(ops);
+    let name = applied.name_any();
+    match api.patch(&name, &PatchParams::default(), &patch).await {
+        Ok(_) => count_write(ctx, kind),
+        // Changed meanwhile: the next repair tries again.
+        Err(e) => warn!(%kind, %name, error = %e, "could not drop the record of a repair"),
+    }
+}
+
+fn count_write(ctx: &Context, kind: &'static str) {
     ctx.metrics
         .object_writes
         .get_or_create(&KindLabels { kind })
         .inc();
-    Ok(Applied::Written)
 }
 
 /// Whether the API server refused an object for what it contains, so that sending it again
@@ -180,10 +322,7 @@ where
             ));
         }
     }
-    ctx.metrics
-        .object_writes
-        .get_or_create(&KindLabels { kind })
-        .inc();
+    count_write(ctx, kind);
     Ok(true)
 }
 

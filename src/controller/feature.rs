@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{field, info, instrument, warn};
 
-use super::apply::{Applied, apply_owned, delete_owned};
+use super::apply::{Applied, apply_over, apply_owned, delete_owned, observe_owned};
 use super::context::{Context, HeldStatus, lock};
 use super::index::Wake;
 use super::policy::{budget_for_feature, startup_limits};
@@ -31,6 +31,7 @@ use crate::core::plan::{self, DependencyView, dependency_key};
 use crate::core::policy::effective_policy;
 use crate::core::settings;
 use crate::core::sidecar::{SidecarSpec, Upstream, render};
+use crate::core::signal::OwnedView;
 use crate::core::slots::Stage;
 use crate::core::status::{
     self, DeploymentHealth, Observation, Stall, condition, feature_status, now_time,
@@ -180,10 +181,21 @@ async fn reconcile_steps(
     let pool = settings::pool_settings(feature, &effective.spec);
     let budget = budget_for_feature(ctx, feature, &graph);
 
-    let deployment = ctx
-        .stores
-        .deployments
-        .get(&namespace, &name)
+    // Read live when the cache misses it: a Deployment whose labels someone removed has left
+    // the watch, and deciding from its absence would scale it to its minimum and report it
+    // not ready while it still runs.
+    let observed_deployment = observe_owned::<Deployment>(
+        ctx,
+        &ctx.stores.deployments,
+        "Deployment",
+        &namespace,
+        &name,
+    )
+    .await;
+    let deployment = observed_deployment
+        .as_ref()
+        .ok()
+        .and_then(Option::clone)
         .filter(|d| d.controlled_by(&uid));
     let current_replicas = deployment.as_ref().and_then(|d| d.written.replicas);
     let running = current_replicas.unwrap_or(0) > 0;
@@ -304,7 +316,7 @@ async fn reconcile_steps(
     let mut forbidden = None;
     let mut deployment_written = false;
     if stall.is_none() {
-        stall = match apply_objects(ctx, feature, &plan, &uid, held).await {
+        stall = match apply_objects(ctx, feature, &plan, &uid, held, observed_deployment).await {
             Ok((conflict, written)) => {
                 deployment_written = written;
                 if written && !running && replicas > 0 {
@@ -449,14 +461,16 @@ fn hold_transitional(
     }
 }
 
-/// Applies the owned objects; returns a name conflict, if any, and whether the Deployment was
-/// written (its cached status then predates the new spec).
+/// Applies the owned objects, the Deployment over its `observed` view; returns a name
+/// conflict, if any, and whether the Deployment was written (its cached status then predates
+/// the new spec).
 async fn apply_objects(
     ctx: &Context,
     feature: &PremiumFeature,
     plan: &FeaturePlan,
     uid: &str,
     held: bool,
+    observed: Result<Option<Arc<OwnedView>>, Error>,
 ) -> Result<(Option<Stall>, bool), Error> {
     // The four objects are independent (a pod waits for its ConfigMap volume, an HPA for its
     // target), so they are written at once: a reconcile costs one round trip, not four.
@@ -486,15 +500,18 @@ async fn apply_objects(
         uid,
         |_| true,
     );
-    let deployment = apply_owned::<Deployment>(
-        ctx,
-        &ctx.stores.deployments,
-        "Deployment",
-        deploy,
-        &without_replicas,
-        uid,
-        |current| current.written.replicas == Some(want),
-    );
+    let deployment = async {
+        apply_over::<Deployment>(
+            ctx,
+            observed?,
+            "Deployment",
+            deploy,
+            &without_replicas,
+            uid,
+            |current| current.written.replicas == Some(want),
+        )
+        .await
+    };
     let autoscaler = async {
         match build::hpa(feature, plan) {
             Some(h) if !held => {

@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod build;
+pub mod drift;
 pub mod fair;
 pub mod graph;
 pub mod plan;

@@ -11,8 +11,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 
+use crate::api::FIELD_MANAGER;
 use crate::core::build::RESTARTED_AT_ANNOTATION;
+use crate::core::drift::{self, FieldPath, Rules};
 use crate::core::status::DeploymentHealth;
 
 /// Annotation holding the hash of what the operator last applied to an object.
@@ -26,6 +29,12 @@ pub struct Written {
     pub replicas: Option<i32>,
     pub controller_uid: Option<String>,
     pub deleting: bool,
+    /// Hash of the live values of the fields the operator's apply owns
+    /// ([`drift::live_owned_hash`]); `None` when it owns none (an object it never applied).
+    pub owned: Option<u64>,
+    /// Fields others set where only the operator writes ([`drift::strays`]); empty unless
+    /// someone meddled, so a view stays small.
+    pub strays: Box<[FieldPath]>,
 }
 
 /// What a reconcile of the owner reads of one owned object.
@@ -101,7 +110,10 @@ pub fn owner_to_wake<'a>(
 }
 
 /// Owned kinds, reduced to their [`OwnedView`].
-pub trait Signalled: Resource {
+pub trait Signalled: Resource + Serialize {
+    /// Where in this kind only the operator writes ([`drift::Rules`]).
+    const DRIFT: Rules;
+
     fn view(&self) -> OwnedView;
 
     fn signal(&self) -> Signal {
@@ -109,11 +121,17 @@ pub trait Signalled: Resource {
     }
 }
 
-fn view_of<K: Resource>(obj: &K, replicas: Option<i32>) -> OwnedView {
+fn view_of<K: Signalled>(obj: &K, replicas: Option<i32>) -> OwnedView {
     let controller = obj
         .owner_references()
         .iter()
         .find(|r| r.controller == Some(true));
+    let managed = obj.meta().managed_fields.as_deref().unwrap_or(&[]);
+    // The object is turned into JSON only for the hash, and dropped with this event.
+    let owned = drift::owned_fields(managed, FIELD_MANAGER).and_then(|fields| {
+        let live = serde_json::to_value(obj).ok()?;
+        Some(drift::live_owned_hash(&live, fields, &K::DRIFT))
+    });
     OwnedView {
         owner: controller
             .filter(|r| r.kind == "PremiumFeature")
@@ -123,6 +141,8 @@ fn view_of<K: Resource>(obj: &K, replicas: Option<i32>) -> OwnedView {
             replicas,
             controller_uid: controller.map(|r| r.uid.clone()),
             deleting: obj.meta().deletion_timestamp.is_some(),
+            owned,
+            strays: drift::strays(managed, FIELD_MANAGER, &K::DRIFT).into_boxed_slice(),
         },
         health: None,
         restarted_at: None,
@@ -152,6 +172,8 @@ pub fn deployment_health(d: &Deployment) -> DeploymentHealth {
 }
 
 impl Signalled for Deployment {
+    const DRIFT: Rules = drift::DEPLOYMENT;
+
     fn view(&self) -> OwnedView {
         let spec = self.spec.as_ref();
         let mut view = view_of(self, spec.and_then(|s| s.replicas));
@@ -166,18 +188,24 @@ impl Signalled for Deployment {
 }
 
 impl Signalled for Service {
+    const DRIFT: Rules = drift::SERVICE;
+
     fn view(&self) -> OwnedView {
         view_of(self, None)
     }
 }
 
 impl Signalled for ConfigMap {
+    const DRIFT: Rules = drift::CONFIGMAP;
+
     fn view(&self) -> OwnedView {
         view_of(self, None)
     }
 }
 
 impl Signalled for HorizontalPodAutoscaler {
+    const DRIFT: Rules = drift::HPA;
+
     fn view(&self) -> OwnedView {
         view_of(self, None)
     }
