@@ -15,6 +15,8 @@ cd "$REPO_ROOT"
 export PREMIUM_RELIABILITY="${PREMIUM_RELIABILITY:-1}"
 SUITES=(security_isolation reliability_bad_input reliability_faults)
 SUITES+=(reliability_malformed)
+# One feature must never hurt another: budget, input, teardown, drift, error handling.
+SUITES+=(isolation_budget isolation_input isolation_teardown isolation_drift isolation_errors)
 RESULTS="${REPO_ROOT}/target/reliability/results-$(date +%Y%m%dT%H%M%S)-$$.tsv"
 export PREMIUM_RESULTS_FILE="$RESULTS"
 

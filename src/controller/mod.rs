@@ -38,7 +38,7 @@ use crate::api::{
 use crate::core::build::DEFAULT_SIDECAR_IMAGE;
 use crate::core::graph::FeatureKey;
 use crate::runtime::http::{HttpState, serve};
-use crate::runtime::leader::{Election, LeaderConfig, NotLeader, WriteGate};
+use crate::runtime::leader::{Election, GatedExecutor, LeaderConfig, NotLeader, WriteGate};
 use crate::runtime::metrics::{
     ControllerLabels, ErrorLabels, Metrics, PhaseLabels, request_counter,
 };
@@ -398,21 +398,28 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     // (WATCH_TIMEOUT_SECS), so a quiet watch is never cut by it.
     config.read_timeout = Some(API_READ_TIMEOUT);
     config.reset_reader_on_write = true;
-    let builder = || {
-        kube::client::ClientBuilder::try_from(config.clone())
+    let builder = |executor: GatedExecutor| {
+        kube::client::ClientBuilder::try_from((config.clone(), executor))
             .map(|b| b.with_layer(&request_counter(metrics.clone())))
             .map_err(|e| format!("cannot build a Kubernetes client: {e}"))
     };
     // With leader election, every write goes through the election's gate, which lets it out
     // only while this instance leads on its own clock; the Lease has a client of its own.
     let mut election = match args.leader_elect {
-        true => Some(Election::new(builder()?.build(), leader_config(&args))),
+        true => Some(Election::new(
+            builder(GatedExecutor::new(WriteGate::open()))?.build(),
+            leader_config(&args),
+        )),
         false => None,
     };
     let gate = election
         .as_ref()
         .map_or_else(WriteGate::open, Election::gate);
-    let client = builder()?.with_layer(&gate).build();
+    // The gate also runs the client's connection tasks: a request let out just before a pause
+    // is not written to the socket after it.
+    let client = builder(GatedExecutor::new(gate.clone()))?
+        .with_layer(&gate)
+        .build();
 
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -203,6 +203,53 @@ where
     }
 }
 
+/// The executor of the gated client's connection tasks. A request the gate let out is handed
+/// to a connection task, which writes it to the socket later; a process paused in between (a
+/// SIGSTOP, a frozen VM) would send it on waking, after a standby took over. Each connection
+/// task therefore checks the tenure every time it is polled, before it moves a byte, and once
+/// the tenure is over it ends: the connection closes with whatever it still held unsent. In
+/// standby the connections run (the caches stay warm; writes are refused by [`WriteGate`]).
+#[derive(Debug, Clone)]
+pub struct GatedExecutor(WriteGate);
+
+impl GatedExecutor {
+    pub fn new(gate: WriteGate) -> Self {
+        Self(gate)
+    }
+
+    fn connections_may_run(&self, now: Instant) -> bool {
+        self.0.0.as_ref().is_none_or(|t| !t.borrow().over_at(now))
+    }
+}
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl hyper::rt::Executor<Task> for GatedExecutor {
+    fn execute(&self, task: Task) {
+        tokio::spawn(GatedConnection {
+            executor: self.clone(),
+            task,
+        });
+    }
+}
+
+/// A connection task that stops, unpolled, once the tenure is over.
+struct GatedConnection {
+    executor: GatedExecutor,
+    task: Task,
+}
+
+impl Future for GatedConnection {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.executor.connections_may_run(Instant::now()) {
+            return Poll::Ready(());
+        }
+        self.task.as_mut().poll(cx)
+    }
+}
+
 /// An election: a background campaign that acquires and renews the Lease and publishes the
 /// [`Tenure`].
 pub struct Election {
@@ -511,6 +558,54 @@ mod tests {
             // At least two renewals fit before the deadline.
             assert!(c.retry_period() * 2 < c.renew_deadline(), "{seconds}s");
         }
+    }
+
+    /// A connection task counting how often it was polled; it never finishes by itself.
+    struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Future for Counted {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_task_moves_nothing_once_the_tenure_is_over() {
+        use std::sync::atomic::Ordering;
+        let t0 = Instant::now();
+        let (tx, rx) = watch::channel(Tenure::Standby.renewed(t0, t0, DEADLINE));
+        let executor = GatedExecutor::new(WriteGate(Some(rx)));
+        let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut connection = Box::pin(GatedConnection {
+            executor,
+            task: Box::pin(Counted(polls.clone())),
+        });
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(connection.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "runs while leading");
+        // Paused past the renew deadline: nothing renewed the tenure meanwhile.
+        tokio::time::advance(DEADLINE).await;
+        assert!(
+            connection.as_mut().poll(&mut cx).is_ready(),
+            "ends once over"
+        );
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "the task was not polled again"
+        );
+        drop(tx);
+    }
+
+    #[test]
+    fn connections_run_in_standby_and_without_election() {
+        let (_tx, rx) = watch::channel(Tenure::Standby);
+        assert!(GatedExecutor::new(WriteGate(Some(rx))).connections_may_run(Instant::now()));
+        assert!(GatedExecutor::new(WriteGate::open()).connections_may_run(Instant::now()));
     }
 
     #[tokio::test(start_paused = true)]
