@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::discovery::ApiResource;
@@ -26,7 +25,8 @@ use premium_operator::api::{Phase, PremiumFeature, PremiumPolicy};
 use support::cluster::{OwnCluster, report};
 use support::operator::{apply_yaml, ensure_crds, feature_yaml, wait_phase};
 use support::{
-    DEFAULT_TIMEOUT, TestNamespace, eventually, install_crd, wait_for, wait_for_deleted,
+    DEFAULT_TIMEOUT, TestNamespace, eventually, install_crd, unchecked_feature_crd, wait_for,
+    wait_for_deleted,
 };
 
 /// The operator's finalizer.
@@ -36,20 +36,6 @@ const OURS: &str = "premium.dev/teardown";
 const FOREIGN: &str = "example.com/hold";
 /// The teardown wait the operator runs with here: short, so the bounded case stays quick.
 const BOUND_SECS: u64 = 10;
-
-/// The real PremiumFeature CRD with every version's schema replaced by "any object", so a
-/// feature the Rust type cannot read can be stored (tests/reliability_malformed.rs does the
-/// same). Well-formed features are served exactly as before.
-fn unchecked_feature_crd() -> anyhow::Result<CustomResourceDefinition> {
-    let mut crd = serde_json::to_value(PremiumFeature::crd())?;
-    for version in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
-        version["schema"] = serde_json::json!({"openAPIV3Schema": {
-            "type": "object",
-            "x-kubernetes-preserve-unknown-fields": true,
-        }});
-    }
-    Ok(serde_json::from_value(crd)?)
-}
 
 /// A feature of namespace `ns` that depends on `target` in namespace `target_ns`.
 fn cross_dependent(name: &str, target_ns: &str, target: &str) -> String {

@@ -8,26 +8,12 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::Api;
 use premium_operator::api::{Phase, PremiumFeature, PremiumPolicy};
 use support::cluster::{OwnCluster, chart_rbac_kubeconfig, report, time_until};
 use support::operator::{Operator, apply_yaml, feature_yaml};
-use support::{DEFAULT_TIMEOUT, TestNamespace, install_crd, wait_for};
-
-/// The real CRD with every version's schema replaced by "any object".
-fn unchecked_feature_crd() -> anyhow::Result<CustomResourceDefinition> {
-    let mut crd = serde_json::to_value(PremiumFeature::crd())?;
-    for version in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
-        version["schema"] = serde_json::json!({"openAPIV3Schema": {
-            "type": "object",
-            "x-kubernetes-preserve-unknown-fields": true,
-        }});
-        // Printer columns may point at fields the loose schema no longer names; keep them.
-    }
-    Ok(serde_json::from_value(crd)?)
-}
+use support::{DEFAULT_TIMEOUT, TestNamespace, install_crd, unchecked_feature_crd, wait_for};
 
 #[tokio::test]
 async fn a_malformed_stored_feature_never_stalls_the_others() -> anyhow::Result<()> {

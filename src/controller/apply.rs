@@ -69,6 +69,32 @@ where
         .map(|live| Arc::new(live.view())))
 }
 
+/// A kind of object a feature owns and the operator applies: namespaced, serializable both
+/// ways, and cached as an [`OwnedView`].
+pub trait OwnedKind:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Signalled
+    + Send
+    + Sync
+{
+}
+
+impl<K> OwnedKind for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Signalled
+        + Send
+        + Sync
+{
+}
+
 /// [`apply_over`] the object's current view ([`observe_owned`]).
 pub async fn apply_owned<K>(
     ctx: &Context,
@@ -80,14 +106,7 @@ pub async fn apply_owned<K>(
     also_equal: impl Fn(&OwnedView) -> bool,
 ) -> Result<Applied, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned
-        + Signalled
-        + Send
-        + Sync,
+    K: OwnedKind,
 {
     let current = observe_owned::<K>(
         ctx,
@@ -120,14 +139,7 @@ pub async fn apply_over<K>(
     also_equal: impl Fn(&OwnedView) -> bool,
 ) -> Result<Applied, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned
-        + Signalled
-        + Send
-        + Sync,
+    K: OwnedKind,
 {
     let name = desired.name_any();
     let namespace = desired.namespace().unwrap_or_default();

@@ -27,7 +27,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{Condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Config, Resource, ResourceExt};
+use kube::{Api, Client, Config, CustomResourceExt, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -451,3 +451,17 @@ fn last_seen_summary<K: Serialize>(last_seen: Option<&Option<K>>) -> String {
 
 pub mod cluster;
 pub mod operator;
+
+/// The real PremiumFeature CRD with every version's schema replaced by "any object", so a
+/// feature the Rust type cannot read can be stored behind the schema's back. Well-formed
+/// features are served as before.
+pub fn unchecked_feature_crd() -> anyhow::Result<CustomResourceDefinition> {
+    let mut crd = serde_json::to_value(premium_operator::api::PremiumFeature::crd())?;
+    for version in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        version["schema"] = serde_json::json!({"openAPIV3Schema": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+        }});
+    }
+    Ok(serde_json::from_value(crd)?)
+}
