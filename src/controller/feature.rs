@@ -912,7 +912,7 @@ fn update_slot(
     wake.extend(update.wake.iter().cloned());
     wake.remove(key);
     if !wake.is_empty() {
-        ctx.wake(super::index::Wake {
+        ctx.wake(Wake {
             features: wake,
             ..Default::default()
         });
@@ -947,7 +947,7 @@ fn still_starting(ctx: &Context, key: &FeatureKey) -> bool {
 fn release_slot(ctx: &Context, key: &FeatureKey) {
     let wake = lock(&ctx.slots).release(key);
     if !wake.is_empty() {
-        ctx.wake(super::index::Wake {
+        ctx.wake(Wake {
             features: wake,
             ..Default::default()
         });
