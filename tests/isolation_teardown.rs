@@ -168,6 +168,15 @@ impl World {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+
+    /// The operator's log lines that mention any of `names`.
+    fn log_about(&self, names: &[&str]) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| names.iter().any(|n| l.contains(n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// (a) A dependent without a grant, whose own teardown cannot finish (someone else's
@@ -239,7 +248,8 @@ async fn dependent_that_cannot_finish(w: &World) -> anyhow::Result<String> {
     tokio::time::sleep(Duration::from_secs(BOUND_SECS / 2)).await;
     anyhow::ensure!(
         w.fa.get_opt("search").await?.is_some(),
-        "search went before its permitted dependent, inside the bound"
+        "search went before its permitted dependent, inside the bound; operator log about them:\n{}",
+        w.log_about(&["search", "portal"])
     );
     wait_for_deleted(&w.fa, "search", Duration::from_secs(BOUND_SECS + 60))
         .await
