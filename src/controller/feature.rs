@@ -28,11 +28,11 @@ use super::policy::{budget_for_feature, startup_limits};
 use super::{Error, ErrorKind, FINALIZER};
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{Phase, PremiumFeature, PremiumFeatureStatus};
+use crate::core::build;
 use crate::core::decide::{
     self, ApplyOutcome, BudgetShare, Decision, DependencyInfo, Inputs, Note, Recalled, Settled,
     decide, earliest, phase_event, seconds_since, settle, turned_true,
 };
-use crate::core::build;
 use crate::core::graph::FeatureKey;
 use crate::core::plan::{self, DependencyView, GraphView, dependency_key};
 use crate::core::policy::{EffectivePolicy, effective_policy};

@@ -55,7 +55,7 @@ pub struct Invalid {
 pub fn validate(
     feature: &PremiumFeature,
     policy: &PremiumPolicySpec,
-) -> Result<Validated, Invalid> {
+) -> Result<Validated, Box<Invalid>> {
     let namespace = feature.namespace().unwrap_or_default();
     let mut first: Option<String> = None;
     let mut note = |message: String| {
@@ -87,13 +87,13 @@ pub fn validate(
     };
     match first {
         None => Ok(validated),
-        Some(message) => Err(Invalid {
+        Some(message) => Err(Box::new(Invalid {
             stall: Stall {
                 reason: reason::INVALID_SPEC,
                 message,
             },
             fallback: validated,
-        }),
+        })),
     }
 }
 
@@ -209,7 +209,10 @@ pub fn decide(inputs: &Inputs<'_>, slot: impl FnOnce(Stage) -> Option<String>) -
     let feature = inputs.feature;
     let (settings, stall) = match validate(feature, &inputs.policy.spec) {
         Ok(v) => (v, None),
-        Err(invalid) => (invalid.fallback, Some(invalid.stall)),
+        Err(invalid) => {
+            let Invalid { stall, fallback } = *invalid;
+            (fallback, Some(stall))
+        }
     };
     let current_replicas = inputs.deployment.and_then(|d| d.written.replicas);
     let running = current_replicas.unwrap_or(0) > 0;
