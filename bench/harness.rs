@@ -32,7 +32,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::Condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use premium_operator::api::conditions::{self as cond, reason};
+use premium_operator::api::conditions::reason;
 use premium_operator::api::{
     BlockedBy, Budget, Dependency, FeaturePool, HealthCheck, Phase, PolicyPool, PremiumFeature,
     PremiumFeatureSpec, PremiumFeatureStatus, PremiumPolicy, PremiumPolicySpec,
@@ -40,11 +40,14 @@ use premium_operator::api::{
 use premium_operator::cli::check::quantity_value;
 use premium_operator::controller::FINALIZER;
 use premium_operator::core::build::{self, FeaturePlan};
+use premium_operator::core::decide::{
+    self, BudgetShare, DependencyInfo, Inputs, Recalled, decide, phase_event,
+};
+use premium_operator::core::graph::FeatureKey;
+use premium_operator::core::plan::{self, DependencyView, GraphView};
 use premium_operator::core::policy::effective_policy;
-use premium_operator::core::settings::{pool_settings, traffic_policy};
-use premium_operator::core::sidecar::{SidecarSpec, Upstream, render};
 use premium_operator::core::status::{
-    DeploymentHealth, Observation, condition, feature_status, is_ready, now_time,
+    DeploymentHealth, Observation, feature_status, is_ready, now_time,
 };
 use serde::Serialize;
 
@@ -755,26 +758,13 @@ impl SameWritesClient<'_> {
             .patch_status(name, &self.params, &Patch::Apply(&patch))
             .await?;
         self.sent(1);
-        let old_phase = previous.as_ref().and_then(|p| p.phase);
-        // A new feature that waits is no Event (its status says why); every later change is.
-        let first_wait = old_phase.is_none()
-            && matches!(
-                new.phase,
-                Some(Phase::WaitingForDependencies | Phase::Pending)
-            );
-        if old_phase != new.phase && !first_wait {
-            let note = condition(&new.conditions, cond::READY)
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
-            let phase = new
-                .phase
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default();
+        // The operator's own rule: which phase change has an Event, and what it says.
+        if let Some(note) = phase_event(previous.as_ref(), &new) {
             let event = build::event(
                 reference.clone(),
-                false,
-                &phase,
-                &note,
+                note.warning,
+                note.reason,
+                &note.message,
                 &self.source,
                 k8s_openapi::jiff::Timestamp::now(),
             );
@@ -827,9 +817,8 @@ impl SameWritesClient<'_> {
         let mut plan = plan.clone();
         plan.replicas = 0;
         plan.autoscale = false;
-        let cm = build::sidecar_configmap(f, &plan);
-        let svc = build::service(f);
-        let deploy = build::deployment(f, &plan);
+        let objects = decide::objects(f, &plan);
+        let (cm, svc, deploy) = (objects.configmap, objects.service, objects.deployment);
         Api::<ConfigMap>::namespaced(self.client.clone(), &self.namespace)
             .patch(&cm.name_any(), &self.params, &Patch::Apply(&cm))
             .await?;
@@ -864,11 +853,12 @@ impl SameWritesClient<'_> {
     /// The gate opens: the Deployment scaled up, the HPA, and the Starting status.
     async fn scale(&self, level: usize, node: &Node) -> anyhow::Result<()> {
         let (f, plan) = self.plan(node)?;
-        let deploy = build::deployment(f, plan);
+        let objects = decide::objects(f, plan);
+        let deploy = objects.deployment;
         Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
             .patch(&deploy.name_any(), &self.params, &Patch::Apply(&deploy))
             .await?;
-        if let Some(h) = build::hpa(f, plan) {
+        if let Some(h) = objects.hpa {
             Api::<HorizontalPodAutoscaler>::namespaced(self.client.clone(), &self.namespace)
                 .patch(&h.name_any(), &self.params, &Patch::Apply(&h))
                 .await?;
@@ -1009,37 +999,38 @@ async fn namespace_gone(client: &Client, name: &str, timeout: Duration) -> anyho
     Ok(())
 }
 
-/// What the operator decides for a feature whose dependencies are Ready, without the cluster.
+/// What the operator decides for a feature whose dependencies are Ready, without the cluster:
+/// its own decision, handed what its caches would hold then.
 fn plan_for(f: &PremiumFeature, namespace: &str, pol: &PremiumPolicy) -> FeaturePlan {
-    let effective = effective_policy(f, std::slice::from_ref(pol));
-    let pool = pool_settings(f, &effective.spec);
-    let upstreams: Vec<Upstream> = f
-        .spec
-        .depends_on
-        .iter()
-        .map(|d| Upstream {
-            name: d.name.clone(),
-            namespace: namespace.to_string(),
-            port: Some(9898),
-        })
+    let key = FeatureKey::new(namespace, f.name_any());
+    let policy = effective_policy(f, std::slice::from_ref(pol));
+    let ready = DependencyInfo {
+        view: DependencyView {
+            phase: Some(Phase::Ready),
+            ready: true,
+            given_up: false,
+        },
+        port: Some(9898),
+    };
+    let dependencies = plan::dependency_keys(&key, &f.spec.depends_on)
+        .into_iter()
+        .map(|k| (k, ready.clone()))
         .collect();
-    let sidecar = render(&SidecarSpec {
-        feature: f.name_any(),
-        namespace: namespace.to_string(),
-        app_port: 9898,
-        upstreams: upstreams.clone(),
-        traffic: traffic_policy(&effective.spec).unwrap_or_default(),
-    });
-    FeaturePlan {
-        replicas: pool.min_replicas as i32,
-        autoscale: true,
-        pool,
-        hpa_max_replicas: pool.max_replicas,
-        sidecar,
-        upstreams,
-        sidecar_image: build::DEFAULT_SIDECAR_IMAGE.into(),
-        restarted_at: None,
-    }
+    let now = now_time();
+    let inputs = Inputs {
+        key: &key,
+        feature: f,
+        policy: &policy,
+        graph: &GraphView::default(),
+        dependencies: &dependencies,
+        deployment: None,
+        budget: &BudgetShare::default(),
+        previous: None,
+        recalled: &Recalled::default(),
+        sidecar_image: build::DEFAULT_SIDECAR_IMAGE,
+        now: &now,
+    };
+    decide(&inputs, |_| None).plan
 }
 
 /// Fails at once, saying what to run, when the cluster's nodes cannot hold every pod the run

@@ -10,6 +10,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::index::{Index, Wake};
+use super::memory::Memory;
 use super::owned::OwnedStore;
 use crate::api::{PremiumFeature, PremiumFeatureStatus, PremiumPolicy};
 use crate::core::budget::BudgetAllocation;
@@ -92,18 +93,6 @@ impl Echoes {
     }
 }
 
-/// After this long a status write the cache has not shown is taken as overtaken (someone else
-/// wrote status since).
-const WRITTEN_STATUS_MEMORY: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Whether a remembered status write can be forgotten: the cache shows it, or it is too old.
-fn written_status_done(
-    (status, at): &(PremiumFeatureStatus, std::time::Instant),
-    cached: Option<&PremiumFeatureStatus>,
-) -> bool {
-    cached == Some(status) || at.elapsed() > WRITTEN_STATUS_MEMORY
-}
-
 pub struct Context {
     pub client: Client,
     pub stores: Stores,
@@ -116,22 +105,9 @@ pub struct Context {
     pub slots: Mutex<StartSlots>,
     /// Last budget shares per policy, to wake only the features whose share moved.
     pub budget_shares: Mutex<BTreeMap<FeatureKey, BTreeMap<String, u32>>>,
-    /// Recovery restarts done by this instance, until the cached status shows them.
-    pub restarts:
-        Mutex<BTreeMap<FeatureKey, Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>>>,
-    /// Since when (and for which generation) a transitional status is held back unwritten.
-    pub held_status: Mutex<HashMap<FeatureKey, HeldStatus>>,
+    /// What this instance remembers of each feature between its reconciles.
+    pub memory: Memory,
     pub echoes: Arc<Echoes>,
-    /// The status this instance last wrote per feature, until the cache shows it: a reconcile
-    /// that runs before the echo arrives compares against it, not against the older cached
-    /// status (which would write, and announce, the same step twice).
-    pub written_status: Mutex<HashMap<FeatureKey, (PremiumFeatureStatus, std::time::Instant)>>,
-    /// When this instance wrote each feature's Ready status (for the dependency hop metric).
-    pub ready_since: Mutex<HashMap<FeatureKey, std::time::Instant>>,
-    /// Per feature, the dependency Ready its last observed hop was timed from.
-    pub hops_seen: Mutex<HashMap<FeatureKey, std::time::Instant>>,
-    /// Since when each feature has a reconcile queued by an event (for the queue-wait metric).
-    pub queued_since: Mutex<HashMap<FeatureKey, std::time::Instant>>,
     /// The back lane: first reconciles of new features and refreshes after graph changes, fed
     /// to the controller only while few reconciles run (see [`Context::next_in_back_lane`]).
     back_lane: Mutex<FairQueue>,
@@ -167,12 +143,7 @@ impl Context {
             allocations: Mutex::default(),
             slots: Mutex::default(),
             budget_shares: Mutex::default(),
-            restarts: Mutex::default(),
-            held_status: Mutex::default(),
-            written_status: Mutex::default(),
-            ready_since: Mutex::default(),
-            hops_seen: Mutex::default(),
-            queued_since: Mutex::default(),
+            memory: Memory::default(),
             back_lane: Mutex::default(),
             back_lane_queued: tokio::sync::Notify::new(),
             in_flight: AtomicUsize::new(0),
@@ -341,30 +312,9 @@ impl Context {
         a
     }
 
-    /// The last status written for `key` if the cache does not show it yet.
-    pub fn newer_status(
-        &self,
-        key: &FeatureKey,
-        cached: Option<&PremiumFeatureStatus>,
-    ) -> Option<PremiumFeatureStatus> {
-        let mut map = lock(&self.written_status);
-        let written = map.get(key)?;
-        if written_status_done(written, cached) {
-            map.remove(key);
-            return None;
-        }
-        Some(written.0.clone())
-    }
-
-    /// Forgets the status written for `key` once the cache shows it (or it is too old to
-    /// matter). Called on every watch event of the feature: the last status written before a
-    /// feature settles would otherwise stay here, a second copy of every status (10,000 of
-    /// them at 10,000 features), until the feature is next reconciled.
+    /// See [`Memory::status_seen`].
     pub fn status_seen(&self, key: &FeatureKey, cached: Option<&PremiumFeatureStatus>) {
-        let mut map = lock(&self.written_status);
-        if map.get(key).is_some_and(|w| written_status_done(w, cached)) {
-            map.remove(key);
-        }
+        self.memory.status_seen(key, cached);
     }
 
     /// Waits for the next feature of the back lane (a new feature's first reconcile, or a
@@ -420,15 +370,6 @@ impl Context {
                 .send(ObjectRef::new(&p.name).within(&p.namespace));
         }
     }
-}
-
-/// A transitional status not written yet: for which generation, and since when (the start-up
-/// clock of that generation runs from there, since no status has recorded its start).
-#[derive(Debug, Clone)]
-pub struct HeldStatus {
-    pub generation: Option<i64>,
-    pub since: std::time::Instant,
-    pub started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 /// Longest a new feature's first reconcile waits for a free slot while the controller is busy.
@@ -498,10 +439,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    use super::{Echoes, WRITTEN_STATUS_MEMORY, next_analysis, written_status_done};
-    use crate::api::{Phase, PremiumFeatureStatus};
+    use super::{Echoes, next_analysis};
     use crate::core::signal::Written;
 
     #[test]
@@ -523,29 +463,6 @@ mod tests {
         echoes.remember("Service", "ns", "a", written("2"));
         assert!(echoes.is_echo("Service", "ns", "a", &written("2")));
         assert!(!echoes.is_echo("Service", "ns", "a", &written("1")));
-    }
-
-    #[test]
-    fn a_written_status_is_forgotten_once_seen_or_old() {
-        let ready = PremiumFeatureStatus {
-            phase: Some(Phase::Ready),
-            ..Default::default()
-        };
-        let starting = PremiumFeatureStatus {
-            phase: Some(Phase::Starting),
-            ..Default::default()
-        };
-        let now = (ready.clone(), Instant::now());
-        // The cache shows the write: forgotten.
-        assert!(written_status_done(&now, Some(&ready)));
-        // The cache still shows an older status, or none: kept.
-        assert!(!written_status_done(&now, Some(&starting)));
-        assert!(!written_status_done(&now, None));
-        // Never seen for longer than the memory: taken as overtaken.
-        let long_ago = Instant::now()
-            .checked_sub(WRITTEN_STATUS_MEMORY + Duration::from_secs(1))
-            .expect("the monotonic clock reaches back 31 s");
-        assert!(written_status_done(&(ready, long_ago), Some(&starting)));
     }
 
     #[test]

@@ -1,8 +1,11 @@
-//! The PremiumFeature reconciler: read caches, call the core, apply, patch status.
+//! The PremiumFeature reconciler: gather what the caches say, let [`core::decide`] decide,
+//! apply the objects, write the status. Every rule lives in the core; this file only reads,
+//! writes and remembers.
+//!
+//! [`core::decide`]: crate::core::decide
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -19,46 +22,27 @@ use serde_json::json;
 use tracing::{field, info, instrument, warn};
 
 use super::apply::{Applied, apply_over, apply_owned, delete_owned, observe_owned};
-use super::context::{Context, HeldStatus, lock};
+use super::context::{Context, lock};
 use super::index::Wake;
 use super::policy::{budget_for_feature, startup_limits};
 use super::{Error, ErrorKind, FINALIZER};
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{Phase, PremiumFeature, PremiumFeatureStatus};
-use crate::core::build::{self, FeaturePlan};
+use crate::core::build;
+use crate::core::decide::{
+    self, ApplyOutcome, BudgetShare, Decision, DependencyInfo, Inputs, Note, Recalled, Settled,
+    decide, earliest, phase_event, seconds_since, settle, turned_true,
+};
 use crate::core::graph::FeatureKey;
-use crate::core::plan::{self, DependencyView, dependency_key};
-use crate::core::policy::effective_policy;
-use crate::core::settings;
-use crate::core::sidecar::{SidecarSpec, Upstream, render};
+use crate::core::plan::{self, DependencyView, GraphView, dependency_key};
+use crate::core::policy::{EffectivePolicy, effective_policy};
 use crate::core::signal::OwnedView;
 use crate::core::slots::Stage;
-use crate::core::status::{
-    self, DeploymentHealth, Observation, Stall, condition, feature_status, now_time,
-};
+use crate::core::status::{self, Stall, condition, now_time};
 use crate::core::teardown::{Dependent, TeardownGate, overdue_note, teardown_gate};
 use crate::runtime::metrics::KindLabels;
 
 const CONTROLLER: &str = "feature";
-
-/// What the reconciler knows about a dependency, from its status in the cache.
-fn dependency_view(ctx: &Context, key: &FeatureKey) -> Option<DependencyView> {
-    let f = ctx.feature(key)?;
-    let st = f.status.as_ref();
-    let stalled = st
-        .and_then(|s| condition(&s.conditions, cond::STALLED))
-        .is_some_and(|c| c.status == "True");
-    Some(DependencyView {
-        phase: st.and_then(|s| s.phase),
-        ready: status::is_serving(st),
-        given_up: stalled || f.spec.suspend,
-    })
-}
-
-fn seconds_since(t: Option<&Time>, now: &Time) -> Duration {
-    t.map(|t| Duration::from_secs((now.0.as_second() - t.0.as_second()).max(0) as u64))
-        .unwrap_or_default()
-}
 
 #[instrument(skip_all, fields(feature = field::Empty, namespace = field::Empty))]
 pub async fn reconcile(
@@ -73,7 +57,7 @@ pub async fn reconcile(
     span.record("feature", feature.name_any());
     span.record("namespace", feature.namespace().unwrap_or_default());
     let key = FeatureKey::new(feature.namespace().unwrap_or_default(), feature.name_any());
-    if let Some(queued) = lock(&ctx.queued_since).remove(&key) {
+    if let Some(queued) = ctx.memory.take_queued(&key) {
         ctx.metrics
             .reconcile_queue
             .observe(queued.elapsed().as_secs_f64());
@@ -81,17 +65,42 @@ pub async fn reconcile(
     super::measured(&ctx, CONTROLLER, reconcile_feature(feature, &ctx)).await
 }
 
-/// Runs the reconcile; a failure is also written into the status before it goes to
-/// `error_policy`, so a feature never retries silently with a status that says nothing of it.
-async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Action, Error> {
-    let reported = AtomicBool::new(false);
-    let result = reconcile_steps(feature, ctx, &reported).await;
-    if let Err(error) = &result
-        && !reported.load(Ordering::Relaxed)
-    {
-        report_failure(feature, ctx, error).await;
+/// How a pass that wrote its status ended.
+struct Pass {
+    action: Action,
+    /// A request the API server refused, already reported in the status (Stalled): it still
+    /// goes to `error_policy`, which logs it, counts it and retries, so lifting the refusal
+    /// (restoring a permission, raising a quota) heals the feature without any other change.
+    refused: Option<Error>,
+}
+
+impl From<Action> for Pass {
+    fn from(action: Action) -> Self {
+        Self {
+            action,
+            refused: None,
+        }
     }
-    result
+}
+
+/// Runs the reconcile. A failure before the status was written is also written into the
+/// status before it goes to `error_policy`, so a feature never retries silently with a status
+/// that says nothing of it.
+async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Action, Error> {
+    match reconcile_steps(feature, ctx).await {
+        Ok(Pass {
+            action,
+            refused: None,
+        }) => Ok(action),
+        Ok(Pass {
+            refused: Some(error),
+            ..
+        }) => Err(error),
+        Err(error) => {
+            report_failure(feature, ctx, &error).await;
+            Err(error)
+        }
+    }
 }
 
 /// Writes Reconciling=True with the error (reason ReconcileError) over the last known status,
@@ -102,7 +111,7 @@ async fn report_failure(feature: &PremiumFeature, ctx: &Context, error: &Error) 
         return;
     };
     let key = FeatureKey::new(namespace.clone(), feature.name_any());
-    let newer = ctx.newer_status(&key, feature.status.as_ref());
+    let newer = ctx.memory.newer_status(&key, feature.status.as_ref());
     let previous = newer.as_ref().or(feature.status.as_ref());
     let now = now_time();
     let new = status::reconcile_failed(
@@ -119,375 +128,231 @@ async fn report_failure(feature: &PremiumFeature, ctx: &Context, error: &Error) 
     }
 }
 
-/// The reconcile proper. `reported` is set once the status computed for this pass is written
-/// (or already current): an error returned after that point is already in the status.
-async fn reconcile_steps(
-    feature: &PremiumFeature,
-    ctx: &Context,
-    reported: &AtomicBool,
-) -> Result<Action, Error> {
-    let name = feature.name_any();
+/// The reconcile proper: gather → decide → apply → settle → write the status.
+async fn reconcile_steps(feature: &PremiumFeature, ctx: &Context) -> Result<Pass, Error> {
     let namespace = feature
         .namespace()
         .ok_or_else(|| Error::Invalid("PremiumFeature without a namespace".into()))?;
     let uid = feature
         .uid()
         .ok_or_else(|| Error::Invalid("PremiumFeature without a uid".into()))?;
-    let key = FeatureKey::new(namespace.clone(), name.clone());
-
+    let key = FeatureKey::new(namespace.clone(), feature.name_any());
     if feature.meta().deletion_timestamp.is_some() {
-        return teardown(feature, ctx, &key, &uid).await;
+        return teardown(feature, ctx, &key, &uid).await.map(Pass::from);
     }
     if !feature.finalizers().iter().any(|f| f == FINALIZER) {
         add_finalizer(feature, ctx, &namespace).await?;
     }
 
     let now = now_time();
-    let graph = ctx.graph().await;
-    let policies = ctx.policies_in(&namespace);
-    let effective = effective_policy(feature, &policies);
-    let mut stall: Option<Stall> = None;
-    let invalid = |e: crate::api::duration::DurationError| {
-        Some(Stall {
-            reason: reason::INVALID_SPEC,
-            message: e.to_string(),
-        })
+    let (gathered, observed) = gather(ctx, feature, &key, &uid).await;
+    let inputs = gathered.inputs(ctx, feature, &key, &now);
+    let limits = startup_limits(ctx, feature);
+    let decision = decide(&inputs, |stage| update_slot(ctx, &key, stage, &limits));
+    if let Some(restarts) = decision.restarts_to_remember() {
+        ctx.memory.update(&key, |m| m.restarts = restarts.to_vec());
+    }
+    let (applied, refused) = apply(ctx, feature, &key, &decision, &uid, observed).await?;
+    let settled = settle(&inputs, &decision, &applied);
+    if let Some(note) = &settled.restart_event {
+        ctx.metrics.recoveries.inc();
+        publish_note(ctx, feature, note).await;
+    }
+    if settled.release_slot {
+        release_slot(ctx, &key);
+    }
+    let timeout = decision.settings.startup_timeout;
+    let previous = inputs.previous;
+    let held_for = write_or_hold(ctx, feature, &key, previous, &settled, timeout, &now).await?;
+    let action = match earliest([settled.requeue, held_for]) {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
     };
-    let startup_timeout = settings::startup_timeout(feature, &effective.spec).unwrap_or_else(|e| {
-        stall = invalid(e);
-        settings::DEFAULT_STARTUP_TIMEOUT
-    });
-    let traffic = settings::traffic_policy(&effective.spec).unwrap_or_else(|e| {
-        stall = stall.clone().or(invalid(e));
-        Default::default()
-    });
-    let recovery_settings = settings::recovery_settings(&effective.spec).unwrap_or_else(|e| {
-        stall = stall.clone().or(invalid(e));
-        None
-    });
-    // Decided before anything is applied: the API server would refuse the Deployment.
-    if let Err(message) = build::env_clashes(&namespace, &feature.spec) {
-        stall = stall.clone().or(Some(Stall {
-            reason: reason::INVALID_SPEC,
-            message,
-        }));
-    }
-    if let Err(message) = settings::check_resources(feature) {
-        stall = stall.clone().or(Some(Stall {
-            reason: reason::INVALID_SPEC,
-            message,
-        }));
-    }
-    let pool = settings::pool_settings(feature, &effective.spec);
-    let budget = budget_for_feature(ctx, feature, &graph);
+    Ok(Pass { action, refused })
+}
 
+/// What the decision reads, copied out of the caches (the inputs borrow from it).
+struct Gathered {
+    policy: EffectivePolicy,
+    graph: GraphView,
+    dependencies: BTreeMap<FeatureKey, DependencyInfo>,
+    deployment: Option<Arc<OwnedView>>,
+    budget: BudgetShare,
+    /// A status this instance wrote that the cache does not show yet.
+    newer: Option<PremiumFeatureStatus>,
+    recalled: Recalled,
+}
+
+impl Gathered {
+    fn inputs<'a>(
+        &'a self,
+        ctx: &'a Context,
+        feature: &'a PremiumFeature,
+        key: &'a FeatureKey,
+        now: &'a Time,
+    ) -> Inputs<'a> {
+        Inputs {
+            key,
+            feature,
+            policy: &self.policy,
+            graph: &self.graph,
+            dependencies: &self.dependencies,
+            deployment: self.deployment.as_deref(),
+            budget: &self.budget,
+            previous: self.newer.as_ref().or(feature.status.as_ref()),
+            recalled: &self.recalled,
+            sidecar_image: &ctx.settings.sidecar_image,
+            now,
+        }
+    }
+}
+
+/// Reads what the decision needs from the caches, and the Deployment as observed (for the
+/// apply, which writes over it).
+async fn gather(
+    ctx: &Context,
+    feature: &PremiumFeature,
+    key: &FeatureKey,
+    uid: &str,
+) -> (Gathered, Result<Option<Arc<OwnedView>>, Error>) {
+    let graph = ctx.graph().await;
+    let policy = effective_policy(feature, &ctx.policies_in(&key.namespace));
+    let budget = budget_for_feature(ctx, feature, &graph);
     // Read live when the cache misses it: a Deployment whose labels someone removed has left
     // the watch, and deciding from its absence would scale it to its minimum and report it
     // not ready while it still runs.
-    let observed_deployment = observe_owned::<Deployment>(
+    let observed = observe_owned::<Deployment>(
         ctx,
         &ctx.stores.deployments,
         "Deployment",
-        &namespace,
-        &name,
+        &key.namespace,
+        &key.name,
     )
     .await;
-    let deployment = observed_deployment
+    let deployment = observed
         .as_ref()
         .ok()
         .and_then(Option::clone)
-        .filter(|d| d.controlled_by(&uid));
-    let current_replicas = deployment.as_ref().and_then(|d| d.written.replicas);
-    let running = current_replicas.unwrap_or(0) > 0;
-    let waited = seconds_since(feature.creation_timestamp().as_ref(), &now);
-    let gate = plan::gate(
-        &key,
-        &feature.spec.depends_on,
-        &graph,
-        |k| dependency_view(ctx, k),
-        running,
-        waited,
-        startup_timeout,
-    );
-    let mut held =
-        feature.spec.suspend || gate.holds() || budget.waiting.is_some() || stall.is_some();
+        .filter(|d| d.controlled_by(uid));
+    let targets = plan::dependency_keys(key, &feature.spec.depends_on);
+    let dependencies = targets
+        .iter()
+        .filter_map(|k| Some((k.clone(), dependency_info(ctx, k)?)))
+        .collect();
+    let gathered = Gathered {
+        graph: GraphView::of(&graph, key, &targets),
+        policy,
+        dependencies,
+        deployment,
+        budget: BudgetShare {
+            max_replicas: budget.max_replicas,
+            waiting: budget.waiting,
+        },
+        newer: ctx.memory.newer_status(key, feature.status.as_ref()),
+        recalled: ctx.memory.recalled(key),
+    };
+    (gathered, observed)
+}
 
-    // Start-up slots (startup.maxConcurrent) are held only while really starting: a feature
-    // held back for any other reason (budget, dependencies, suspension) gives its slot back, or
-    // the feature waiting for that slot could wait for it forever.
-    let limits = startup_limits(ctx, feature);
-    let ready_now = status::is_ready(feature.status.as_ref(), feature.metadata.generation);
-    let stage = if held {
-        Stage::Held
-    } else if ready_now {
-        Stage::Settled
-    } else if running {
-        // Already started (also found so after an operator restart): never stopped for a slot.
-        Stage::Starting
-    } else {
-        Stage::Admitted
-    };
-    let waiting_for_slot = update_slot(ctx, &key, stage, &limits);
-    held |= waiting_for_slot.is_some();
-
-    let replicas = plan::desired_replicas(
-        held,
-        current_replicas,
-        pool.min_replicas,
-        budget
-            .max_replicas
-            .unwrap_or(pool.max_replicas)
-            .min(pool.max_replicas),
-    );
-    let hpa_max = budget
-        .max_replicas
-        .unwrap_or(pool.max_replicas)
-        .min(pool.max_replicas);
-
-    let newer = ctx.newer_status(&key, feature.status.as_ref());
-    let previous = newer.as_ref().or(feature.status.as_ref());
-    // Restarts are remembered in memory too: the cached status may not show the last one yet,
-    // and deciding from it would restart twice.
-    let remembered = lock(&ctx.restarts).get(&key).cloned().unwrap_or_default();
-    let recovery = if remembered.is_empty() {
-        plan::recovery(previous, recovery_settings, &now)
-    } else {
-        let mut merged = previous.cloned().unwrap_or_default();
-        merged.recent_restarts.extend(remembered);
-        merged.recent_restarts.sort();
-        merged.recent_restarts.dedup();
-        plan::recovery(Some(&merged), recovery_settings, &now)
-    };
-    if recovery.restart_now {
-        lock(&ctx.restarts).insert(key.clone(), recovery.recent_restarts.clone());
-    }
-    let existing_restart = deployment.as_ref().and_then(|d| d.restarted_at.clone());
-    let restarted_at = if recovery.restart_now && !held {
-        Some(now.0.to_string())
-    } else {
-        existing_restart
-    };
-
-    let upstreams: Vec<Upstream> = {
-        let mut seen = Vec::new();
-        feature
-            .spec
-            .depends_on
-            .iter()
-            .filter_map(|d| {
-                let k = dependency_key(&namespace, d);
-                if seen.contains(&k) {
-                    return None;
-                }
-                seen.push(k.clone());
-                let port = ctx
-                    .feature(&k)
-                    .and_then(|f| u16::try_from(f.spec.port).ok());
-                Some(Upstream {
-                    name: k.name,
-                    namespace: k.namespace,
-                    port,
-                })
-            })
-            .collect()
-    };
-    let sidecar = render(&SidecarSpec {
-        feature: name.clone(),
-        namespace: namespace.clone(),
-        app_port: u16::try_from(feature.spec.port).unwrap_or(0),
-        upstreams: upstreams.clone(),
-        traffic,
-    });
-    let config_hash = sidecar.config_hash.clone();
-    let plan = FeaturePlan {
-        replicas,
-        autoscale: !held,
-        pool,
-        hpa_max_replicas: hpa_max,
-        sidecar,
-        upstreams,
-        sidecar_image: ctx.settings.sidecar_image.clone(),
-        restarted_at,
-    };
-
-    // A permission missing from the operator's role is reported in status (Stalled, reason
-    // Forbidden) before the error goes to error_policy, which logs it, counts it and retries, so
-    // restoring the permission heals the feature without any other change.
-    let mut forbidden = None;
-    let mut deployment_written = false;
-    if stall.is_none() {
-        stall = match apply_objects(ctx, feature, &plan, &uid, held, observed_deployment).await {
-            Ok((conflict, written)) => {
-                deployment_written = written;
-                if written && !running && replicas > 0 {
-                    observe_hop(ctx, &namespace, feature);
-                }
-                conflict
-            }
-            Err(e) if e.kind().is_refusal() => {
-                let (reason, message) = refusal(&e, &namespace);
-                forbidden = Some(e);
-                Some(Stall { reason, message })
-            }
-            Err(e) => return Err(e),
-        };
-    }
-    if recovery.restart_now && !held && stall.is_none() {
-        ctx.metrics.recoveries.inc();
-        publish(
-            ctx,
-            feature,
-            EventType::Warning,
-            "RecoveryRestart",
-            "unhealthy for longer than recovery.restartAfter: restarting its pods",
-        )
-        .await;
-    }
-
-    // The cached Deployment predates a write made just now: its status says nothing about the
-    // new spec yet, so it must not make the new generation Ready (kstatus readers such as
-    // `kubectl wait` would see Ready while the rollout has not begun). Its own event follows.
-    let health = deployment
-        .as_ref()
-        .and_then(|d| d.health.clone())
-        .map(|mut h| {
-            h.observed_current &= !deployment_written;
-            h
-        });
-    // While a rolling update's status is held back, its start is remembered here instead.
-    let held_start = lock(&ctx.held_status)
-        .get(&key)
-        .filter(|h| replicas > 0 && h.generation == feature.metadata.generation)
-        .map(|h| h.started_at.clone());
-    let started_at = held_start
-        .or_else(|| plan::started_at(previous, feature.metadata.generation, replicas > 0, &now));
-    let ready_now = health.as_ref().is_some_and(DeploymentHealth::is_ready);
-    let (timed_out, deadline_in) = if ready_now {
-        (None, None)
-    } else {
-        plan::startup_deadline(started_at.as_ref(), startup_timeout, &now)
-    };
-    let budget_waiting = budget.waiting.clone();
-    let observation = Observation {
-        generation: feature.metadata.generation,
-        suspended: feature.spec.suspend,
-        stall,
-        cycle: gate.cycle.clone(),
-        blocked_by: gate.blocked_by.clone(),
-        optional_unavailable: gate.optional_unavailable.clone(),
-        unhealthy_dependencies: gate.unhealthy_dependencies.clone(),
-        waiting_for_slot,
-        budget_waiting,
-        startup_timed_out: timed_out,
-        deployment: health,
-        startup_level: graph.level(&key),
-        policies: effective.policies.clone(),
-        sidecar_config_hash: Some(config_hash),
-        recent_restarts: recovery.recent_restarts.clone(),
-        started_at,
-    };
-    let new_status = feature_status(previous, &observation, &now);
-    if new_status.phase != Some(Phase::Starting) && new_status.phase != Some(Phase::Pending) {
-        release_slot(ctx, &key);
-    }
-    // A status that starts the recovery clock (it just turned unhealthy) must bring this
-    // feature back when the clock runs out: no other event may come.
-    let recovery_due = if previous != Some(&new_status) && !recovery.restart_now {
-        plan::recovery(Some(&new_status), recovery_settings, &now).recheck_after
-    } else {
-        None
-    };
-    let held_for = if previous != Some(&new_status) {
-        let held = hold_transitional(ctx, &key, previous, &new_status, startup_timeout);
-        if held.is_none() {
-            write_status(ctx, feature, &namespace, previous, &new_status, &now).await?;
-        }
-        held
-    } else {
-        lock(&ctx.held_status).remove(&key);
-        None
-    };
-
-    reported.store(true, Ordering::Relaxed);
-    if let Some(e) = forbidden {
-        return Err(e);
-    }
-
-    let next = [
-        gate.recheck_after,
-        deadline_in,
-        recovery.recheck_after,
-        recovery_due,
-        held_for,
-    ]
-    .into_iter()
-    .flatten()
-    .min();
-    Ok(match next {
-        Some(d) => Action::requeue(d.max(Duration::from_millis(500))),
-        None => Action::await_change(),
+/// What the reconciler knows about a dependency, from the cache.
+fn dependency_info(ctx: &Context, key: &FeatureKey) -> Option<DependencyInfo> {
+    let f = ctx.feature(key)?;
+    let st = f.status.as_ref();
+    let stalled = st
+        .and_then(|s| condition(&s.conditions, cond::STALLED))
+        .is_some_and(|c| c.status == "True");
+    Some(DependencyInfo {
+        view: DependencyView {
+            phase: st.and_then(|s| s.phase),
+            ready: status::is_serving(st),
+            given_up: stalled || f.spec.suspend,
+        },
+        port: u16::try_from(f.spec.port).ok(),
     })
 }
 
-/// Whether to hold back the write of `new` for now, and for how long at most.
-fn hold_transitional(
+/// Applies the decided objects, unless the decision found the feature cannot run. A request
+/// the API server refuses becomes a stall (and is handed back, to go to `error_policy` once
+/// the status says it); any other failure ends the pass.
+async fn apply(
     ctx: &Context,
+    feature: &PremiumFeature,
     key: &FeatureKey,
-    previous: Option<&PremiumFeatureStatus>,
-    new: &PremiumFeatureStatus,
-    startup_timeout: Duration,
-) -> Option<Duration> {
-    let mut held = lock(&ctx.held_status);
-    let Some(hold) = status::status_hold(previous, new, startup_timeout) else {
-        held.remove(key);
-        return None;
-    };
-    let now = std::time::Instant::now();
-    let fresh = || HeldStatus {
-        generation: new.observed_generation,
-        since: now,
-        started_at: new.started_at.clone().unwrap_or_else(now_time),
-    };
-    let entry = held.entry(key.clone()).or_insert_with(fresh);
-    if entry.generation != new.observed_generation {
-        *entry = fresh();
+    decision: &Decision,
+    uid: &str,
+    observed: Result<Option<Arc<OwnedView>>, Error>,
+) -> Result<(ApplyOutcome, Option<Error>), Error> {
+    if !decision.applies() {
+        return Ok((ApplyOutcome::default(), None));
     }
-    let waited = now.duration_since(entry.since);
-    if waited < hold {
-        Some(hold - waited)
-    } else {
-        held.remove(key);
-        None
+    match apply_objects(ctx, decision, uid, observed).await {
+        Ok(outcome) => {
+            if outcome.deployment_written && decision.scales_up() {
+                observe_hop(ctx, key, feature);
+            }
+            Ok((outcome, None))
+        }
+        Err(e) if e.kind().is_refusal() => {
+            let (reason, message) = refusal(&e, &key.namespace);
+            let outcome = ApplyOutcome {
+                stall: Some(Stall { reason, message }),
+                deployment_written: false,
+            };
+            Ok((outcome, Some(e)))
+        }
+        Err(e) => Err(e),
     }
 }
 
-/// Applies the owned objects, the Deployment over its `observed` view; returns a name
-/// conflict, if any, and whether the Deployment was written (its cached status then predates
-/// the new spec).
-async fn apply_objects(
+/// Writes the changed status, unless it is a start-up step held back for now (see
+/// [`decide::hold`]); returns how long it is held.
+async fn write_or_hold(
     ctx: &Context,
     feature: &PremiumFeature,
-    plan: &FeaturePlan,
+    key: &FeatureKey,
+    previous: Option<&PremiumFeatureStatus>,
+    settled: &Settled,
+    startup_timeout: Duration,
+    now: &Time,
+) -> Result<Option<Duration>, Error> {
+    if !settled.changed {
+        ctx.memory.update(key, |m| m.held = None);
+        return Ok(None);
+    }
+    let held = ctx
+        .memory
+        .hold(key, previous, &settled.status, startup_timeout, now);
+    if held.is_none() {
+        write_status(ctx, feature, &key.namespace, previous, &settled.status, now).await?;
+    }
+    Ok(held)
+}
+
+/// Applies the owned objects, the Deployment over its `observed` view; says what it met: a
+/// name conflict or a refused object, and whether the Deployment was written (its cached
+/// status then predates the new spec).
+async fn apply_objects(
+    ctx: &Context,
+    decision: &Decision,
     uid: &str,
-    held: bool,
     observed: Result<Option<Arc<OwnedView>>, Error>,
-) -> Result<(Option<Stall>, bool), Error> {
+) -> Result<ApplyOutcome, Error> {
     // The four objects are independent (a pod waits for its ConfigMap volume, an HPA for its
     // target), so they are written at once: a reconcile costs one round trip, not four.
-    let cm = build::sidecar_configmap(feature, plan);
-    let svc = build::service(feature);
-    let deploy = build::deployment(feature, plan);
+    let objects = &decision.objects;
+    let (cm, svc) = (&objects.configmap, &objects.service);
+    let deploy = objects.deployment.clone();
     let mut without_replicas = deploy.clone();
     if let Some(spec) = without_replicas.spec.as_mut() {
         spec.replicas = None;
     }
-    let want = plan.replicas;
+    let want = decision.plan.replicas;
     let configmap = apply_owned::<ConfigMap>(
         ctx,
         &ctx.stores.configmaps,
         "ConfigMap",
         cm.clone(),
-        &cm,
+        cm,
         uid,
         |_| true,
     );
@@ -496,7 +361,7 @@ async fn apply_objects(
         &ctx.stores.services,
         "Service",
         svc.clone(),
-        &svc,
+        svc,
         uid,
         |_| true,
     );
@@ -512,40 +377,48 @@ async fn apply_objects(
         )
         .await
     };
-    let autoscaler = async {
-        match build::hpa(feature, plan) {
-            Some(h) if !held => {
-                apply_owned::<HorizontalPodAutoscaler>(
-                    ctx,
-                    &ctx.stores.hpas,
-                    "HorizontalPodAutoscaler",
-                    h.clone(),
-                    &h,
-                    uid,
-                    |_| true,
-                )
-                .await
-            }
-            _ => {
-                let ns = feature.namespace().unwrap_or_default();
-                delete_owned::<HorizontalPodAutoscaler>(
-                    ctx,
-                    &ctx.stores.hpas,
-                    "HorizontalPodAutoscaler",
-                    &ns,
-                    &feature.name_any(),
-                    uid,
-                    false,
-                )
-                .await
-                .map(|_| Applied::Unchanged)
-            }
-        }
-    };
+    let autoscaler = apply_autoscaler(ctx, decision, uid);
     let (configmap, service, deployment, autoscaler) =
         futures::try_join!(configmap, service, deployment, autoscaler)?;
     let deployment_written = deployment == Applied::Written;
-    let outcomes = [configmap, service, deployment, autoscaler];
+    Ok(ApplyOutcome {
+        stall: outcome_stall([configmap, service, deployment, autoscaler]),
+        deployment_written,
+    })
+}
+
+/// The HPA while the feature may scale; none while it is held (it would scale it up).
+async fn apply_autoscaler(ctx: &Context, decision: &Decision, uid: &str) -> Result<Applied, Error> {
+    let deployment = &decision.objects.deployment;
+    match &decision.objects.hpa {
+        Some(h) => {
+            apply_owned::<HorizontalPodAutoscaler>(
+                ctx,
+                &ctx.stores.hpas,
+                "HorizontalPodAutoscaler",
+                h.clone(),
+                h,
+                uid,
+                |_| true,
+            )
+            .await
+        }
+        None => delete_owned::<HorizontalPodAutoscaler>(
+            ctx,
+            &ctx.stores.hpas,
+            "HorizontalPodAutoscaler",
+            &deployment.namespace().unwrap_or_default(),
+            &deployment.name_any(),
+            uid,
+            false,
+        )
+        .await
+        .map(|_| Applied::Unchanged),
+    }
+}
+
+/// The stall the objects' apply outcomes amount to: a name conflict first, then a refusal.
+fn outcome_stall(outcomes: [Applied; 4]) -> Option<Stall> {
     let mut conflicts = Vec::new();
     let mut refused = Vec::new();
     for o in outcomes {
@@ -555,7 +428,7 @@ async fn apply_objects(
             Applied::Unchanged | Applied::Written => {}
         }
     }
-    let stall = if !conflicts.is_empty() {
+    if !conflicts.is_empty() {
         Some(Stall {
             reason: reason::NAME_CONFLICT,
             message: conflicts.join("; "),
@@ -567,29 +440,28 @@ async fn apply_objects(
         })
     } else {
         None
-    };
-    Ok((stall, deployment_written))
+    }
 }
 
 /// Dependency hop as the operator sees it: from its write of the last required dependency's
 /// Ready status to this feature's Deployment scaled up. Not observed when a dependency turned
 /// Ready before this instance started (or for a feature without required dependencies).
-fn observe_hop(ctx: &Context, namespace: &str, feature: &PremiumFeature) {
-    let ready = lock(&ctx.ready_since);
+fn observe_hop(ctx: &Context, key: &FeatureKey, feature: &PremiumFeature) {
     let last = feature
         .spec
         .depends_on
         .iter()
         .filter(|d| !d.optional)
-        .map(|d| ready.get(&dependency_key(namespace, d)).copied())
+        .map(|d| {
+            let dependency = dependency_key(&key.namespace, d);
+            ctx.memory.read(&dependency, |m| m.ready_since).flatten()
+        })
         .collect::<Option<Vec<_>>>()
         .and_then(|times| times.into_iter().max());
     let Some(last) = last else { return };
-    drop(ready);
     // Once per start: a second scale-up write for the same Ready (a reconcile that ran on a
     // Deployment cache still showing zero replicas) is not a second hop.
-    let key = FeatureKey::new(namespace, feature.name_any());
-    if lock(&ctx.hops_seen).insert(key, last) != Some(last) {
+    if ctx.memory.update(key, |m| m.hop_from.replace(last)) != Some(last) {
         ctx.metrics
             .dependency_hop
             .observe(last.elapsed().as_secs_f64());
@@ -625,32 +497,34 @@ async fn write_status(
             kind: "PremiumFeature",
         })
         .inc();
-    lock(&ctx.written_status).insert(
-        FeatureKey::new(namespace, feature.name_any()),
-        (new.clone(), std::time::Instant::now()),
-    );
+    status_written(ctx, feature, namespace, previous, new, now).await;
+    Ok(())
+}
 
-    let flipped_true = |ty: &str| {
-        let before = previous
-            .and_then(|p| condition(&p.conditions, ty))
-            .is_some_and(|c| c.status == "True");
-        let after = condition(&new.conditions, ty).is_some_and(|c| c.status == "True");
-        !before && after
-    };
-    if flipped_true(cond::DEPENDENCIES_READY) {
+/// What follows a status write: remember it, time what it completed, announce a new phase.
+async fn status_written(
+    ctx: &Context,
+    feature: &PremiumFeature,
+    namespace: &str,
+    previous: Option<&PremiumFeatureStatus>,
+    new: &PremiumFeatureStatus,
+    now: &Time,
+) {
+    let key = FeatureKey::new(namespace, feature.name_any());
+    let written_at = std::time::Instant::now();
+    let ready = turned_true(previous, new, cond::READY);
+    ctx.memory.update(&key, |m| {
+        m.written = Some((new.clone(), written_at));
+        if ready {
+            m.ready_since = Some(written_at);
+        }
+    });
+    if turned_true(previous, new, cond::DEPENDENCIES_READY) {
         ctx.metrics
             .dependency_wait
             .observe(seconds_since(feature.creation_timestamp().as_ref(), now).as_secs_f64());
     }
-    if flipped_true(cond::READY) {
-        lock(&ctx.ready_since).insert(
-            FeatureKey::new(namespace, feature.name_any()),
-            std::time::Instant::now(),
-        );
-    }
-    if flipped_true(cond::READY)
-        && let Some(start) = &new.started_at
-    {
+    if ready && let Some(start) = &new.started_at {
         ctx.metrics
             .startup_duration
             .observe(seconds_since(Some(start), now).as_secs_f64());
@@ -659,25 +533,21 @@ async fn write_status(
     if old_phase != new.phase
         && let Some(phase) = new.phase
     {
-        let ready = condition(&new.conditions, cond::READY);
-        let stalled = condition(&new.conditions, cond::STALLED).filter(|c| c.status == "True");
-        let note = stalled
-            .or(ready)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        let kind = match phase {
-            Phase::Failed | Phase::Degraded => EventType::Warning,
-            _ => EventType::Normal,
-        };
         info!(from = ?old_phase, to = %phase, "phase changed");
-        // A new feature that waits is no event (its status says why); every later change is.
-        let first_wait =
-            old_phase.is_none() && matches!(phase, Phase::WaitingForDependencies | Phase::Pending);
-        if !first_wait {
-            publish(ctx, feature, kind, phase.as_str(), &note).await;
-        }
     }
-    Ok(())
+    if let Some(note) = phase_event(previous, new) {
+        publish_note(ctx, feature, &note).await;
+    }
+}
+
+/// Records a decided Event on the feature.
+async fn publish_note(ctx: &Context, feature: &PremiumFeature, note: &Note) {
+    let kind = if note.warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    publish(ctx, feature, kind, note.reason, &note.message).await;
 }
 
 /// Records an Event on the feature; a failure to record is logged, never fatal.
@@ -750,22 +620,7 @@ async fn teardown(
     if !feature.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let graph = ctx.graph().await;
-    let cycle = graph.cycle(key);
-    let dependents: Vec<Dependent> = lock(&ctx.index)
-        .dependents(key)
-        .into_iter()
-        .filter_map(|d| {
-            let f = ctx.feature(&d)?;
-            Some(Dependent {
-                deleting: f.meta().deletion_timestamp.is_some(),
-                teardown_pending: f.finalizers().iter().any(|x| x == FINALIZER),
-                permitted: d.namespace == key.namespace || ctx.permitted(&d, key),
-                same_cycle: cycle.is_some_and(|path| path.contains(&d)),
-                key: d,
-            })
-        })
-        .collect();
+    let dependents = dependents(ctx, key).await;
     let deleting_for = seconds_since(feature.meta().deletion_timestamp.as_ref(), &now_time());
     let bound = ctx.settings.teardown_wait;
     let overdue = match teardown_gate(&dependents, deleting_for, bound) {
@@ -783,9 +638,7 @@ async fn teardown(
                 "deletion waits for dependents to be torn down first"
             );
             // Their teardown wakes this feature; the requeue is the bound running out.
-            return Ok(Action::requeue(
-                recheck_after.max(Duration::from_millis(500)),
-            ));
+            return Ok(Action::requeue(recheck_after.max(decide::MIN_REQUEUE)));
         }
         TeardownGate::Overdue { holders } => Some(holders),
     };
@@ -821,17 +674,34 @@ async fn teardown(
     // Dependencies waiting for this feature to go first may go now, also while someone else's
     // finalizer keeps this object (its deletion, which wakes them too, may never come).
     let dependencies = Wake {
-        features: feature
-            .spec
-            .depends_on
-            .iter()
-            .map(|d| dependency_key(&key.namespace, d))
+        features: plan::dependency_keys(key, &feature.spec.depends_on)
+            .into_iter()
             .collect(),
         ..Default::default()
     };
     ctx.wake(dependencies);
     info!("torn down");
     Ok(Action::await_change())
+}
+
+/// The features that list `key` in `dependsOn`, as its teardown gate reads them.
+async fn dependents(ctx: &Context, key: &FeatureKey) -> Vec<Dependent> {
+    let graph = ctx.graph().await;
+    let cycle = graph.cycle(key);
+    let dependents = lock(&ctx.index).dependents(key);
+    dependents
+        .into_iter()
+        .filter_map(|d| {
+            let f = ctx.feature(&d)?;
+            Some(Dependent {
+                deleting: f.meta().deletion_timestamp.is_some(),
+                teardown_pending: f.finalizers().iter().any(|x| x == FINALIZER),
+                permitted: d.namespace == key.namespace || ctx.permitted(&d, key),
+                same_cycle: cycle.is_some_and(|path| path.contains(&d)),
+                key: d,
+            })
+        })
+        .collect()
 }
 
 /// A feature that no longer deserializes (stored before a schema change, or behind the
@@ -868,12 +738,7 @@ async fn remove_finalizer(
     finalizers: &[String],
     resource_version: Option<String>,
 ) -> Result<(), Error> {
-    release_slot(ctx, key);
-    lock(&ctx.held_status).remove(key);
-    lock(&ctx.written_status).remove(key);
-    lock(&ctx.ready_since).remove(key);
-    lock(&ctx.queued_since).remove(key);
-    lock(&ctx.hops_seen).remove(key);
+    forget(ctx, key);
     let api: Api<DeserializeGuard<PremiumFeature>> =
         Api::namespaced(ctx.client.clone(), &key.namespace);
     let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
@@ -891,6 +756,13 @@ async fn remove_finalizer(
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(Error::kube(format!("removing the finalizer from {key}"), e)),
     }
+}
+
+/// Forgets everything this instance kept about the feature: its start-up slot (waking whoever
+/// waits for it) and its memory.
+fn forget(ctx: &Context, key: &FeatureKey) {
+    release_slot(ctx, key);
+    ctx.memory.forget(key);
 }
 
 /// Tells the start-up slots where the feature stands; returns what it waits for when it may not

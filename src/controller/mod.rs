@@ -4,6 +4,7 @@ pub mod apply;
 pub mod context;
 pub mod feature;
 pub mod index;
+pub mod memory;
 pub mod owned;
 pub mod policy;
 pub mod retry;
@@ -793,9 +794,7 @@ async fn run_controllers(
         let ctx = ctx.clone();
         move |r| {
             let key = FeatureKey::new(r.namespace.clone().unwrap_or_default(), r.name.clone());
-            lock(&ctx.queued_since)
-                .entry(key)
-                .or_insert_with(std::time::Instant::now);
+            ctx.memory.queued(&key);
         }
     }))
     .graceful_shutdown_on(stop.clone())

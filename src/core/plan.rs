@@ -51,6 +51,113 @@ pub fn dependency_key(own_namespace: &str, dep: &Dependency) -> FeatureKey {
     FeatureKey::new(dep.namespace_or(own_namespace), dep.name.clone())
 }
 
+/// What a feature's decision reads of the dependency analysis, copied out of it so the
+/// decision does not depend on how the analysis is kept (it is a few short lists).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GraphView {
+    /// The cycle the feature is on, as a path starting and ending at it.
+    pub cycle: Option<Vec<FeatureKey>>,
+    pub level: Option<u32>,
+    /// Dependencies that name no existing feature.
+    pub missing: Vec<FeatureKey>,
+    /// Cross-namespace dependencies no policy grants.
+    pub not_permitted: Vec<FeatureKey>,
+    /// Dependencies that are themselves on a cycle.
+    pub dependencies_on_cycle: Vec<FeatureKey>,
+}
+
+impl GraphView {
+    /// The view of `key`, whose dependencies are `targets`.
+    pub fn of<'a>(
+        graph: &GraphAnalysis,
+        key: &FeatureKey,
+        targets: impl IntoIterator<Item = &'a FeatureKey>,
+    ) -> Self {
+        Self {
+            cycle: graph.cycle(key).map(<[FeatureKey]>::to_vec),
+            level: graph.level(key),
+            missing: graph.missing(key).to_vec(),
+            not_permitted: graph.not_permitted(key).to_vec(),
+            dependencies_on_cycle: targets
+                .into_iter()
+                .filter(|t| graph.on_cycle(t))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// Why one dependency holds a feature back: reason, message, and whether it gave up.
+type Problem = (&'static str, String, bool);
+
+/// Distinct dependency keys of a feature, in `dependsOn` order.
+pub fn dependency_keys(key: &FeatureKey, depends_on: &[Dependency]) -> Vec<FeatureKey> {
+    let mut seen: Vec<FeatureKey> = Vec::with_capacity(depends_on.len());
+    for dep in depends_on {
+        let target = dependency_key(&key.namespace, dep);
+        if !seen.contains(&target) {
+            seen.push(target);
+        }
+    }
+    seen
+}
+
+fn not_found(target: &FeatureKey) -> Problem {
+    (
+        reason::DEPENDENCY_NOT_FOUND,
+        format!(
+            "no PremiumFeature {} in namespace {}; create it or remove it from dependsOn",
+            target.name, target.namespace
+        ),
+        false,
+    )
+}
+
+/// What, if anything, is wrong with one dependency as the graph and its view show it.
+fn dependency_problem(
+    key: &FeatureKey,
+    target: &FeatureKey,
+    graph: &GraphView,
+    view: Option<DependencyView>,
+) -> Option<Problem> {
+    let shown = target.relative_to(&key.namespace);
+    if graph.missing.contains(target) {
+        return Some(not_found(target));
+    }
+    if graph.not_permitted.contains(target) {
+        return Some((
+            reason::DEPENDENCY_NOT_PERMITTED,
+            format!(
+                "namespace {} does not expose {} to {}: a PremiumPolicy there that selects it must list {} in spec.exposeTo.namespaces",
+                target.namespace, target.name, key.namespace, key.namespace
+            ),
+            false,
+        ));
+    }
+    if graph.cycle.is_some() && graph.dependencies_on_cycle.contains(target) {
+        return Some((
+            reason::DEPENDENCY_CYCLE,
+            format!("{shown} is on the same dependency cycle"),
+            true,
+        ));
+    }
+    match view {
+        Some(v) if v.ready => None,
+        // The message names no phase: it would change with every step of the
+        // dependency's start-up and cost a status write of each dependent per step.
+        Some(v) => Some((
+            reason::DEPENDENCY_NOT_READY,
+            if v.given_up {
+                format!("{shown} stopped trying (Stalled or suspended); see its conditions")
+            } else {
+                format!("{shown} is not Ready yet")
+            },
+            v.given_up,
+        )),
+        None => Some(not_found(target)),
+    }
+}
+
 /// Decides which dependencies hold a feature back.
 ///
 /// * `started`: the feature already runs (its Deployment asks for replicas). A running feature
@@ -60,7 +167,7 @@ pub fn dependency_key(own_namespace: &str, dep: &Dependency) -> FeatureKey {
 pub fn gate(
     key: &FeatureKey,
     depends_on: &[Dependency],
-    graph: &GraphAnalysis,
+    graph: &GraphView,
     view: impl Fn(&FeatureKey) -> Option<DependencyView>,
     started: bool,
     waited: Duration,
@@ -68,7 +175,8 @@ pub fn gate(
 ) -> Gate {
     let mut gate = Gate {
         cycle: graph
-            .cycle(key)
+            .cycle
+            .as_deref()
             .map(|path| path_string(path, &key.namespace)),
         ..Default::default()
     };
@@ -79,59 +187,11 @@ pub fn gate(
             continue;
         }
         seen.push(target.clone());
-        let shown = target.relative_to(&key.namespace);
-        let problem: Option<(&'static str, String, bool)> = if graph.missing(key).contains(&target)
-        {
-            Some((
-                reason::DEPENDENCY_NOT_FOUND,
-                format!(
-                    "no PremiumFeature {} in namespace {}; create it or remove it from dependsOn",
-                    target.name, target.namespace
-                ),
-                false,
-            ))
-        } else if graph.not_permitted(key).contains(&target) {
-            Some((
-                reason::DEPENDENCY_NOT_PERMITTED,
-                format!(
-                    "namespace {} does not expose {} to {}: a PremiumPolicy there that selects it must list {} in spec.exposeTo.namespaces",
-                    target.namespace, target.name, key.namespace, key.namespace
-                ),
-                false,
-            ))
-        } else if gate.cycle.is_some() && graph.on_cycle(&target) {
-            Some((
-                reason::DEPENDENCY_CYCLE,
-                format!("{shown} is on the same dependency cycle"),
-                true,
-            ))
-        } else {
-            match view(&target) {
-                Some(v) if v.ready => None,
-                // The message names no phase: it would change with every step of the
-                // dependency's start-up and cost a status write of each dependent per step.
-                Some(v) => Some((
-                    reason::DEPENDENCY_NOT_READY,
-                    if v.given_up {
-                        format!("{shown} stopped trying (Stalled or suspended); see its conditions")
-                    } else {
-                        format!("{shown} is not Ready yet")
-                    },
-                    v.given_up,
-                )),
-                None => Some((
-                    reason::DEPENDENCY_NOT_FOUND,
-                    format!(
-                        "no PremiumFeature {} in namespace {}; create it or remove it from dependsOn",
-                        target.name, target.namespace
-                    ),
-                    false,
-                )),
-            }
-        };
-        let Some((why, message, given_up)) = problem else {
+        let Some((why, message, given_up)) = dependency_problem(key, &target, graph, view(&target))
+        else {
             continue;
         };
+        let shown = target.relative_to(&key.namespace);
         if started {
             if dep.optional {
                 gate.optional_unavailable.push(shown);
@@ -330,7 +390,8 @@ mod tests {
             .collect()
     }
 
-    fn graph(nodes: &[(&str, &[(&str, bool)])]) -> GraphAnalysis {
+    /// The graph as `aika` (every test's subject) sees it.
+    fn graph(nodes: &[(&str, &[(&str, bool)])]) -> GraphView {
         let nodes: Vec<FeatureNode> = nodes
             .iter()
             .map(|(n, d)| FeatureNode {
@@ -344,7 +405,8 @@ mod tests {
                     .collect(),
             })
             .collect();
-        analyze(&nodes, |_, _| false)
+        let keys: Vec<FeatureKey> = nodes.iter().map(|n| n.key.clone()).collect();
+        GraphView::of(&analyze(&nodes, |_, _| false), &key("aika"), &keys)
     }
 
     fn view<'a>(ready: &'a [&'a str]) -> impl Fn(&FeatureKey) -> Option<DependencyView> + 'a {

@@ -95,42 +95,57 @@ pub struct Observation {
     pub started_at: Option<Time>,
 }
 
+/// One condition as the verdict sets it: status, reason, message.
+type Check = (bool, &'static str, String);
+
 struct Verdict {
     phase: Phase,
-    ready: (bool, &'static str, String),
-    reconciling: (bool, &'static str, String),
-    stalled: (bool, &'static str, String),
-    degraded: (bool, &'static str, String),
+    ready: Check,
+    reconciling: Check,
+    stalled: Check,
+    degraded: Check,
 }
 
-fn verdict(o: &Observation, previous: Option<&PremiumFeatureStatus>) -> Verdict {
-    let previous_phase = previous.and_then(|p| p.phase);
-    let no = |r: &'static str, m: &str| (false, r, m.to_string());
-    let yes = |r: &'static str, m: &str| (true, r, m.to_string());
-    let calm_stall = no(reason::NOT_STALLED, "");
-    let calm_degraded = no(reason::HEALTHY, "");
-    let waiting = |phase, r: &'static str, m: String| Verdict {
+fn no(r: &'static str, m: &str) -> Check {
+    (false, r, m.to_string())
+}
+
+fn yes(r: &'static str, m: &str) -> Check {
+    (true, r, m.to_string())
+}
+
+/// Still on its way (waiting or starting): Reconciling says why.
+fn waiting(phase: Phase, r: &'static str, m: String) -> Verdict {
+    Verdict {
         phase,
         ready: (false, r, m.clone()),
         reconciling: (true, r, m),
         stalled: no(reason::NOT_STALLED, ""),
         degraded: no(reason::HEALTHY, ""),
-    };
-    let failed = |r: &'static str, m: String| Verdict {
+    }
+}
+
+/// Cannot make progress by itself: Stalled says why.
+fn failed(r: &'static str, m: String) -> Verdict {
+    Verdict {
         phase: Phase::Failed,
         ready: (false, r, m.clone()),
         reconciling: no(r, ""),
         stalled: (true, r, m),
         degraded: no(reason::HEALTHY, ""),
-    };
+    }
+}
 
+/// The verdict in the order a person reads it: suspended, stalled, waiting for dependencies
+/// or budget, then what the Deployment says.
+fn verdict(o: &Observation, previous: Option<&PremiumFeatureStatus>) -> Verdict {
     if o.suspended {
         return Verdict {
             phase: Phase::Suspended,
             ready: no(reason::SUSPENDED, "the feature is suspended (spec.suspend)"),
             reconciling: no(reason::SUSPENDED, ""),
-            stalled: calm_stall,
-            degraded: calm_degraded,
+            stalled: no(reason::NOT_STALLED, ""),
+            degraded: no(reason::HEALTHY, ""),
         };
     }
     if let Some(s) = &o.stall {
@@ -161,42 +176,58 @@ fn verdict(o: &Observation, previous: Option<&PremiumFeatureStatus>) -> Verdict 
         );
     }
     if health.is_ready() {
-        let degraded = if !o.optional_unavailable.is_empty() {
-            yes(
-                reason::OPTIONAL_DEPENDENCY_UNAVAILABLE,
-                &format!(
-                    "running without optional {}: {}",
-                    plural(o.optional_unavailable.len(), "dependency", "dependencies"),
-                    o.optional_unavailable.join(", ")
-                ),
-            )
-        } else if !o.unhealthy_dependencies.is_empty() {
-            yes(
-                reason::DEPENDENCY_UNHEALTHY,
-                &format!(
-                    "{} unhealthy: {}",
-                    plural(o.unhealthy_dependencies.len(), "dependency", "dependencies"),
-                    o.unhealthy_dependencies.join(", ")
-                ),
-            )
-        } else {
-            calm_degraded
-        };
-        return Verdict {
-            phase: if degraded.0 {
-                Phase::Degraded
-            } else {
-                Phase::Ready
-            },
-            ready: yes(
-                reason::AVAILABLE,
-                &format!("{} of {} replicas ready", health.ready, health.desired),
-            ),
-            reconciling: no(reason::RECONCILED, ""),
-            stalled: calm_stall,
-            degraded,
-        };
+        return ready_verdict(o, &health);
     }
+    rollout_verdict(o, &health, previous)
+}
+
+/// The Deployment has rolled out: Ready, or Degraded by its dependencies.
+fn ready_verdict(o: &Observation, health: &DeploymentHealth) -> Verdict {
+    let degraded = if !o.optional_unavailable.is_empty() {
+        yes(
+            reason::OPTIONAL_DEPENDENCY_UNAVAILABLE,
+            &format!(
+                "running without optional {}: {}",
+                plural(o.optional_unavailable.len(), "dependency", "dependencies"),
+                o.optional_unavailable.join(", ")
+            ),
+        )
+    } else if !o.unhealthy_dependencies.is_empty() {
+        yes(
+            reason::DEPENDENCY_UNHEALTHY,
+            &format!(
+                "{} unhealthy: {}",
+                plural(o.unhealthy_dependencies.len(), "dependency", "dependencies"),
+                o.unhealthy_dependencies.join(", ")
+            ),
+        )
+    } else {
+        no(reason::HEALTHY, "")
+    };
+    Verdict {
+        phase: if degraded.0 {
+            Phase::Degraded
+        } else {
+            Phase::Ready
+        },
+        ready: yes(
+            reason::AVAILABLE,
+            &format!("{} of {} replicas ready", health.ready, health.desired),
+        ),
+        reconciling: no(reason::RECONCILED, ""),
+        stalled: no(reason::NOT_STALLED, ""),
+        degraded,
+    }
+}
+
+/// The Deployment has not rolled out: lost availability, timed out, waiting for a slot,
+/// rolling out.
+fn rollout_verdict(
+    o: &Observation,
+    health: &DeploymentHealth,
+    previous: Option<&PremiumFeatureStatus>,
+) -> Verdict {
+    let previous_phase = previous.and_then(|p| p.phase);
     // Serving before this step: Ready (or Degraded), or already in a rolling update.
     let was_serving = matches!(previous_phase, Some(Phase::Ready | Phase::Degraded))
         || previous
@@ -211,7 +242,7 @@ fn verdict(o: &Observation, previous: Option<&PremiumFeatureStatus>) -> Verdict 
             phase: Phase::Degraded,
             ready: (false, reason::UNAVAILABLE, m.clone()),
             reconciling: no(reason::UNAVAILABLE, ""),
-            stalled: calm_stall,
+            stalled: no(reason::NOT_STALLED, ""),
             degraded: (true, reason::UNAVAILABLE, m),
         };
     }
@@ -316,17 +347,9 @@ pub fn now_time() -> Time {
     Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// Computes a feature's status. `previous` is the status as last written.
-pub fn feature_status(
-    previous: Option<&PremiumFeatureStatus>,
-    o: &Observation,
-    now: &Time,
-) -> PremiumFeatureStatus {
-    let prev_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
-    let v = verdict(o, previous);
-    let mut conditions = Vec::with_capacity(5);
-
-    let deps = if let Some(path) = &o.cycle {
+/// The DependenciesReady condition: status, reason and message.
+fn dependencies_condition(o: &Observation) -> Check {
+    if let Some(path) = &o.cycle {
         (
             false,
             reason::DEPENDENCY_CYCLE,
@@ -346,56 +369,41 @@ pub fn feature_status(
                 o.optional_unavailable.join(", ")
             ),
         )
-    };
+    }
+}
+
+/// Computes a feature's status. `previous` is the status as last written.
+pub fn feature_status(
+    previous: Option<&PremiumFeatureStatus>,
+    o: &Observation,
+    now: &Time,
+) -> PremiumFeatureStatus {
+    let prev_conditions = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
+    let v = verdict(o, previous);
+    let mut conditions = Vec::with_capacity(5);
+
+    let deps = dependencies_condition(o);
     let stamp = Stamp {
         generation: o.generation,
         now,
     };
-    set_condition(
-        &mut conditions,
-        prev_conditions,
-        cond::READY,
-        v.ready.0,
-        v.ready.1,
-        &v.ready.2,
-        stamp,
-    );
-    set_condition(
-        &mut conditions,
-        prev_conditions,
-        cond::DEPENDENCIES_READY,
-        deps.0,
-        deps.1,
-        &deps.2,
-        stamp,
-    );
-    set_condition(
-        &mut conditions,
-        prev_conditions,
-        cond::RECONCILING,
-        v.reconciling.0,
-        v.reconciling.1,
-        &v.reconciling.2,
-        stamp,
-    );
-    set_condition(
-        &mut conditions,
-        prev_conditions,
-        cond::STALLED,
-        v.stalled.0,
-        v.stalled.1,
-        &v.stalled.2,
-        stamp,
-    );
-    set_condition(
-        &mut conditions,
-        prev_conditions,
-        cond::DEGRADED,
-        v.degraded.0,
-        v.degraded.1,
-        &v.degraded.2,
-        stamp,
-    );
+    for (type_, (status, reason, message)) in [
+        (cond::READY, v.ready),
+        (cond::DEPENDENCIES_READY, deps),
+        (cond::RECONCILING, v.reconciling),
+        (cond::STALLED, v.stalled),
+        (cond::DEGRADED, v.degraded),
+    ] {
+        set_condition(
+            &mut conditions,
+            prev_conditions,
+            type_,
+            status,
+            reason,
+            &message,
+            stamp,
+        );
+    }
 
     let health = o.deployment.as_ref();
     PremiumFeatureStatus {
