@@ -5,6 +5,7 @@ pub mod duration;
 pub mod feature;
 pub mod limits;
 pub mod policy;
+pub mod quantity;
 
 pub use feature::*;
 pub use policy::*;

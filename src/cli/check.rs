@@ -30,10 +30,10 @@ use super::schema::{MAX_ERRORS_PER_OBJECT, SchemaValidator};
 use super::suggest::Suggester;
 use crate::api::duration::parse_duration;
 use crate::api::{PremiumFeature, PremiumPolicy};
-use crate::core::budget::{PoolRequest, allocate};
+use crate::core::budget::{BudgetAllocation, PoolRequest, allocate};
 use crate::core::graph::{FeatureKey, FeatureNode, GraphAnalysis, analyze, path_string};
-use crate::core::policy::{effective_policy, selector_matches};
-use crate::core::settings::pool_settings;
+use crate::core::policy::{self, decide, selector_matches};
+use crate::core::settings;
 
 /// Runs `check` on files and folders and prints the report.
 pub fn main(paths: &[PathBuf]) -> ExitCode {
@@ -252,6 +252,11 @@ fn typed<T: serde::de::DeserializeOwned>(
     let mut value = object.value.clone();
     if let Value::Object(map) = &mut value {
         map.remove("status");
+        // As applied: without a namespace, a manifest lands in `default`. The shared rules
+        // (selection, grants) compare the namespaces of typed objects.
+        if let Some(Value::Object(metadata)) = map.get_mut("metadata") {
+            metadata.insert("namespace".into(), Value::from(object.namespace()));
+        }
     }
     match serde_json::from_value(value) {
         Ok(typed) => Some(typed),
@@ -384,93 +389,114 @@ fn suggest_label(name: &str) -> String {
 /// letter), a namespace that is one, and string labels and annotations with valid keys.
 fn check_metadata(object: &Object) -> Vec<String> {
     let kind = object.kind_name();
-    let mut errors = Vec::new();
-    let Some(metadata) = object.value.get("metadata") else {
-        errors.push(format!(
-            "metadata is missing; give the {kind} a metadata.name (and usually a metadata.namespace)"
-        ));
-        return errors;
+    let metadata = match object.value.get("metadata") {
+        None => {
+            return vec![format!(
+                "metadata is missing; give the {kind} a metadata.name (and usually a metadata.namespace)"
+            )];
+        }
+        Some(Value::Object(metadata)) => metadata,
+        Some(other) => {
+            return vec![format!(
+                "metadata must be a mapping, got {}",
+                type_name(other)
+            )];
+        }
     };
-    let Value::Object(metadata) = metadata else {
-        errors.push(format!(
-            "metadata must be a mapping, got {}",
-            type_name(metadata)
-        ));
-        return errors;
-    };
-    for key in metadata.keys() {
-        if !OBJECT_META_FIELDS.contains(&key.as_str()) {
-            errors.push(format!(
-                "unknown field metadata.{key}: the API server refuses it; the usual metadata fields are name, namespace, labels and annotations"
+    let mut errors: Vec<String> = metadata
+        .keys()
+        .filter(|key| !OBJECT_META_FIELDS.contains(&key.as_str()))
+        .map(|key| format!(
+            "unknown field metadata.{key}: the API server refuses it; the usual metadata fields are name, namespace, labels and annotations"
+        ))
+        .collect();
+    errors.extend(name_problem(object, metadata.get("name")));
+    errors.extend(namespace_problem(metadata.get("namespace")));
+    for field in ["labels", "annotations"] {
+        errors.extend(string_map_problems(field, metadata.get(field)));
+    }
+    errors
+}
+
+/// A name that is a DNS label (and, for a feature, starts with a letter).
+fn name_problem(object: &Object, name: Option<&Value>) -> Option<String> {
+    let kind = object.kind_name();
+    let name = match name {
+        None | Some(Value::Null) => {
+            return Some(format!(
+                "metadata.name is missing; every {kind} needs a name"
             ));
         }
-    }
-    match metadata.get("name") {
-        None | Some(Value::Null) => errors.push(format!(
-            "metadata.name is missing; every {kind} needs a name"
-        )),
-        Some(Value::String(name)) => {
-            if name.is_empty() {
-                errors.push(format!("metadata.name is empty; every {kind} needs a name"));
-            } else if name.len() > 63 || !matches(&DNS_LABEL, name) {
-                errors.push(format!(
-                    "metadata.name {name:?} is not a valid name: use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit (a DNS label), such as {:?}",
-                    suggest_label(name)
-                ));
-            } else if object.kind == DocKind::Feature
-                && !name.starts_with(|c: char| c.is_ascii_lowercase())
-            {
-                errors.push(format!(
-                    "metadata.name {name:?} must start with a letter: it also names the feature's Service, and Service names start with a letter"
-                ));
-            }
+        Some(Value::String(name)) => name,
+        Some(other) => {
+            return Some(format!(
+                "metadata.name must be a string, got {}",
+                type_name(other)
+            ));
         }
-        Some(other) => errors.push(format!(
-            "metadata.name must be a string, got {}",
-            type_name(other)
-        )),
+    };
+    if name.is_empty() {
+        Some(format!("metadata.name is empty; every {kind} needs a name"))
+    } else if name.len() > 63 || !matches(&DNS_LABEL, name) {
+        Some(format!(
+            "metadata.name {name:?} is not a valid name: use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit (a DNS label), such as {:?}",
+            suggest_label(name)
+        ))
+    } else if object.kind == DocKind::Feature && !name.starts_with(|c: char| c.is_ascii_lowercase())
+    {
+        Some(format!(
+            "metadata.name {name:?} must start with a letter: it also names the feature's Service, and Service names start with a letter"
+        ))
+    } else {
+        None
     }
-    match metadata.get("namespace") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(ns)) => {
-            if ns.is_empty() || ns.len() > 63 || !matches(&DNS_LABEL, ns) {
-                errors.push(format!(
-                    "metadata.namespace {ns:?} is not a valid namespace name: use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
-                ));
-            }
+}
+
+fn namespace_problem(namespace: Option<&Value>) -> Option<String> {
+    match namespace {
+        None | Some(Value::Null) => None,
+        Some(Value::String(ns)) if ns.is_empty() || ns.len() > 63 || !matches(&DNS_LABEL, ns) => {
+            Some(format!(
+                "metadata.namespace {ns:?} is not a valid namespace name: use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
+            ))
         }
-        Some(other) => errors.push(format!(
+        Some(Value::String(_)) => None,
+        Some(other) => Some(format!(
             "metadata.namespace must be a string, got {}",
             type_name(other)
         )),
     }
-    for field in ["labels", "annotations"] {
-        match metadata.get(field) {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(map)) => {
-                for (key, value) in map {
-                    if let Some(problem) = label_key_problem(key) {
-                        errors.push(format!("metadata.{field}: key {key:?} {problem}"));
-                    }
-                    match value {
-                        Value::String(v) => {
-                            if field == "labels"
-                                && (v.len() > 63 || !(v.is_empty() || matches(&LABEL_NAME, v)))
-                            {
-                                errors.push(format!(
-                                    "metadata.labels.{key}: value {v:?} is not a valid label value: use at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
-                                ));
-                            }
-                        }
-                        other => errors.push(format!(
-                            "metadata.{field}.{key}: must be a string, got {}; put the value in quotes",
-                            type_name(other)
-                        )),
-                    }
-                }
-            }
-            Some(other) => errors.push(format!(
+}
+
+/// Labels or annotations: a mapping of valid keys to strings (label values valid too).
+fn string_map_problems(field: &str, map: Option<&Value>) -> Vec<String> {
+    let map = match map {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return vec![format!(
                 "metadata.{field} must be a mapping of names to strings, got {}",
+                type_name(other)
+            )];
+        }
+    };
+    let mut errors = Vec::new();
+    for (key, value) in map {
+        if let Some(problem) = label_key_problem(key) {
+            errors.push(format!("metadata.{field}: key {key:?} {problem}"));
+        }
+        match value {
+            Value::String(v)
+                if field == "labels"
+                    && (v.len() > 63 || !(v.is_empty() || matches(&LABEL_NAME, v))) =>
+            {
+                errors.push(format!(
+                    "metadata.labels.{key}: value {v:?} is not a valid label value: use at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+                ));
+            }
+            Value::String(_) => {}
+            other => errors.push(format!(
+                "metadata.{field}.{key}: must be a string, got {}; put the value in quotes",
                 type_name(other)
             )),
         }
@@ -497,38 +523,8 @@ fn label_key_problem(key: &str) -> Option<&'static str> {
     None
 }
 
-static QUANTITY: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(
-        r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$",
-    )
-    .ok()
-});
-
-/// A quantity's value, for comparing requests with limits.
-pub fn quantity_value(q: &str) -> Option<f64> {
-    let re = QUANTITY.as_ref()?;
-    let caps = re.captures(q)?;
-    let suffix = caps.get(3).map_or("", |m| m.as_str());
-    let number: f64 = q[..q.len() - suffix.len()].parse().ok()?;
-    let factor = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        exp => 10f64.powi(exp[1..].parse::<i32>().ok()?),
-    };
-    Some(number * factor)
-}
+/// The bench reads quantities with this name; their one grammar is [`crate::api::quantity`].
+pub use crate::api::quantity::value as quantity_value;
 
 /// What the schema cannot say but the operator needs: durations it can use, resource
 /// quantities the Deployment will accept.
@@ -564,45 +560,31 @@ fn operator_checks(object: &Object, value: &Value) -> Vec<String> {
         errors.extend(selector_problems(value));
     }
     if object.kind == DocKind::Feature {
-        let resources = value.get("spec").and_then(|s| s.get("resources"));
-        let mut parsed: BTreeMap<(&str, &str), f64> = BTreeMap::new();
-        for part in ["requests", "limits"] {
-            let Some(map) = resources
-                .and_then(|r| r.get(part))
-                .and_then(Value::as_object)
-            else {
-                continue;
-            };
-            for (resource, q) in map {
+        errors.extend(resource_problems(value));
+    }
+    errors
+}
+
+/// The operator's own rule on `spec.resources` (see [`settings::resource_problems`]), on the
+/// amounts as written (a number counts as its decimal text, as the API server reads it).
+fn resource_problems(value: &Value) -> Vec<String> {
+    let resources = value.pointer("/spec/resources");
+    let amounts: Vec<(&str, &str, String)> = ["requests", "limits"]
+        .into_iter()
+        .flat_map(|section| {
+            let map = resources
+                .and_then(|r| r.get(section))
+                .and_then(Value::as_object);
+            map.into_iter().flatten().map(move |(name, q)| {
                 let text = match q {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                match quantity_value(&text) {
-                    Some(v) if v >= 0.0 => {
-                        parsed.insert((part, resource.as_str()), v);
-                    }
-                    Some(_) => errors.push(format!(
-                        "spec.resources.{part}.{resource}: {text:?} is negative; resource amounts must be zero or more"
-                    )),
-                    None => errors.push(format!(
-                        "spec.resources.{part}.{resource}: {text:?} is not a quantity; use a number with an optional unit, such as 100m or 0.5 for CPU and 64Mi or 1Gi for memory"
-                    )),
-                }
-            }
-        }
-        for ((part, resource), request) in &parsed {
-            if *part == "requests"
-                && let Some(limit) = parsed.get(&("limits", resource))
-                && request > limit
-            {
-                errors.push(format!(
-                    "spec.resources.requests.{resource} is greater than spec.resources.limits.{resource}; the Deployment would be refused. Lower the request or raise the limit"
-                ));
-            }
-        }
-    }
-    errors
+                (section, name.as_str(), text)
+            })
+        })
+        .collect();
+    settings::resource_problems(amounts.iter().map(|(s, n, t)| (*s, *n, t.as_str())))
 }
 
 /// Label selector expressions the API server accepts (the schema has no enum) but that select
@@ -699,17 +681,6 @@ fn duplicates(objects: &[Object]) -> Vec<Diagnostic> {
     found
 }
 
-/// Whether a policy grants `dependent`'s namespace access to `target`.
-fn grants(policy: &PremiumPolicy, target: &FeatureEntry<'_>, dependent_ns: &str) -> bool {
-    policy.metadata.namespace.as_deref().unwrap_or("default") == target.key.namespace
-        && selector_matches(&policy.spec.selector, &target.labels)
-        && policy
-            .spec
-            .expose_to
-            .as_ref()
-            .is_some_and(|e| e.namespaces.iter().any(|n| n == dependent_ns))
-}
-
 /// Checks across objects: the dependency graph (cycles, missing, not permitted) and budgets.
 fn semantic_checks(
     features: &[FeatureEntry<'_>],
@@ -731,16 +702,12 @@ fn semantic_checks(
     let typed_policies: Vec<PremiumPolicy> = policies.iter().map(|p| p.typed.clone()).collect();
     let permitted = |dependent: &FeatureKey, target: &FeatureKey| {
         by_key.get(target).is_some_and(|t| {
-            typed_policies
-                .iter()
-                .any(|p| grants(p, t, &dependent.namespace))
+            policy::permitted(&typed_policies, target, &t.labels, &dependent.namespace)
         })
     };
     let analysis = analyze(&nodes, permitted);
     let mut suggestions = FeatureSuggestions::new(by_key.keys().copied());
-
     for f in by_key.values() {
-        let ns = f.key.namespace.as_str();
         let mut report = |severity: Severity, message: String| {
             found.push(Diagnostic {
                 location: f.object.location.clone(),
@@ -749,65 +716,76 @@ fn semantic_checks(
                 message,
             })
         };
-        // A feature naming itself is already refused by the CRD rule; a one-step cycle on an
-        // invalid feature would only repeat that.
-        if let Some(path) = analysis.cycle(&f.key)
-            && !(f.invalid && path.len() == 2)
-        {
-            report(
-                Severity::Error,
-                format!(
-                    "dependency cycle {}: no feature on it can start (the operator reports Stalled, reason DependencyCycle); remove one dependsOn entry on the cycle (optional ones count too)",
-                    path_string(path, ns)
-                ),
-            );
-        }
-        // The operator's own rule (it stalls such a feature, reason InvalidSpec).
-        if let Some(typed) = &f.typed
-            && let Err(message) = crate::core::build::env_clashes(ns, &typed.spec)
-        {
-            report(
-                Severity::Error,
-                format!("{message} (the operator reports Stalled, reason InvalidSpec)"),
-            );
-        }
-        let edges = f.object.dependencies();
-        for target in analysis.missing(&f.key) {
-            let required = edges.iter().any(|e| &e.target == target && !e.optional);
-            let shown = target.relative_to(ns);
-            let hint = suggestions
-                .closest(target)
-                .map(|k| format!(" Did you mean {}?", k.relative_to(ns)))
-                .unwrap_or_default();
-            if required {
-                report(
-                    Severity::Error,
-                    format!(
-                        "depends on {shown}, which is not among the checked manifests: the operator would hold this feature at 0 replicas (DependencyNotFound). Add the {shown} PremiumFeature, fix the name, or mark the dependency optional.{hint}"
-                    ),
-                );
-            } else {
-                report(
-                    Severity::Warning,
-                    format!(
-                        "optional dependency {shown} is not among the checked manifests: the feature would start without it after its start-up timeout and report Degraded.{hint}"
-                    ),
-                );
-            }
-        }
-        for target in analysis.not_permitted(&f.key) {
-            report(
-                Severity::Error,
-                format!(
-                    "depends on {target} in another namespace, but no PremiumPolicy in namespace {} that selects {} lists {ns} in exposeTo.namespaces (the operator reports DependencyNotPermitted); add {ns} to such a policy's exposeTo.namespaces or remove the dependency",
-                    target.namespace, target.name
-                ),
-            );
+        for (severity, message) in feature_findings(f, &analysis, &mut suggestions) {
+            report(severity, message);
         }
     }
-
     found.extend(budget_checks(&by_key, policies, &analysis));
     (analysis, nodes, found)
+}
+
+/// What the operator would report on one feature as the whole set stands: a cycle, a spec it
+/// refuses, missing and not-permitted dependencies.
+fn feature_findings(
+    f: &FeatureEntry<'_>,
+    analysis: &GraphAnalysis,
+    suggestions: &mut FeatureSuggestions<'_>,
+) -> Vec<(Severity, String)> {
+    let ns = f.key.namespace.as_str();
+    let mut found = Vec::new();
+    // A feature naming itself is already refused by the CRD rule; a one-step cycle on an
+    // invalid feature would only repeat that.
+    if let Some(path) = analysis.cycle(&f.key)
+        && !(f.invalid && path.len() == 2)
+    {
+        found.push((Severity::Error, format!(
+            "dependency cycle {}: no feature on it can start (the operator reports Stalled, reason DependencyCycle); remove one dependsOn entry on the cycle (optional ones count too)",
+            path_string(path, ns)
+        )));
+    }
+    // The operator's own rule (it stalls such a feature, reason InvalidSpec).
+    if let Some(typed) = &f.typed
+        && let Err(message) = crate::core::build::env_clashes(ns, &typed.spec)
+    {
+        found.push((
+            Severity::Error,
+            format!("{message} (the operator reports Stalled, reason InvalidSpec)"),
+        ));
+    }
+    let edges = f.object.dependencies();
+    for target in analysis.missing(&f.key) {
+        let required = edges.iter().any(|e| &e.target == target && !e.optional);
+        let hint = suggestions
+            .closest(target)
+            .map(|k| format!(" Did you mean {}?", k.relative_to(ns)))
+            .unwrap_or_default();
+        found.push(missing(&target.relative_to(ns), required, &hint));
+    }
+    for target in analysis.not_permitted(&f.key) {
+        found.push((Severity::Error, format!(
+            "depends on {target} in another namespace, but no PremiumPolicy in namespace {} that selects {} lists {ns} in exposeTo.namespaces (the operator reports DependencyNotPermitted); add {ns} to such a policy's exposeTo.namespaces or remove the dependency",
+            target.namespace, target.name
+        )));
+    }
+    found
+}
+
+fn missing(shown: &str, required: bool, hint: &str) -> (Severity, String) {
+    if required {
+        (
+            Severity::Error,
+            format!(
+                "depends on {shown}, which is not among the checked manifests: the operator would hold this feature at 0 replicas (DependencyNotFound). Add the {shown} PremiumFeature, fix the name, or mark the dependency optional.{hint}"
+            ),
+        )
+    } else {
+        (
+            Severity::Warning,
+            format!(
+                "optional dependency {shown} is not among the checked manifests: the feature would start without it after its start-up timeout and report Degraded.{hint}"
+            ),
+        )
+    }
 }
 
 /// "Did you mean" for missing dependencies: a feature of the same name in another namespace,
@@ -859,17 +837,11 @@ fn budget_checks(
     policies: &[PolicyEntry<'_>],
     analysis: &GraphAnalysis,
 ) -> Vec<Diagnostic> {
-    let mut found = Vec::new();
     let all: Vec<PremiumPolicy> = policies.iter().map(|p| p.typed.clone()).collect();
+    let typed: Vec<&PremiumFeature> = features.values().filter_map(|f| f.typed.as_ref()).collect();
+    let mut found = Vec::new();
     for policy in policies {
         let ns = policy.object.namespace();
-        let selected: Vec<&FeatureEntry<'_>> = features
-            .values()
-            .filter(|f| {
-                f.key.namespace == ns && selector_matches(&policy.typed.spec.selector, &f.labels)
-            })
-            .copied()
-            .collect();
         let mut report = |severity: Severity, message: String| {
             found.push(Diagnostic {
                 location: policy.object.location.clone(),
@@ -878,7 +850,10 @@ fn budget_checks(
                 message,
             })
         };
-        if selected.is_empty() {
+        let selects_any = features.values().any(|f| {
+            f.key.namespace == ns && selector_matches(&policy.typed.spec.selector, &f.labels)
+        });
+        if !selects_any {
             report(
                 Severity::Warning,
                 format!(
@@ -887,100 +862,61 @@ fn budget_checks(
             );
             continue;
         }
-        let Some(budget) = policy
-            .typed
-            .spec
-            .pool
-            .as_ref()
-            .and_then(|p| p.budget.as_ref())
-        else {
+        let Some(budget) = decide::budget(&policy.typed) else {
             continue;
         };
-        let requests: Vec<PoolRequest> = selected
-            .iter()
-            .filter_map(|f| {
-                let feature = f.typed.as_ref()?;
-                let settings = pool_settings(feature, &effective_policy(feature, &all).spec);
-                Some(PoolRequest {
-                    name: f.key.name.clone(),
-                    min: settings.min_replicas,
-                    max: settings.max_replicas,
-                    weight: settings.weight,
-                    level: analysis.level(&f.key).unwrap_or(u32::MAX),
-                    // Manifests on disk run nowhere: rank alone orders admission.
-                    running: false,
-                })
-            })
-            .collect();
-        let min_sum: u64 = requests.iter().map(|r| u64::from(r.min)).sum();
-        let max = u64::try_from(budget.max_replicas).unwrap_or(0);
-        if min_sum > max {
-            let allocation = allocate(u32::try_from(max).ok(), &requests);
-            let mins: Vec<String> = requests
-                .iter()
-                .map(|r| format!("{} {}", r.name, r.min))
-                .collect();
-            report(
-                Severity::Error,
-                format!(
-                    "infeasible budget: pool.budget.maxReplicas is {max}, but the {} selected features need at least {min_sum} replicas together (minReplicas: {}); {} would wait (BudgetExceeded). Raise pool.budget.maxReplicas to at least {min_sum}, lower minReplicas, or narrow spec.selector",
-                    requests.len(),
-                    mins.join(", "),
-                    allocation.waiting.join(", ")
-                ),
-            );
+        // The operator's own requests; manifests on disk run nowhere, so rank alone orders
+        // admission.
+        let requests = decide::budget_requests(
+            &policy.typed,
+            typed.iter().copied(),
+            &all,
+            |key| analysis.level(key),
+            |_| false,
+        );
+        let allocation = allocate(Some(budget), &requests);
+        if allocation.exceeded {
+            report(Severity::Error, infeasible(budget, &requests, &allocation));
         }
     }
     found
 }
 
+fn infeasible(budget: u32, requests: &[PoolRequest], allocation: &BudgetAllocation) -> String {
+    let min_sum: u64 = requests.iter().map(|r| u64::from(r.min)).sum();
+    let mins: Vec<String> = requests
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.min))
+        .collect();
+    format!(
+        "infeasible budget: pool.budget.maxReplicas is {budget}, but the {} selected features need at least {min_sum} replicas together (minReplicas: {}); {} would wait (BudgetExceeded). Raise pool.budget.maxReplicas to at least {min_sum}, lower minReplicas, or narrow spec.selector",
+        requests.len(),
+        mins.join(", "),
+        allocation.waiting.join(", ")
+    )
+}
+
 /// Start-up batches per namespace, and the features that cannot start with why: on or behind a
 /// cycle, a required dependency missing or not permitted, or waiting for such a feature.
-fn plans(analysis: &GraphAnalysis, nodes: &[FeatureNode]) -> BTreeMap<String, Plan> {
+/// The features that cannot start, each with why.
+fn blocked<'a>(
+    analysis: &GraphAnalysis,
+    nodes: &'a [FeatureNode],
+) -> BTreeMap<&'a FeatureKey, String> {
     let mut reasons: BTreeMap<&FeatureKey, String> = BTreeMap::new();
-    let mut queue: Vec<&FeatureKey> = Vec::new();
     for node in nodes {
-        let key = &node.key;
-        let ns = key.namespace.as_str();
-        let required = |targets: &[FeatureKey]| -> Vec<String> {
-            let mut names: Vec<String> = targets
-                .iter()
-                .filter(|t| {
-                    node.depends_on
-                        .iter()
-                        .any(|e| &e.target == *t && !e.optional)
-                })
-                .map(|t| t.relative_to(ns))
-                .collect();
-            names.dedup();
-            names
-        };
-        let missing = required(analysis.missing(key));
-        let not_permitted = required(analysis.not_permitted(key));
-        let reason = if analysis.on_cycle(key) {
-            Some("on a dependency cycle".to_string())
-        } else if !missing.is_empty() {
-            Some(format!("missing {}", missing.join(", ")))
-        } else if !not_permitted.is_empty() {
-            Some(format!("not permitted to use {}", not_permitted.join(", ")))
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            reasons.insert(key, reason);
-            queue.push(key);
+        if let Some(reason) = own_block(analysis, node) {
+            reasons.insert(&node.key, reason);
         }
     }
     // Whoever requires a feature that cannot start cannot start either.
-    let required_by: BTreeMap<&FeatureKey, Vec<&FeatureKey>> = {
-        let mut map: BTreeMap<&FeatureKey, Vec<&FeatureKey>> = BTreeMap::new();
-        for node in nodes {
-            for edge in node.depends_on.iter().filter(|e| !e.optional) {
-                map.entry(&edge.target).or_default().push(&node.key);
-            }
+    let mut required_by: BTreeMap<&FeatureKey, Vec<&FeatureKey>> = BTreeMap::new();
+    for node in nodes {
+        for edge in node.depends_on.iter().filter(|e| !e.optional) {
+            required_by.entry(&edge.target).or_default().push(&node.key);
         }
-        map
-    };
+    }
+    let mut queue: Vec<&FeatureKey> = reasons.keys().copied().collect();
     while let Some(key) = queue.pop() {
         for dependent in required_by.get(key).into_iter().flatten() {
             if !reasons.contains_key(dependent) {
@@ -998,7 +934,41 @@ fn plans(analysis: &GraphAnalysis, nodes: &[FeatureNode]) -> BTreeMap<String, Pl
             reasons.insert(&node.key, "behind a dependency cycle".to_string());
         }
     }
+    reasons
+}
 
+/// Why a feature cannot start on its own account: on a cycle, or a required dependency missing
+/// or not permitted.
+fn own_block(analysis: &GraphAnalysis, node: &FeatureNode) -> Option<String> {
+    let key = &node.key;
+    let required = |targets: &[FeatureKey]| -> Vec<String> {
+        let mut names: Vec<String> = targets
+            .iter()
+            .filter(|t| {
+                node.depends_on
+                    .iter()
+                    .any(|e| &e.target == *t && !e.optional)
+            })
+            .map(|t| t.relative_to(&key.namespace))
+            .collect();
+        names.dedup();
+        names
+    };
+    let missing = required(analysis.missing(key));
+    let not_permitted = required(analysis.not_permitted(key));
+    if analysis.on_cycle(key) {
+        Some("on a dependency cycle".to_string())
+    } else if !missing.is_empty() {
+        Some(format!("missing {}", missing.join(", ")))
+    } else if !not_permitted.is_empty() {
+        Some(format!("not permitted to use {}", not_permitted.join(", ")))
+    } else {
+        None
+    }
+}
+
+fn plans(analysis: &GraphAnalysis, nodes: &[FeatureNode]) -> BTreeMap<String, Plan> {
+    let reasons = blocked(analysis, nodes);
     let mut plans: BTreeMap<String, Plan> = BTreeMap::new();
     for batch in analysis.plan() {
         let mut by_ns: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -1221,6 +1191,28 @@ spec:
         );
     }
 
+    /// As the operator shares a budget: a suspended feature claims no share of it, so only the
+    /// minimums of the others count. (Before, `check` counted it and reported a budget the
+    /// operator holds as infeasible.)
+    #[test]
+    fn suspended_features_claim_no_budget() {
+        let f = |name: &str, min: u32| {
+            FEATURE.replace("NAME", name)
+                + &format!("  pool: {{minReplicas: {min}, maxReplicas: 10}}\n")
+        };
+        let policy = "apiVersion: premium.dev/v1alpha1
+kind: PremiumPolicy
+metadata: {name: tight, namespace: portal}
+spec:
+  selector: {matchLabels: {tier: premium}}
+  pool: {budget: {maxReplicas: 5}}
+";
+        let suspended = f("b", 4) + "  suspend: true\n";
+        let text = [f("a", 3), suspended, policy.to_string()].join("---\n");
+        let report = run(&[("b.yaml", &text)]);
+        assert_eq!(report.errors(), 0, "{:#?}", lines(&report));
+    }
+
     #[test]
     fn selector_expressions_must_make_sense() {
         let policy = |expr: &str| {
@@ -1384,11 +1376,36 @@ spec: {selector: {matchLabels: {tier: nope}}}
             l.iter()
                 .any(|x| x.contains("requests.memory is greater than"))
         );
-        assert_eq!(quantity_value("100m"), Some(0.1));
-        assert_eq!(quantity_value("1Gi"), Some(1024f64.powi(3)));
-        assert_eq!(quantity_value("1e3"), Some(1000.0));
-        assert_eq!(quantity_value("1.5"), Some(1.5));
-        assert_eq!(quantity_value("abc"), None);
+    }
+
+    /// `check` and the operator read a manifest's quantities with one rule: on each amount
+    /// they give the same verdict, in the same words. (Before, `check` refused 250u, which the
+    /// API server takes, and the operator took 1kM, which it refuses.)
+    #[test]
+    fn check_and_the_operator_agree_on_quantities() {
+        for (resources, refused) in [
+            ("{requests: {cpu: lots}}", true),
+            ("{requests: {cpu: 1kM}}", true),
+            ("{requests: {cpu: \"-1\"}}", true),
+            ("{requests: {memory: 1Gi}, limits: {memory: 1000Mi}}", true),
+            ("{requests: {cpu: 100m}, limits: {cpu: \"0.1\"}}", false),
+            ("{requests: {cpu: 250u, memory: \"1e9\"}}", false),
+        ] {
+            let text = FEATURE.replace("NAME", "a") + "  resources: " + resources + "\n";
+            let report = run(&[("q.yaml", &text)]);
+            let from_check: Vec<String> = report
+                .diagnostics
+                .iter()
+                .map(|d| d.message.clone())
+                .collect();
+            let typed: PremiumFeature = serde_yaml::from_str(&text).unwrap();
+            let from_operator: Vec<String> = settings::check_resources(&typed)
+                .err()
+                .into_iter()
+                .collect();
+            assert_eq!(from_check, from_operator, "{resources}");
+            assert_eq!(!from_check.is_empty(), refused, "{resources}");
+        }
     }
 
     #[test]

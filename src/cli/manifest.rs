@@ -594,27 +594,31 @@ impl Object {
     /// so a graph can be drawn even from manifests with schema errors.
     pub fn dependencies(&self) -> Vec<crate::core::graph::DependencyEdge> {
         let own = self.namespace();
-        self.value
-            .get("spec")
-            .and_then(|s| s.get("dependsOn"))
+        let Some(deps) = self
+            .value
+            .pointer("/spec/dependsOn")
             .and_then(Value::as_array)
-            .map(|deps| {
-                deps.iter()
-                    .filter_map(|d| {
-                        let name = d.get("name")?.as_str()?;
-                        let namespace = d
-                            .get("namespace")
-                            .and_then(Value::as_str)
-                            .filter(|n| !n.is_empty())
-                            .unwrap_or(own);
-                        Some(crate::core::graph::DependencyEdge {
-                            target: crate::core::graph::FeatureKey::new(namespace, name),
-                            optional: d.get("optional").and_then(Value::as_bool) == Some(true),
-                        })
-                    })
-                    .collect()
+        else {
+            return Vec::new();
+        };
+        deps.iter()
+            .filter_map(|d| {
+                let dep = crate::api::Dependency {
+                    name: d.get("name")?.as_str()?.to_string(),
+                    // An empty namespace is a schema error; drawn, it reads as the default.
+                    namespace: d
+                        .get("namespace")
+                        .and_then(Value::as_str)
+                        .filter(|n| !n.is_empty())
+                        .map(String::from),
+                    optional: d.get("optional").and_then(Value::as_bool) == Some(true),
+                };
+                Some(crate::core::graph::DependencyEdge {
+                    target: crate::core::plan::dependency_key(own, &dep),
+                    optional: dep.optional,
+                })
             })
-            .unwrap_or_default()
+            .collect()
     }
 }
 
@@ -641,74 +645,79 @@ pub fn load(inputs: &[Input]) -> Loaded {
             document: 0,
             item: None,
         };
-        let text = match &input.text {
-            Ok(text) => text,
-            Err(message) => {
-                loaded.diagnostics.push(Diagnostic {
-                    location: file_location,
-                    subject: None,
-                    severity: Severity::Error,
-                    message: message.clone(),
-                });
-                continue;
-            }
-        };
-        for raw in split_documents(text) {
-            let location = Location {
-                document: raw.number,
-                ..file_location.clone()
-            };
-            let problem = |location: Location, message: String| Diagnostic {
-                subject: Some(location.document_label()),
-                location,
-                severity: Severity::Error,
-                message,
-            };
-            let value = match parse_document(&raw) {
-                Ok(Value::Null) => continue,
-                Ok(value) => value,
-                Err(message) => {
-                    loaded
-                        .diagnostics
-                        .push(problem(location, format!("not valid YAML: {message}")));
-                    continue;
-                }
-            };
-            match classify(&value) {
-                Ok(DocKind::List) => {
-                    let items = match value.get("items") {
-                        Some(Value::Array(items)) => items.clone(),
-                        _ => Vec::new(),
+        match &input.text {
+            Ok(text) => {
+                for raw in split_documents(text) {
+                    let location = Location {
+                        document: raw.number,
+                        ..file_location.clone()
                     };
-                    for (i, item) in items.into_iter().enumerate() {
-                        let location = Location {
-                            item: Some(i + 1),
-                            ..location.clone()
-                        };
-                        match classify(&item) {
-                            Ok(DocKind::List) => loaded.diagnostics.push(problem(
-                                location,
-                                "a List inside a List is not supported; flatten the items".into(),
-                            )),
-                            Ok(kind) => loaded.objects.push(Object {
-                                location,
-                                kind,
-                                value: item,
-                            }),
-                            Err(e) => loaded.diagnostics.push(problem(location, e.0)),
-                        }
-                    }
+                    loaded.load_document(&raw, location);
                 }
-                Ok(kind) => loaded.objects.push(Object {
-                    location,
-                    kind,
-                    value,
-                }),
-                Err(e) => loaded.diagnostics.push(problem(location, e.0)),
             }
+            Err(message) => loaded.diagnostics.push(Diagnostic {
+                location: file_location,
+                subject: None,
+                severity: Severity::Error,
+                message: message.clone(),
+            }),
         }
     }
     loaded
+}
+
+impl Loaded {
+    /// A document that does not become an object, and why.
+    fn problem(&mut self, location: Location, message: String) {
+        self.diagnostics.push(Diagnostic {
+            subject: Some(location.document_label()),
+            location,
+            severity: Severity::Error,
+            message,
+        });
+    }
+
+    fn load_document(&mut self, raw: &RawDocument<'_>, location: Location) {
+        let value = match parse_document(raw) {
+            Ok(Value::Null) => return,
+            Ok(value) => value,
+            Err(message) => return self.problem(location, format!("not valid YAML: {message}")),
+        };
+        match classify(&value) {
+            Ok(DocKind::List) => self.load_list(&value, location),
+            Ok(kind) => self.objects.push(Object {
+                location,
+                kind,
+                value,
+            }),
+            Err(e) => self.problem(location, e.0),
+        }
+    }
+
+    /// The items of a `kind: List`, each an object of its own.
+    fn load_list(&mut self, list: &Value, location: Location) {
+        let Some(Value::Array(items)) = list.get("items") else {
+            return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let location = Location {
+                item: Some(i + 1),
+                ..location.clone()
+            };
+            match classify(item) {
+                Ok(DocKind::List) => self.problem(
+                    location,
+                    "a List inside a List is not supported; flatten the items".into(),
+                ),
+                Ok(kind) => self.objects.push(Object {
+                    location,
+                    kind,
+                    value: item.clone(),
+                }),
+                Err(e) => self.problem(location, e.0),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -83,22 +83,47 @@ impl SchemaValidator {
     }
 
     fn check(&self, schema: &Value, value: &Value, path: &str, errors: &mut Vec<SchemaError>) {
-        let err = |errors: &mut Vec<SchemaError>, message: String| {
-            errors.push(SchemaError {
-                path: path.to_string(),
-                message,
-            })
-        };
         if value.is_null() {
             if !flag(schema, "nullable") {
-                err(
+                at(
                     errors,
+                    path,
                     "must not be null; give a value or remove the field".into(),
                 );
             }
             return;
         }
+        self.check_combinators(schema, value, path, errors);
+        match has_type(schema, value) {
+            Ok(true) => {}
+            // Int-or-string and untyped nodes have nothing more to check.
+            Ok(false) => return,
+            Err(message) => return at(errors, path, message),
+        }
+        match value {
+            Value::Object(map) => self.check_object(schema, map, path, errors),
+            Value::Array(items) => self.check_array(schema, items, path, errors),
+            Value::String(s) => self.check_string(schema, s, path, errors),
+            Value::Number(_) => check_number(schema, value, path, errors),
+            Value::Bool(_) | Value::Null => {}
+        }
+        if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+            && !allowed.contains(value)
+        {
+            let list: Vec<String> = allowed.iter().map(short).collect();
+            let message = format!("must be one of {}, got {}", list.join(", "), short(value));
+            at(errors, path, message);
+        }
+    }
 
+    /// `allOf`, `anyOf` and `oneOf`: every branch, at least one, exactly one.
+    fn check_combinators(
+        &self,
+        schema: &Value,
+        value: &Value,
+        path: &str,
+        errors: &mut Vec<SchemaError>,
+    ) {
         for keyword in ["allOf", "anyOf", "oneOf"] {
             let Some(branches) = schema.get(keyword).and_then(Value::as_array) else {
                 continue;
@@ -111,91 +136,42 @@ impl SchemaValidator {
             match keyword {
                 "allOf" => results.into_iter().for_each(|r| errors.extend(r)),
                 "anyOf" if passing == 0 => {
-                    err(errors, "matches none of the allowed forms".into());
+                    at(errors, path, "matches none of the allowed forms".into());
                 }
-                "oneOf" if passing != 1 => {
-                    err(
-                        errors,
-                        format!("must match exactly one of the allowed forms, matches {passing}"),
-                    );
-                }
+                "oneOf" if passing != 1 => at(
+                    errors,
+                    path,
+                    format!("must match exactly one of the allowed forms, matches {passing}"),
+                ),
                 _ => {}
             }
         }
+    }
 
-        if flag(schema, "x-kubernetes-int-or-string") {
-            if !(value.is_string() || is_integer(value)) {
-                err(
-                    errors,
-                    format!("must be an integer or a string, got {}", describe(value)),
-                );
-            }
-            return;
-        }
-
-        let Some(expected) = schema.get("type").and_then(Value::as_str) else {
-            return;
-        };
-        let type_ok = match expected {
-            "object" => value.is_object(),
-            "array" => value.is_array(),
-            "string" => value.is_string(),
-            "integer" => is_integer(value),
-            "number" => value.is_number(),
-            "boolean" => value.is_boolean(),
-            _ => true,
-        };
-        if !type_ok {
-            err(
-                errors,
-                format!(
-                    "must be {}, got {}{}",
-                    expected_name(expected),
-                    describe(value),
-                    type_hint(expected, value)
-                ),
-            );
-            return;
-        }
-
-        match value {
-            Value::Object(map) => self.check_object(schema, map, path, errors),
-            Value::Array(items) => {
-                if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
-                    && items.len() as u64 > max
-                {
-                    err(
-                        errors,
-                        format!("has {} entries; at most {max} are allowed", items.len()),
-                    );
-                }
-                if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
-                    && (items.len() as u64) < min
-                {
-                    err(
-                        errors,
-                        format!("has {} entries; at least {min} are needed", items.len()),
-                    );
-                }
-                if let Some(item_schema) = schema.get("items") {
-                    for (i, item) in items.iter().enumerate() {
-                        self.check(item_schema, item, &format!("{path}[{i}]"), errors);
-                    }
-                }
-            }
-            Value::String(s) => self.check_string(schema, s, path, errors),
-            Value::Number(_) => check_number(schema, value, path, errors),
-            Value::Bool(_) | Value::Null => {}
-        }
-
-        if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
-            && !allowed.contains(value)
+    fn check_array(
+        &self,
+        schema: &Value,
+        items: &[Value],
+        path: &str,
+        errors: &mut Vec<SchemaError>,
+    ) {
+        let count = items.len() as u64;
+        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+            && count > max
         {
-            let list: Vec<String> = allowed.iter().map(short).collect();
-            err(
-                errors,
-                format!("must be one of {}, got {}", list.join(", "), short(value)),
-            );
+            let message = format!("has {count} entries; at most {max} are allowed");
+            at(errors, path, message);
+        }
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+            && count < min
+        {
+            let message = format!("has {count} entries; at least {min} are needed");
+            at(errors, path, message);
+        }
+        if let Some(item_schema) = schema.get("items") {
+            for (i, item) in items.iter().enumerate() {
+                self.check(item_schema, item, &format!("{path}[{i}]"), errors);
+            }
         }
     }
 
@@ -259,22 +235,17 @@ impl SchemaValidator {
     }
 
     fn check_string(&self, schema: &Value, s: &str, path: &str, errors: &mut Vec<SchemaError>) {
-        let err = |errors: &mut Vec<SchemaError>, message: String| {
-            errors.push(SchemaError {
-                path: path.to_string(),
-                message,
-            })
-        };
         // The API server counts characters, not bytes.
         let length = s.chars().count() as u64;
         if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
             && length < min
         {
             if length == 0 {
-                err(errors, "must not be empty".to_string());
+                at(errors, path, "must not be empty".to_string());
             } else {
-                err(
+                at(
                     errors,
+                    path,
                     format!("must be at least {min} characters long, got {length}"),
                 );
             }
@@ -282,16 +253,18 @@ impl SchemaValidator {
         if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
             && length > max
         {
-            err(
+            at(
                 errors,
+                path,
                 format!("must be at most {max} characters long, got {length}"),
             );
         }
         if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
             match self.patterns.get(pattern) {
-                Some(Ok(re)) if !re.is_match(s) => err(errors, pattern_message(pattern, s)),
-                Some(Err(e)) => err(
+                Some(Ok(re)) if !re.is_match(s) => at(errors, path, pattern_message(pattern, s)),
+                Some(Err(e)) => at(
                     errors,
+                    path,
                     format!(
                         "cannot be checked: the schema's pattern {pattern} does not compile ({e})"
                     ),
@@ -300,6 +273,49 @@ impl SchemaValidator {
             }
         }
     }
+}
+
+fn at(errors: &mut Vec<SchemaError>, path: &str, message: String) {
+    errors.push(SchemaError {
+        path: path.to_string(),
+        message,
+    });
+}
+
+/// Whether `value` has the type the schema asks for: `Ok(true)` when it does and more checks
+/// apply, `Ok(false)` for an int-or-string or untyped node (nothing more to check), else why
+/// not.
+fn has_type(schema: &Value, value: &Value) -> Result<bool, String> {
+    if flag(schema, "x-kubernetes-int-or-string") {
+        if value.is_string() || is_integer(value) {
+            return Ok(false);
+        }
+        return Err(format!(
+            "must be an integer or a string, got {}",
+            describe(value)
+        ));
+    }
+    let Some(expected) = schema.get("type").and_then(Value::as_str) else {
+        return Ok(false);
+    };
+    let type_ok = match expected {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => is_integer(value),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        _ => true,
+    };
+    if type_ok {
+        return Ok(true);
+    }
+    Err(format!(
+        "must be {}, got {}{}",
+        expected_name(expected),
+        describe(value),
+        type_hint(expected, value)
+    ))
 }
 
 fn collect_patterns(schema: &Value, out: &mut HashMap<String, Result<Regex, String>>) {

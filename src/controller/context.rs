@@ -18,7 +18,7 @@ use crate::core::build::EventSource;
 use crate::core::fair::FairQueue;
 use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, GraphAnalysis, analyze};
 use crate::core::plan::dependency_key;
-use crate::core::policy::selects;
+use crate::core::policy;
 use crate::core::signal::Written;
 use crate::core::slots::StartSlots;
 use crate::runtime::metrics::Metrics;
@@ -191,18 +191,16 @@ impl Context {
         self.stores.features.get(&r).and_then(Cached::new)
     }
 
-    /// Whether `dependent` may list `target` in `dependsOn` across namespaces: a policy in the
-    /// target's namespace that selects it lists the dependent's namespace in `exposeTo`.
+    /// Whether `dependent` may list `target` in `dependsOn` across namespaces: the grant rule
+    /// ([`policy::permitted`]) over the policies of the target's namespace.
     pub fn permitted(&self, dependent: &FeatureKey, target: &FeatureKey) -> bool {
-        let Some(feature) = self.feature(target) else {
-            return false;
-        };
-        self.policies_in(&target.namespace).iter().any(|p| {
-            selects(p, &feature)
-                && p.spec
-                    .expose_to
-                    .as_ref()
-                    .is_some_and(|e| e.namespaces.iter().any(|n| n == &dependent.namespace))
+        self.feature(target).is_some_and(|f| {
+            policy::permitted(
+                &self.policies_in(&target.namespace),
+                target,
+                f.labels(),
+                &dependent.namespace,
+            )
         })
     }
 

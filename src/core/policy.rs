@@ -11,6 +11,9 @@ use kube::ResourceExt;
 use serde_json::{Map, Value};
 
 use crate::api::{PremiumFeature, PremiumPolicy, PremiumPolicySpec};
+use crate::core::graph::FeatureKey;
+
+pub mod decide;
 
 /// Fields that belong to one policy and are never merged across policies: what it selects, how
 /// it ranks, the budget it shares among its own features, its start-up slots and its grants.
@@ -53,6 +56,39 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
 pub fn selects(policy: &PremiumPolicy, feature: &PremiumFeature) -> bool {
     policy.namespace() == feature.namespace()
         && selector_matches(&policy.spec.selector, feature.labels())
+}
+
+/// Whether `policy` lets features of `dependent_namespace` depend on `target` (whose labels
+/// are `labels`) across namespaces: it lives in the target's namespace, selects the target, and
+/// lists the dependent's namespace in `exposeTo.namespaces`. Labels rather than a typed
+/// feature, so that `check` can judge a target whose spec has errors.
+pub fn grants(
+    policy: &PremiumPolicy,
+    target: &FeatureKey,
+    labels: &BTreeMap<String, String>,
+    dependent_namespace: &str,
+) -> bool {
+    policy.metadata.namespace.as_deref() == Some(target.namespace.as_str())
+        && selector_matches(&policy.spec.selector, labels)
+        && policy
+            .spec
+            .expose_to
+            .as_ref()
+            .is_some_and(|e| e.namespaces.iter().any(|n| n == dependent_namespace))
+}
+
+/// The grant rule, for the operator's graph and `check` alike: a feature of
+/// `dependent_namespace` may depend on `target` when a policy of the target's namespace grants
+/// it (see [`grants`]).
+pub fn permitted<'a>(
+    policies: impl IntoIterator<Item = &'a PremiumPolicy>,
+    target: &FeatureKey,
+    labels: &BTreeMap<String, String>,
+    dependent_namespace: &str,
+) -> bool {
+    policies
+        .into_iter()
+        .any(|p| grants(p, target, labels, dependent_namespace))
 }
 
 /// Policies ordered the way the merge ranks them: priority descending, then name.
@@ -271,6 +307,57 @@ mod tests {
         assert!(selects(&p, &f));
         f.metadata.namespace = Some("elsewhere".into());
         assert!(!selects(&p, &f));
+    }
+
+    /// The grant rule, case by case: namespace of the policy, its selector, its exposeTo.
+    #[test]
+    fn grants_need_the_targets_namespace_a_matching_selector_and_the_dependents_namespace() {
+        let exposing = |namespaces: &[&str]| {
+            let mut p = policy("p", 0, PremiumPolicySpec::default());
+            p.spec.expose_to = Some(crate::api::ExposeTo {
+                namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            });
+            p
+        };
+        let target = FeatureKey::new("portal", "catalog");
+        let premium: BTreeMap<String, String> = [("tier".into(), "premium".into())].into();
+        let free: BTreeMap<String, String> = [("tier".into(), "free".into())].into();
+        let elsewhere = FeatureKey::new("other", "catalog");
+        let cases = [
+            (exposing(&["team-a"]), &target, &premium, "team-a", true),
+            (
+                exposing(&["team-a", "team-b"]),
+                &target,
+                &premium,
+                "team-b",
+                true,
+            ),
+            (exposing(&["team-a"]), &target, &premium, "team-b", false),
+            (exposing(&["team-a"]), &target, &free, "team-a", false),
+            (exposing(&["team-a"]), &elsewhere, &premium, "team-a", false),
+            (exposing(&[]), &target, &premium, "team-a", false),
+            (
+                policy("p", 0, PremiumPolicySpec::default()),
+                &target,
+                &premium,
+                "team-a",
+                false,
+            ),
+        ];
+        for (i, (p, target, labels, dependent, want)) in cases.iter().enumerate() {
+            assert_eq!(grants(p, target, labels, dependent), *want, "case {i}");
+            assert_eq!(
+                permitted(
+                    [&policy("q", 0, PremiumPolicySpec::default()), p],
+                    target,
+                    labels,
+                    dependent
+                ),
+                *want,
+                "case {i}"
+            );
+        }
+        assert!(!permitted([], &target, &premium, "team-a"));
     }
 
     #[test]

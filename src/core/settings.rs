@@ -1,10 +1,14 @@
 //! Resolves a feature's own settings over its effective policy into plain values.
 
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::api::duration::{DurationError, parse_duration};
+use crate::api::quantity::{self, Quantity};
 use crate::api::{PremiumFeature, PremiumPolicySpec};
 use crate::core::sidecar;
+use crate::core::{MAX_QUOTED_BYTES, quoted, shorten};
 
 /// Start-up timeout when neither the feature nor a policy sets one.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -266,34 +270,64 @@ mod tests {
 /// (they are int-or-string), and the server's own refusal of the Deployment is an opaque
 /// conversion error, so they are checked here and reported on the feature.
 pub fn check_resources(feature: &PremiumFeature) -> Result<(), String> {
-    // The grammar the API server quotes when it refuses a quantity.
-    static QUANTITY: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$").ok()
-    });
-    let Some(re) = QUANTITY.as_ref() else {
-        return Ok(());
-    };
     let Some(res) = &feature.spec.resources else {
         return Ok(());
     };
-    let mut bad = Vec::new();
-    for (section, map) in [("requests", &res.requests), ("limits", &res.limits)] {
-        for (name, q) in map.iter().flatten() {
-            if !re.is_match(&q.0) || q.0.matches('.').count() > 1 {
-                // Both quoted shortened: a stored object may predate the CRD's length limits.
-                bad.push(format!(
-                    "spec.resources.{section}.{}: {} is not a quantity (write it like 100m, 0.5, 64Mi or 1Gi)",
-                    crate::core::shorten(name, crate::core::MAX_QUOTED_BYTES),
-                    crate::core::quoted(&q.0)
-                ));
-            }
-        }
-    }
-    if bad.is_empty() {
+    let amounts = [("requests", &res.requests), ("limits", &res.limits)]
+        .into_iter()
+        .flat_map(|(section, map)| {
+            map.iter()
+                .flatten()
+                .map(move |(name, q)| (section, name.as_str(), q.0.as_str()))
+        });
+    let problems = resource_problems(amounts);
+    if problems.is_empty() {
         Ok(())
     } else {
-        Err(bad.join("; "))
+        Err(problems.join("; "))
     }
+}
+
+/// What is wrong with the amounts of `spec.resources`, each given as (`requests` or `limits`,
+/// resource name, text as written): the one rule `check` and the operator both apply, so they
+/// never disagree on a manifest. The values are quoted shortened: a stored object may predate
+/// the CRD's length limits.
+pub fn resource_problems<'a>(
+    amounts: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+) -> Vec<String> {
+    let mut parsed: BTreeMap<(&str, &str), Quantity> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (section, name, text) in amounts {
+        let field = format!(
+            "spec.resources.{section}.{}",
+            shorten(name, MAX_QUOTED_BYTES)
+        );
+        match quantity::parse(text) {
+            Ok(q) if q.is_negative() => problems.push(format!(
+                "{field}: {} is negative (resource amounts are zero or more)",
+                quoted(text)
+            )),
+            Ok(q) => {
+                parsed.insert((section, name), q);
+            }
+            Err(_) => problems.push(format!(
+                "{field}: {} is not a quantity (write a number with an optional unit, such as 100m or 0.5 for CPU and 64Mi or 1Gi for memory)",
+                quoted(text)
+            )),
+        }
+    }
+    for ((section, name), request) in &parsed {
+        if *section == "requests"
+            && let Some(limit) = parsed.get(&("limits", *name))
+            && request.cmp_value(limit) == Ordering::Greater
+        {
+            let name = shorten(name, MAX_QUOTED_BYTES);
+            problems.push(format!(
+                "spec.resources.requests.{name} is greater than spec.resources.limits.{name} (the Deployment would be refused): lower the request or raise the limit"
+            ));
+        }
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -319,6 +353,36 @@ mod resource_tests {
             let err = check_resources(&with(bad)).unwrap_err();
             assert!(err.contains("spec.resources.requests.cpu"), "{err}");
         }
+    }
+
+    /// The operator refuses what `check` refuses: a negative amount, a request above its
+    /// limit (compared by value, so 100m is not above 0.1).
+    #[test]
+    fn negative_amounts_and_requests_above_limits_are_refused() {
+        let amounts = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                .collect()
+        };
+        let mut f = PremiumFeature::new("f", Default::default());
+        f.spec.resources = Some(ResourceRequirements {
+            requests: Some(amounts(&[("cpu", "-1"), ("memory", "128Mi")])),
+            limits: Some(amounts(&[("memory", "64Mi")])),
+            ..Default::default()
+        });
+        let err = check_resources(&f).unwrap_err();
+        assert!(err.contains("requests.cpu: \"-1\" is negative"), "{err}");
+        assert!(
+            err.contains("requests.memory is greater than spec.resources.limits.memory"),
+            "{err}"
+        );
+        f.spec.resources = Some(ResourceRequirements {
+            requests: Some(amounts(&[("cpu", "100m"), ("memory", "1Gi")])),
+            limits: Some(amounts(&[("cpu", "0.1"), ("memory", "1024Mi")])),
+            ..Default::default()
+        });
+        assert_eq!(check_resources(&f), Ok(()));
     }
 
     /// A 600 KB value (stored before the CRD bounded quantities) is named, not copied.
