@@ -122,6 +122,73 @@ where
     .await
 }
 
+/// What writing a desired object over its current view takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// A same-named object this feature does not control: left alone.
+    Conflict,
+    /// The object holds what would be written, and nobody added anything: nothing to send.
+    Unchanged,
+    /// First remove `removals` (what others added where only the operator writes), then apply,
+    /// unless `in_place`: the object already holds everything the apply would set.
+    Send {
+        removals: Vec<FieldPath>,
+        in_place: bool,
+    },
+}
+
+/// Compares the desired object (as JSON, with its applied `hash` and the `owned` hash of the
+/// fields its apply sets) with the `current` view. Strays the apply takes over (it sets them)
+/// need no removal.
+pub fn what_to_write(
+    current: Option<&OwnedView>,
+    owner_uid: &str,
+    desired_json: &serde_json::Value,
+    hash: &str,
+    owned: u64,
+    also_equal: impl Fn(&OwnedView) -> bool,
+) -> Write {
+    let Some(current) = current else {
+        return Write::Send {
+            removals: Vec::new(),
+            in_place: false,
+        };
+    };
+    if !current.controlled_by(owner_uid) {
+        return Write::Conflict;
+    }
+    let removals: Vec<FieldPath> = current
+        .written
+        .strays
+        .iter()
+        .filter(|p| !drift::sets(desired_json, p))
+        .cloned()
+        .collect();
+    let in_place = current.written.applied_hash.as_deref() == Some(hash)
+        && current.written.owned == Some(owned)
+        && also_equal(current);
+    if in_place && removals.is_empty() {
+        return Write::Unchanged;
+    }
+    Write::Send { removals, in_place }
+}
+
+/// One owned object being written, and where its requests go.
+struct Target<'a, K> {
+    ctx: &'a Context,
+    api: Api<K>,
+    kind: &'static str,
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl<K> Target<'_, K> {
+    /// The write failed or was refused: its echo will not come.
+    fn forget_echo(&self) {
+        self.ctx.echoes.forget(self.kind, self.namespace, self.name);
+    }
+}
+
 /// Makes the object `desired`, given its `current` view: applies it unless the object carries
 /// the same applied hash, the fields the operator owns still hold what it would write (nobody
 /// changed them: see [`drift`]) and `also_equal` holds for the view; then removes whatever
@@ -150,90 +217,131 @@ where
     let desired_json = serde_json::to_value(&desired)
         .map_err(|e| Error::Invalid(format!("{kind} {namespace}/{name} as JSON: {e}")))?;
     let owned = drift::desired_owned_hash(&desired_json, &K::DRIFT);
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
-    // Strays the apply takes over (it sets them) need no removal.
-    let mut removals: Vec<FieldPath> = Vec::new();
-    let mut in_place = false;
-    if let Some(current) = &current {
-        if !current.controlled_by(owner_uid) {
+    let write = what_to_write(
+        current.as_deref(),
+        owner_uid,
+        &desired_json,
+        &hash,
+        owned,
+        also_equal,
+    );
+    let (removals, in_place) = match write {
+        Write::Conflict => {
             return Ok(Applied::Conflict(format!(
                 "{kind} {namespace}/{name} already exists and is not owned by this PremiumFeature; rename the feature or remove that {kind}"
             )));
         }
-        removals = current
-            .written
-            .strays
-            .iter()
-            .filter(|p| !drift::sets(&desired_json, p))
-            .cloned()
-            .collect();
-        in_place = current.written.applied_hash.as_ref() == Some(&hash)
-            && current.written.owned == Some(owned)
-            && also_equal(current);
-        if in_place && removals.is_empty() {
-            return Ok(Applied::Unchanged);
-        }
-    }
+        Write::Unchanged => return Ok(Applied::Unchanged),
+        Write::Send { removals, in_place } => (removals, in_place),
+    };
+    let target = Target {
+        ctx,
+        api: Api::namespaced(ctx.client.clone(), &namespace),
+        kind,
+        namespace: &namespace,
+        name: &name,
+    };
     // What the watch will show once the writes below land: the echo wakes nobody.
     let mut expected = desired.view().written;
     expected.owned = Some(owned);
     // Remembered before the requests: the watch may deliver the echo before the answer.
     ctx.echoes.remember(kind, &namespace, &name, expected);
-    let mut wrote = false;
-    if let Some(patch) = drift::removal_patch(&removals, &desired_json) {
-        // Before the apply: a stray may clash with what the apply sets (a Service port
-        // renumbered by hand keeps the port's name), and the patch carries the desired items
-        // of every list it removes from, so it never leaves one empty.
-        let params = PatchParams {
-            field_manager: Some(ctx.settings.field_manager.clone()),
-            ..Default::default()
-        };
-        match api.patch(&name, &params, &Patch::Strategic(&patch)).await {
-            Ok(_) => {
-                count_write(ctx, kind);
-                wrote = true;
-            }
-            // Nothing the feature can change; the apply below still puts back what it sets.
-            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
-                warn!(%kind, %namespace, %name, error = %s.message, "could not remove fields others added");
-            }
-            Err(e) => {
-                ctx.echoes.forget(kind, &namespace, &name);
-                return Err(Error::kube(
-                    format!("removing what others added to {kind} {namespace}/{name}"),
-                    e,
-                ));
-            }
+    let removed = remove_strays(&target, &removals, &desired_json).await?;
+    if !in_place {
+        return apply_desired(&target, &desired).await;
+    }
+    // The removal put back nothing the operator owns (it holds the desired values).
+    if !removed {
+        target.forget_echo();
+        return Ok(Applied::Unchanged);
+    }
+    Ok(Applied::Written)
+}
+
+/// Removes what others added where only the operator writes; whether anything was sent. Done
+/// before the apply: a stray may clash with what the apply sets (a Service port renumbered by
+/// hand keeps the port's name), and the patch carries the desired items of every list it
+/// removes from, so it never leaves one empty.
+async fn remove_strays<K: OwnedKind>(
+    target: &Target<'_, K>,
+    removals: &[FieldPath],
+    desired_json: &serde_json::Value,
+) -> Result<bool, Error> {
+    let Some(patch) = drift::removal_patch(removals, desired_json) else {
+        return Ok(false);
+    };
+    let Target {
+        ctx,
+        kind,
+        namespace,
+        name,
+        ..
+    } = *target;
+    let params = PatchParams {
+        field_manager: Some(ctx.settings.field_manager.clone()),
+        ..Default::default()
+    };
+    match target
+        .api
+        .patch(name, &params, &Patch::Strategic(&patch))
+        .await
+    {
+        Ok(_) => {
+            count_write(ctx, kind);
+            Ok(true)
+        }
+        // Nothing the feature can change; the apply still puts back what it sets.
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+            warn!(%kind, %namespace, %name, error = %s.message, "could not remove fields others added");
+            Ok(false)
+        }
+        Err(e) => {
+            target.forget_echo();
+            Err(Error::kube(
+                format!("removing what others added to {kind} {namespace}/{name}"),
+                e,
+            ))
         }
     }
-    if in_place {
-        // The removal put back nothing the operator owns (it holds the desired values).
-        if !wrote {
-            ctx.echoes.forget(kind, &namespace, &name);
-            return Ok(Applied::Unchanged);
+}
+
+/// Server-side applies `desired` under the operator's field manager, then drops the record of
+/// its own update.
+async fn apply_desired<K: OwnedKind>(
+    target: &Target<'_, K>,
+    desired: &K,
+) -> Result<Applied, Error> {
+    let Target {
+        ctx,
+        kind,
+        namespace,
+        name,
+        ..
+    } = *target;
+    let params = PatchParams::apply(&ctx.settings.field_manager).force();
+    let applied = match target
+        .api
+        .patch(name, &params, &Patch::Apply(desired))
+        .await
+    {
+        Ok(applied) => applied,
+        Err(kube::Error::Api(s)) if refused_for_its_content(&s) => {
+            target.forget_echo();
+            return Ok(Applied::Refused(format!(
+                "the API server refused the {kind} built from this feature: {}",
+                s.message
+            )));
         }
-    } else {
-        let params = PatchParams::apply(&ctx.settings.field_manager).force();
-        let applied = match api.patch(&name, &params, &Patch::Apply(&desired)).await {
-            Ok(applied) => applied,
-            Err(kube::Error::Api(s)) if refused_for_its_content(&s) => {
-                ctx.echoes.forget(kind, &namespace, &name);
-                return Ok(Applied::Refused(format!(
-                    "the API server refused the {kind} built from this feature: {}",
-                    s.message
-                )));
-            }
-            Err(e) => {
-                ctx.echoes.forget(kind, &namespace, &name);
-                return Err(Error::kube(
-                    format!("applying {kind} {namespace}/{name}"),
-                    e,
-                ));
-            }
-        };
-        count_write(ctx, kind);
-        forget_own_update(ctx, &api, kind, &applied).await;
-    }
+        Err(e) => {
+            target.forget_echo();
+            return Err(Error::kube(
+                format!("applying {kind} {namespace}/{name}"),
+                e,
+            ));
+        }
+    };
+    count_write(ctx, kind);
+    forget_own_update(ctx, &target.api, kind, &applied).await;
     Ok(Applied::Written)
 }
 
@@ -374,6 +482,90 @@ mod tests {
             "the server is currently unable to handle the request"
         )));
         assert!(!refused_for_its_content(&status(409, "conflict")));
+    }
+
+    fn path(p: &[&str]) -> FieldPath {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A view of an object this feature controls, last applied with hash "h" and owned hash 7.
+    fn ours(strays: Vec<FieldPath>) -> OwnedView {
+        OwnedView {
+            written: crate::core::signal::Written {
+                applied_hash: Some("h".into()),
+                controller_uid: Some("u1".into()),
+                owned: Some(7),
+                strays: strays.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn what_is_sent_follows_from_the_view() {
+        let desired = serde_json::json!({"metadata": {"labels": {"app": "a"}}, "data": {"k": "v"}});
+        let always = |_: &OwnedView| true;
+        let send = |removals: Vec<FieldPath>, in_place| Write::Send { removals, in_place };
+        // Not seen yet: applied, nothing to remove.
+        assert_eq!(
+            what_to_write(None, "u1", &desired, "h", 7, always),
+            send(vec![], false)
+        );
+        // Someone else's object of that name.
+        assert_eq!(
+            what_to_write(Some(&ours(vec![])), "u2", &desired, "h", 7, always),
+            Write::Conflict
+        );
+        // Holds what would be written.
+        assert_eq!(
+            what_to_write(Some(&ours(vec![])), "u1", &desired, "h", 7, always),
+            Write::Unchanged
+        );
+        // A new hash, a changed owned field, or the caller's own check: applied again.
+        for (hash, owned, also) in [("h2", 7, true), ("h", 8, true), ("h", 7, false)] {
+            assert_eq!(
+                what_to_write(Some(&ours(vec![])), "u1", &desired, hash, owned, |_| also),
+                send(vec![], false),
+                "{hash} {owned} {also}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_strays_the_apply_does_not_set_are_removed() {
+        let desired = serde_json::json!({"metadata": {"labels": {"app": "a"}}, "data": {"k": "v"}});
+        let added = path(&["f:metadata", "f:labels", "f:extra"]);
+        let taken_over = path(&["f:data", "f:k"]);
+        // The apply sets one of them: only the other needs a removal, and nothing else moved.
+        let view = ours(vec![added.clone(), taken_over.clone()]);
+        assert_eq!(
+            what_to_write(Some(&view), "u1", &desired, "h", 7, |_| true),
+            Write::Send {
+                removals: vec![added.clone()],
+                in_place: true
+            }
+        );
+        // Changed as well: removed, then applied.
+        assert_eq!(
+            what_to_write(Some(&view), "u1", &desired, "h2", 7, |_| true),
+            Write::Send {
+                removals: vec![added],
+                in_place: false
+            }
+        );
+        // A stray the apply takes over needs nothing.
+        assert_eq!(
+            what_to_write(
+                Some(&ours(vec![taken_over])),
+                "u1",
+                &desired,
+                "h",
+                7,
+                |_| true
+            ),
+            Write::Unchanged
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What every reconcile is handed: the client, the caches, the index and the telemetry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -9,9 +9,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::echoes::Echoes;
 use super::index::{Index, Wake};
 use super::memory::Memory;
 use super::owned::OwnedStore;
+/// Re-exported so the reconcilers keep one import for the context and its lock.
+pub use super::sync::lock;
 use crate::api::{PremiumFeature, PremiumFeatureStatus, PremiumPolicy};
 use crate::core::budget::BudgetAllocation;
 use crate::core::build::EventSource;
@@ -19,7 +22,6 @@ use crate::core::fair::FairQueue;
 use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, GraphAnalysis, analyze};
 use crate::core::plan::dependency_key;
 use crate::core::policy;
-use crate::core::signal::Written;
 use crate::core::slots::StartSlots;
 use crate::runtime::metrics::Metrics;
 
@@ -41,56 +43,6 @@ pub struct Stores {
     pub services: OwnedStore,
     pub configmaps: OwnedStore,
     pub hpas: OwnedStore,
-}
-
-/// What this instance wrote to each owned object (kind, namespace, name), oldest first, until
-/// the watch echoes it back: that echo tells the writer nothing and wakes nobody. A drift
-/// repair writes twice in a row (an apply, then a removal), so more than one can be in flight.
-#[derive(Debug, Default)]
-pub struct Echoes(Mutex<HashMap<ObjectKey, Vec<Written>>>);
-
-/// Kind, namespace and name of an owned object.
-type ObjectKey = (&'static str, String, String);
-
-/// Writes remembered per object at most; older ones are dropped (their echo then wakes the
-/// owner once, which costs a reconcile, never a wrong decision).
-const ECHOES_PER_OBJECT: usize = 4;
-
-impl Echoes {
-    pub fn remember(&self, kind: &'static str, namespace: &str, name: &str, written: Written) {
-        let mut map = lock(&self.0);
-        let pending = map
-            .entry((kind, namespace.to_string(), name.to_string()))
-            .or_default();
-        if pending.last() != Some(&written) {
-            pending.push(written);
-        }
-        if pending.len() > ECHOES_PER_OBJECT {
-            pending.remove(0);
-        }
-    }
-
-    /// Whether `seen` is the echo of a write remembered for the object; that write and the
-    /// ones before it are forgotten, so the map only holds writes still in flight.
-    pub fn is_echo(&self, kind: &'static str, namespace: &str, name: &str, seen: &Written) -> bool {
-        let key = (kind, namespace.to_string(), name.to_string());
-        let mut map = lock(&self.0);
-        let Some(pending) = map.get_mut(&key) else {
-            return false;
-        };
-        let Some(at) = pending.iter().position(|w| w == seen) else {
-            return false;
-        };
-        pending.drain(..=at);
-        if pending.is_empty() {
-            map.remove(&key);
-        }
-        true
-    }
-
-    pub fn forget(&self, kind: &'static str, namespace: &str, name: &str) {
-        lock(&self.0).remove(&(kind, namespace.to_string(), name.to_string()));
-    }
 }
 
 pub struct Context {
@@ -388,12 +340,6 @@ pub fn next_analysis(took: std::time::Duration) -> std::time::Duration {
     (took * 3).min(std::time::Duration::from_secs(2))
 }
 
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical
-/// section here leaves the data consistent.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A cached feature or policy that deserialized, shared with the cache rather than copied
 /// (at 10,000 features a copy of every feature per policy reconcile was tens of megabytes).
 pub struct Cached<K>(Arc<DeserializeGuard<K>>);
@@ -439,29 +385,7 @@ where
 mod tests {
     use std::time::Duration;
 
-    use super::{Echoes, next_analysis};
-    use crate::core::signal::Written;
-
-    #[test]
-    fn two_writes_in_flight_are_both_echoes() {
-        let echoes = Echoes::default();
-        let written = |hash: &str| Written {
-            applied_hash: Some(hash.into()),
-            ..Default::default()
-        };
-        // A repair: a removal, then an apply, both sent before either echo arrives.
-        echoes.remember("Service", "ns", "a", written("removed"));
-        echoes.remember("Service", "ns", "a", written("applied"));
-        assert!(echoes.is_echo("Service", "ns", "a", &written("removed")));
-        assert!(echoes.is_echo("Service", "ns", "a", &written("applied")));
-        // Used up: the same state from someone else is news.
-        assert!(!echoes.is_echo("Service", "ns", "a", &written("applied")));
-        // A later echo covers the writes before it (their own echoes were merged away).
-        echoes.remember("Service", "ns", "a", written("1"));
-        echoes.remember("Service", "ns", "a", written("2"));
-        assert!(echoes.is_echo("Service", "ns", "a", &written("2")));
-        assert!(!echoes.is_echo("Service", "ns", "a", &written("1")));
-    }
+    use super::next_analysis;
 
     #[test]
     fn analysis_is_paced_by_its_own_cost() {

@@ -18,7 +18,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::context::{Echoes, lock};
+use super::echoes::Echoes;
+use super::sync::lock;
 use crate::api::PremiumFeature;
 use crate::core::signal::{OwnedView, Signalled, owner_to_wake};
 use kube::core::DeserializeGuard;

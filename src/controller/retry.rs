@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::context::lock;
+use super::sync::lock;
 
 /// How fast one class of failure is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -417,6 +417,75 @@ async fn campaign(api: Api<Lease>, cfg: LeaderConfig, tenure: watch::Sender<Tenu
     }
 }
 
+/// What one look at the Lease allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Another instance holds it and a standby has seen it renewed within its lease duration.
+    HeldByOther,
+    /// This instance holds it: renew.
+    Renew,
+    /// Free, or its holder stopped renewing: take it over.
+    TakeOver,
+}
+
+/// Decides from the Lease's spec as read at `seen_at` (this instance's clock), remembering in
+/// `observed` when its record last changed: a holder counts as gone once its record has not
+/// changed for the holder's own lease duration, as this instance's clock measures it.
+fn claim(
+    spec: &LeaseSpec,
+    cfg: &LeaderConfig,
+    observed: &mut Option<Observed>,
+    seen_at: Instant,
+) -> Claim {
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+    let record = (holder.clone(), spec.renew_time.clone());
+    if observed.as_ref().is_none_or(|o| o.record != record) {
+        *observed = Some(Observed {
+            record,
+            at: seen_at,
+        });
+    }
+    if holder.as_deref() == Some(cfg.identity.as_str()) {
+        return Claim::Renew;
+    }
+    let their_duration = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(cfg.duration, Duration::from_secs);
+    let expired = observed
+        .as_ref()
+        .is_some_and(|o| seen_at >= o.at + their_duration);
+    if holder.is_some() && !expired {
+        return Claim::HeldByOther;
+    }
+    Claim::TakeOver
+}
+
+/// The spec fields a renewal or takeover at `now` writes; a takeover also restarts the
+/// acquire time and counts a transition.
+fn claim_patch(
+    claim: Claim,
+    spec: &LeaseSpec,
+    cfg: &LeaderConfig,
+    now: Timestamp,
+) -> serde_json::Value {
+    let mut patch = serde_json::json!({
+        "holderIdentity": cfg.identity,
+        "leaseDurationSeconds": lease_seconds(cfg),
+        "renewTime": MicroTime(now),
+    });
+    if claim == Claim::TakeOver {
+        patch["acquireTime"] = serde_json::json!(MicroTime(now));
+        patch["leaseTransitions"] =
+            serde_json::json!(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+    }
+    patch
+}
+
+fn lease_seconds(cfg: &LeaderConfig) -> i32 {
+    i32::try_from(cfg.duration.as_secs()).unwrap_or(i32::MAX)
+}
+
 /// One look at the Lease: takes it when it is free, expired or ours, with the resourceVersion
 /// read as a precondition so two instances never both succeed.
 async fn try_hold(
@@ -425,69 +494,17 @@ async fn try_hold(
     observed: &mut Option<Observed>,
 ) -> Result<Attempt, kube::Error> {
     let now = Timestamp::now();
-    let seconds = i32::try_from(cfg.duration.as_secs()).unwrap_or(i32::MAX);
     let Some(lease) = api.get_opt(&cfg.lease_name).await? else {
-        let lease: Lease = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": cfg.lease_name, "namespace": cfg.namespace},
-            "spec": {
-                "holderIdentity": cfg.identity,
-                "leaseDurationSeconds": seconds,
-                "acquireTime": MicroTime(now),
-                "renewTime": MicroTime(now),
-                "leaseTransitions": 0,
-            },
-        }))
-        .map_err(kube::Error::SerdeError)?;
-        let created = api
-            .create(
-                &PostParams {
-                    field_manager: Some(LEASE_FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &lease,
-            )
-            .await;
-        return match created {
-            Ok(_) => Ok(Attempt::Holding),
-            // Another instance created it first: look again next time.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldByOther),
-            Err(e) => Err(e),
-        };
+        return create_lease(api, cfg, now).await;
     };
     let spec = lease.spec.clone().unwrap_or_default();
-    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-    let record = (holder.clone(), spec.renew_time.clone());
-    let seen_at = Instant::now();
-    if observed.as_ref().is_none_or(|o| o.record != record) {
-        *observed = Some(Observed {
-            record,
-            at: seen_at,
-        });
-    }
-    let ours = holder.as_deref() == Some(cfg.identity.as_str());
-    let their_duration = spec
-        .lease_duration_seconds
-        .and_then(|s| u64::try_from(s).ok())
-        .map_or(cfg.duration, Duration::from_secs);
-    let expired = observed
-        .as_ref()
-        .is_some_and(|o| seen_at >= o.at + their_duration);
-    if holder.is_some() && !ours && !expired {
+    let claim = claim(&spec, cfg, observed, Instant::now());
+    if claim == Claim::HeldByOther {
         return Ok(Attempt::HeldByOther);
-    }
-    let mut spec_patch = serde_json::json!({
-        "holderIdentity": cfg.identity,
-        "leaseDurationSeconds": seconds,
-        "renewTime": MicroTime(now),
-    });
-    if !ours {
-        spec_patch["acquireTime"] = serde_json::json!(MicroTime(now));
-        spec_patch["leaseTransitions"] =
-            serde_json::json!(spec.lease_transitions.unwrap_or(0).saturating_add(1));
     }
     let patch = serde_json::json!({
         "metadata": {"resourceVersion": lease.resource_version()},
-        "spec": spec_patch,
+        "spec": claim_patch(claim, &spec, cfg, now),
     });
     match api
         .patch(
@@ -502,7 +519,43 @@ async fn try_hold(
     {
         Ok(_) => Ok(Attempt::Holding),
         // Someone wrote the Lease since it was read: read it again next time.
-        Err(kube::Error::Api(s)) if s.code == 409 && !ours => Ok(Attempt::HeldByOther),
+        Err(kube::Error::Api(s)) if s.code == 409 && claim == Claim::TakeOver => {
+            Ok(Attempt::HeldByOther)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the Lease held by this instance; another instance creating it first wins.
+async fn create_lease(
+    api: &Api<Lease>,
+    cfg: &LeaderConfig,
+    now: Timestamp,
+) -> Result<Attempt, kube::Error> {
+    let lease: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": cfg.lease_name, "namespace": cfg.namespace},
+        "spec": {
+            "holderIdentity": cfg.identity,
+            "leaseDurationSeconds": lease_seconds(cfg),
+            "acquireTime": MicroTime(now),
+            "renewTime": MicroTime(now),
+            "leaseTransitions": 0,
+        },
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    let created = api
+        .create(
+            &PostParams {
+                field_manager: Some(LEASE_FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &lease,
+        )
+        .await;
+    match created {
+        Ok(_) => Ok(Attempt::Holding),
+        // Another instance created it first: look again next time.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldByOther),
         Err(e) => Err(e),
     }
 }
@@ -548,6 +601,76 @@ mod tests {
             identity: "me".into(),
             duration: Duration::from_secs(seconds),
         }
+    }
+
+    fn held_by(holder: &str, renewed_secs: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(
+                Timestamp::from_second(renewed_secs).expect("a time"),
+            )),
+            lease_transitions: Some(3),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn another_holder_is_gone_once_its_record_stood_still_for_its_lease_duration() {
+        let cfg = cfg(30);
+        let mut observed = None;
+        let t0 = Instant::now();
+        let other = held_by("other", 100);
+        assert_eq!(claim(&other, &cfg, &mut observed, t0), Claim::HeldByOther);
+        // Its duration (15 s), not ours (30 s), counted on this instance's clock.
+        let t14 = t0 + Duration::from_secs(14);
+        assert_eq!(claim(&other, &cfg, &mut observed, t14), Claim::HeldByOther);
+        // A renewal restarts the count from when it was seen.
+        let renewed = held_by("other", 110);
+        assert_eq!(
+            claim(&renewed, &cfg, &mut observed, t14),
+            Claim::HeldByOther
+        );
+        let t20 = t0 + Duration::from_secs(20);
+        assert_eq!(
+            claim(&renewed, &cfg, &mut observed, t20),
+            Claim::HeldByOther
+        );
+        let t29 = t0 + Duration::from_secs(29);
+        assert_eq!(claim(&renewed, &cfg, &mut observed, t29), Claim::TakeOver);
+    }
+
+    #[test]
+    fn a_free_lease_is_taken_and_an_own_one_renewed() {
+        let cfg = cfg(15);
+        let now = Instant::now();
+        let free = LeaseSpec {
+            holder_identity: Some(String::new()),
+            ..held_by("", 100)
+        };
+        assert_eq!(claim(&free, &cfg, &mut None, now), Claim::TakeOver);
+        assert_eq!(
+            claim(&LeaseSpec::default(), &cfg, &mut None, now),
+            Claim::TakeOver
+        );
+        assert_eq!(
+            claim(&held_by("me", 100), &cfg, &mut None, now),
+            Claim::Renew
+        );
+    }
+
+    #[test]
+    fn only_a_takeover_counts_a_transition() {
+        let cfg = cfg(15);
+        let now = Timestamp::from_second(200).expect("a time");
+        let spec = held_by("other", 100);
+        let renew = claim_patch(Claim::Renew, &spec, &cfg, now);
+        assert_eq!(renew["holderIdentity"], "me");
+        assert_eq!(renew["leaseDurationSeconds"], 15);
+        assert!(renew.get("acquireTime").is_none() && renew.get("leaseTransitions").is_none());
+        let take = claim_patch(Claim::TakeOver, &spec, &cfg, now);
+        assert_eq!(take["leaseTransitions"], 4);
+        assert_eq!(take["acquireTime"], take["renewTime"]);
     }
 
     #[test]
