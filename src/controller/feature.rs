@@ -143,7 +143,7 @@ async fn reconcile_steps(
     }
 
     let now = now_time();
-    let graph = ctx.graph().await;
+    let graph = ctx.graph();
     let policies = ctx.policies_in(&namespace);
     let effective = effective_policy(feature, &policies);
     let mut stall: Option<Stall> = None;
@@ -750,7 +750,7 @@ async fn teardown(
     if !feature.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let graph = ctx.graph().await;
+    let graph = ctx.graph();
     let cycle = graph.cycle(key);
     let dependents: Vec<Dependent> = lock(&ctx.index)
         .dependents(key)

@@ -3,7 +3,9 @@
 pub mod apply;
 pub mod context;
 pub mod feature;
+pub mod graph;
 pub mod index;
+pub mod lane;
 pub mod owned;
 pub mod policy;
 pub mod retry;
@@ -739,8 +741,7 @@ async fn run_controllers(
     info!("caches synced; reconciling");
     // Everything that existed before the first list is already queued in the back lane (the
     // index saw each for the first time), so it gets one reconcile and events that arrive
-    // meanwhile go first. The first analysis is the baseline later ones are compared with.
-    ctx.graph().await;
+    // meanwhile go first. The graph heard the whole list at its end (`wake_after_feature_event`).
     // The back lane: first reconciles of new features and refreshes after graph changes, fed
     // while at most an eighth of the reconcile slots are busy (and at least one every 250 ms).
     let back_lane = {
@@ -765,22 +766,6 @@ async fn run_controllers(
     for p in valid_policies(&policy_reader) {
         let _ = policy_tx.send(p);
     }
-
-    // Features whose level, cycle or missing dependencies moved after a change to the graph
-    // (see `Context::graph`), looked for every tenth of a second.
-    let downstream = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                ctx.refresh_graph().await;
-            }
-        })
-    };
-
-    tasks.0.push(downstream);
 
     let controller_config = ControllerConfig::default().concurrency(args.concurrency);
     let feature_controller = Controller::for_stream(
@@ -907,7 +892,7 @@ fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFe
             WatchEvent::Init | WatchEvent::InitDone => Default::default(),
         }
     };
-    ctx.wake(wake);
+    ctx.wake_after_feature_event(ev, wake);
 }
 
 fn index_policy_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumPolicy>>) {

@@ -17,7 +17,7 @@ use super::index::Wake;
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{BudgetStatus, PremiumFeature, PremiumPolicy, PremiumPolicyStatus};
 use crate::core::budget::{BudgetAllocation, PoolRequest, allocate};
-use crate::core::graph::{FeatureKey, GraphAnalysis};
+use crate::core::graph::{DependencyFacts, FeatureKey};
 use crate::core::policy::{conflicts_by_policy, effective_policy, selects};
 use crate::core::settings::pool_settings;
 use crate::core::shorten;
@@ -48,7 +48,7 @@ pub fn allocation(
     policy: &PremiumPolicy,
     features: &[Cached<PremiumFeature>],
     policies: &[PremiumPolicy],
-    graph: &GraphAnalysis,
+    graph: &impl DependencyFacts,
     running: impl Fn(&PremiumFeature) -> bool,
 ) -> BudgetAllocation {
     let budget = policy
@@ -90,7 +90,7 @@ pub struct FeatureBudget {
 pub fn budget_for_feature(
     ctx: &Context,
     feature: &PremiumFeature,
-    graph: &GraphAnalysis,
+    graph: &impl DependencyFacts,
 ) -> FeatureBudget {
     let namespace = feature.namespace().unwrap_or_default();
     let policies = ctx.policies_in(&namespace);
@@ -200,7 +200,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
     let key = FeatureKey::new(namespace.clone(), name.clone());
     let features = ctx.features_in(&namespace);
     let policies = ctx.policies_in(&namespace);
-    let graph = ctx.graph().await;
+    let graph = ctx.graph();
     // Make sure the index knows this exact version (the watch may be a step behind a trigger).
     let wake = lock(&ctx.index).apply_policy(policy, features.iter().map(|f| f.as_ref()));
     ctx.wake(Wake {

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{BlockedBy, Dependency, Phase, PremiumFeatureStatus};
-use crate::core::graph::{FeatureKey, GraphAnalysis, path_string};
+use crate::core::graph::{DependencyFacts, FeatureKey, path_string};
 use crate::core::settings::RecoverySettings;
 use crate::core::status::condition;
 
@@ -60,7 +60,7 @@ pub fn dependency_key(own_namespace: &str, dep: &Dependency) -> FeatureKey {
 pub fn gate(
     key: &FeatureKey,
     depends_on: &[Dependency],
-    graph: &GraphAnalysis,
+    graph: &impl DependencyFacts,
     view: impl Fn(&FeatureKey) -> Option<DependencyView>,
     started: bool,
     waited: Duration,
@@ -308,7 +308,7 @@ pub fn recovery(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::graph::{DependencyEdge, FeatureNode, analyze};
+    use crate::core::graph::{DependencyEdge, FeatureNode, GraphAnalysis, analyze};
     use crate::core::status::{Observation, feature_status};
     use k8s_openapi::jiff::Timestamp;
 
