@@ -228,7 +228,7 @@ fn a_grant_moves_only_the_dependents_in_the_namespaces_it_names() {
     let snapshot = live.snapshot();
     assert_eq!(
         snapshot.not_permitted(&key("team-b", "aika")),
-        [catalog.clone()]
+        std::slice::from_ref(&catalog)
     );
     assert_eq!(snapshot.level(&key("portal", "home")), Some(1));
     live.apply(GraphChange::Grants(
