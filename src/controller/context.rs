@@ -1,16 +1,19 @@
 //! What every reconcile is handed: the client, the caches, the index and the telemetry.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::Event as WatchEvent;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::echoes::Echoes;
+use super::graph::SharedGraph;
 use super::index::{Index, Wake};
+use super::lane::{BackLane, route};
 use super::memory::Memory;
 use super::owned::OwnedStore;
 /// Re-exported so the reconcilers keep one import for the context and its lock.
@@ -18,9 +21,7 @@ pub use super::sync::lock;
 use crate::api::{PremiumFeature, PremiumFeatureStatus, PremiumPolicy};
 use crate::core::budget::BudgetAllocation;
 use crate::core::build::EventSource;
-use crate::core::fair::FairQueue;
-use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, GraphAnalysis, analyze};
-use crate::core::plan::dependency_key;
+use crate::core::graph::{FeatureKey, GraphSnapshot};
 use crate::core::policy;
 use crate::core::slots::StartSlots;
 use crate::runtime::metrics::Metrics;
@@ -49,7 +50,11 @@ pub struct Context {
     pub client: Client,
     pub stores: Stores,
     pub index: Mutex<Index>,
-    graph: tokio::sync::Mutex<GraphCache>,
+    /// The dependency graph, kept up to date from the index as events arrive.
+    graph: SharedGraph,
+    /// Whether the first list of features has been read: until then the graph only collects
+    /// changes, and works them all out at once when the list is done.
+    features_listed: AtomicBool,
     /// Budget allocations per policy, valid for one index budget version: computed once per
     /// change, not once per feature reconcile (each is O(features) policy merges).
     allocations: Mutex<(u64, BTreeMap<FeatureKey, Arc<BudgetAllocation>>)>,
@@ -60,10 +65,8 @@ pub struct Context {
     /// What this instance remembers of each feature between its reconciles.
     pub memory: Memory,
     pub echoes: Arc<Echoes>,
-    /// The back lane: first reconciles of new features and refreshes after graph changes, fed
-    /// to the controller only while few reconciles run (see [`Context::next_in_back_lane`]).
-    back_lane: Mutex<FairQueue>,
-    back_lane_queued: tokio::sync::Notify,
+    /// First reconciles of new features and refreshes after graph changes (`super::lane`).
+    back_lane: BackLane,
     /// Feature reconciles running now.
     pub in_flight: AtomicUsize,
     pub feature_triggers: UnboundedSender<ObjectRef<DeserializeGuard<PremiumFeature>>>,
@@ -91,13 +94,13 @@ impl Context {
             client,
             stores,
             index: Mutex::default(),
-            graph: tokio::sync::Mutex::default(),
+            graph: SharedGraph::default(),
+            features_listed: AtomicBool::new(false),
             allocations: Mutex::default(),
             slots: Mutex::default(),
             budget_shares: Mutex::default(),
             memory: Memory::default(),
-            back_lane: Mutex::default(),
-            back_lane_queued: tokio::sync::Notify::new(),
+            back_lane: BackLane::default(),
             in_flight: AtomicUsize::new(0),
             echoes,
             feature_triggers,
@@ -156,84 +159,12 @@ impl Context {
         })
     }
 
-    /// The dependency graph of every feature in the cache, recomputed only when the index says
-    /// an edge, a feature or a grant changed (see also [`Context::refresh_graph`]), and paced (see [`next_analysis`]): while features
-    /// arrive one by one, reconciles wait for the next analysis instead of each paying for one.
-    pub async fn graph(&self) -> Arc<GraphAnalysis> {
-        let mut cache = self.graph.lock().await;
-        loop {
-            let version = lock(&self.index).graph_version();
-            if let Some(g) = cache.graph.as_ref()
-                && cache.version == version
-            {
-                return g.clone();
-            }
-            if let Some(at) = cache.next
-                && tokio::time::Instant::now() < at
-            {
-                // Holding the lock: every waiter wants the same next analysis.
-                tokio::time::sleep_until(at).await;
-                continue;
-            }
-            let started = tokio::time::Instant::now();
-            let graph = Arc::new(self.analyze_store());
-            // Every analysis is compared with the one it replaces, so whoever's level, cycle
-            // or missing dependencies moved is reconciled again, and no one else.
-            if let Some(older) = cache.graph.as_ref() {
-                let changed = graph.changed_since(older);
-                if !changed.is_empty() {
-                    // Through the back lane: what moved is mostly what status says (a level, a
-                    // cycle found in a burst of thousands), and it must not hold up features
-                    // whose dependencies just turned Ready.
-                    self.wake(Wake {
-                        background: changed.into_iter().collect(),
-                        ..Default::default()
-                    });
-                }
-            }
-            let finished = tokio::time::Instant::now();
-            cache.version = version;
-            cache.graph = Some(graph.clone());
-            cache.next = Some(finished + next_analysis(finished - started));
-            return graph;
-        }
-    }
-
-    /// Brings the analysis up to date if the graph changed since the last one (which then
-    /// wakes whoever it concerns): called every tenth of a second, so a change that no
-    /// reconcile asks about (a feature deleted) still reaches the features it concerns.
-    pub async fn refresh_graph(&self) {
-        let version = lock(&self.index).graph_version();
-        let stale = self.graph.lock().await.version != version;
-        if stale {
-            self.graph().await;
-        }
-    }
-
-    /// Analyses the features straight from the store: the analysis needs names and edges, not
-    /// copies of whole features.
-    fn analyze_store(&self) -> GraphAnalysis {
-        let state = self.stores.features.state();
-        let nodes: Vec<FeatureNode> = state
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok())
-            .map(|f| {
-                let ns = f.namespace().unwrap_or_default();
-                FeatureNode {
-                    key: FeatureKey::new(ns.clone(), f.name_any()),
-                    depends_on: f
-                        .spec
-                        .depends_on
-                        .iter()
-                        .map(|d| DependencyEdge {
-                            target: dependency_key(&ns, d),
-                            optional: d.optional,
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
-        analyze(&nodes, |a, b| self.permitted(a, b))
+    /// The dependency graph as of the last event the watches handed on: levels, cycles,
+    /// missing and not-permitted dependencies of every feature. Never waits for an analysis:
+    /// the graph is brought up to date as events arrive (see `super::graph`), and a reconcile
+    /// woken by an event sees that event's effect on it.
+    pub fn graph(&self) -> Arc<GraphSnapshot> {
+        self.graph.current()
     }
 
     /// The budget allocation of `policy`, from the cache while nothing it depends on changed.
@@ -267,77 +198,55 @@ impl Context {
         self.memory.status_seen(key, cached);
     }
 
-    /// Waits for the next feature of the back lane (a new feature's first reconcile, or a
-    /// refresh after a graph change) that may start: there is one queued and fewer than
-    /// `max_in_flight` feature reconciles run. Everything else (a dependency
-    /// turning Ready, a Deployment's rollout, a spec change) goes to the controller at once,
-    /// so those never wait behind the first reconciles of a thousand features just applied;
-    /// the new ones fill the capacity left over, in the order they came within a namespace
-    /// and namespaces taking turns.
-    ///
-    /// The back lane never starves: while the controller stays busy, one of its features still
-    /// goes every [`BACK_LANE_MIN_INTERVAL`], so a feature applied to a busy operator is told
-    /// what it waits for within seconds, not once a long burst elsewhere has finished.
+    /// Waits for the next feature of the back lane that may start while fewer than
+    /// `max_in_flight` feature reconciles run (see `super::lane`).
     pub async fn next_in_back_lane(&self, max_in_flight: usize) -> FeatureKey {
-        let mut busy_since: Option<tokio::time::Instant> = None;
-        loop {
-            if lock(&self.back_lane).is_empty() {
-                // Idle until something is queued (a permit is kept if it came just now).
-                self.back_lane_queued.notified().await;
-                continue;
+        self.back_lane.next(&self.in_flight, max_in_flight).await
+    }
+
+    /// Queues reconciles for what an event woke, once the graph has heard what the index
+    /// recorded (so they read a graph at least as new as the event), together with the
+    /// features whose level, cycle or missing dependencies that moved. Those go through the
+    /// back lane: what moved is mostly what status says (a level, a cycle found in a burst of
+    /// thousands), and it must not hold up features whose dependencies just turned Ready.
+    pub fn wake(&self, mut wake: Wake) {
+        let moved = self.graph.catch_up(&self.index);
+        wake.background.extend(moved);
+        self.route(wake);
+    }
+
+    /// Queues what a feature watch event woke. While the first list is read, the graph only
+    /// collects changes (nothing reconciles yet) and hears them all when the list is done: one
+    /// pass over the graph instead of one per feature.
+    pub fn wake_after_feature_event<K>(&self, ev: &WatchEvent<K>, wake: Wake) {
+        match ev {
+            WatchEvent::InitApply(_) if !self.features_listed.load(Ordering::Relaxed) => {
+                self.route(wake)
             }
-            let starved = busy_since.is_some_and(|t| t.elapsed() >= BACK_LANE_MIN_INTERVAL);
-            if starved || self.in_flight.load(Ordering::Relaxed) < max_in_flight {
-                if let Some(f) = lock(&self.back_lane).pop() {
-                    return f;
-                }
-                continue;
+            WatchEvent::InitDone => {
+                self.features_listed.store(true, Ordering::Relaxed);
+                self.wake(wake)
             }
-            // Busy: look again shortly, when some reconciles have finished.
-            busy_since.get_or_insert_with(tokio::time::Instant::now);
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            _ => self.wake(wake),
         }
     }
 
-    /// Queues reconciles for what an event woke.
-    pub fn wake(&self, wake: Wake) {
-        if !wake.background.is_empty() {
-            let mut queue = lock(&self.back_lane);
-            for f in wake.background {
-                queue.push(f);
-            }
-            drop(queue);
-            self.back_lane_queued.notify_one();
-        }
-        for f in wake.features {
-            let _ = self
-                .feature_triggers
-                .send(ObjectRef::new(&f.name).within(&f.namespace));
-        }
-        for p in wake.policies {
-            let _ = self
-                .policy_triggers
-                .send(ObjectRef::new(&p.name).within(&p.namespace));
-        }
+    fn route(&self, wake: Wake) {
+        route(
+            wake,
+            &self.back_lane,
+            |f| {
+                let _ = self
+                    .feature_triggers
+                    .send(ObjectRef::new(&f.name).within(&f.namespace));
+            },
+            |p| {
+                let _ = self
+                    .policy_triggers
+                    .send(ObjectRef::new(&p.name).within(&p.namespace));
+            },
+        );
     }
-}
-
-/// Longest a new feature's first reconcile waits for a free slot while the controller is busy.
-pub const BACK_LANE_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// The last dependency analysis and when the next may start.
-#[derive(Default)]
-struct GraphCache {
-    version: u64,
-    graph: Option<Arc<GraphAnalysis>>,
-    next: Option<tokio::time::Instant>,
-}
-
-/// How long after an analysis that took `took` the next may start: analysis gets at most a
-/// quarter of the time while the graph keeps changing (a 10,000-feature cycle created one
-/// feature at a time), and costs no wait at all while it is quick.
-pub fn next_analysis(took: std::time::Duration) -> std::time::Duration {
-    (took * 3).min(std::time::Duration::from_secs(2))
 }
 
 /// A cached feature or policy that deserialized, shared with the cache rather than copied
@@ -379,25 +288,4 @@ where
     K: kube::Resource<DynamicType = ()> + Clone,
 {
     store.state().into_iter().filter_map(Cached::new)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::next_analysis;
-
-    #[test]
-    fn analysis_is_paced_by_its_own_cost() {
-        assert_eq!(next_analysis(Duration::ZERO), Duration::ZERO);
-        assert_eq!(
-            next_analysis(Duration::from_millis(2)),
-            Duration::from_millis(6)
-        );
-        // A pathological graph never stalls reconciles for long.
-        assert_eq!(
-            next_analysis(Duration::from_secs(10)),
-            Duration::from_secs(2)
-        );
-    }
 }

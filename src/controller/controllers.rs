@@ -157,7 +157,7 @@ fn context(
     ))
 }
 
-/// The first dependency analysis, then the tasks that keep the graph and the back lane moving.
+/// The task that feeds the back lane to the controller.
 async fn start_graph_and_back_lane(
     ctx: &Arc<Context>,
     feature_tx: &UnboundedSender<FeatureRef>,
@@ -165,8 +165,7 @@ async fn start_graph_and_back_lane(
 ) -> Vec<JoinHandle<()>> {
     // Everything that existed before the first list is already queued in the back lane (the
     // index saw each for the first time), so it gets one reconcile and events that arrive
-    // meanwhile go first. The first analysis is the baseline later ones are compared with.
-    ctx.graph().await;
+    // meanwhile go first. The graph heard the whole list at its end (`wake_after_feature_event`).
     // The back lane: first reconciles of new features and refreshes after graph changes, fed
     // while at most an eighth of the reconcile slots are busy (and at least one every 250 ms).
     let back_lane = {
@@ -187,20 +186,7 @@ async fn start_graph_and_back_lane(
             }
         })
     };
-    // Features whose level, cycle or missing dependencies moved after a change to the graph
-    // (see `Context::graph`), looked for every tenth of a second.
-    let downstream = {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                ctx.refresh_graph().await;
-            }
-        })
-    };
-    vec![back_lane, downstream]
+    vec![back_lane]
 }
 
 /// The feature controller, fed only by `triggers` (the watches and the back lane queue each

@@ -215,7 +215,7 @@ async fn gather(
     key: &FeatureKey,
     uid: &str,
 ) -> (Gathered, Result<Option<Arc<OwnedView>>, Error>) {
-    let graph = ctx.graph().await;
+    let graph = ctx.graph();
     let policy = effective_policy(feature, &ctx.policies_in(&key.namespace));
     let budget = budget_for_feature(ctx, feature, &graph);
     // Read live when the cache misses it: a Deployment whose labels someone removed has left
@@ -686,7 +686,7 @@ async fn teardown(
 
 /// The features that list `key` in `dependsOn`, as its teardown gate reads them.
 async fn dependents(ctx: &Context, key: &FeatureKey) -> Vec<Dependent> {
-    let graph = ctx.graph().await;
+    let graph = ctx.graph();
     let cycle = graph.cycle(key);
     let dependents = lock(&ctx.index).dependents(key);
     dependents

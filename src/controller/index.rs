@@ -1,8 +1,8 @@
 //! An in-memory index fed by watch events: who depends on whom, which policies select whom.
 //!
 //! It answers "which features must be reconciled because this object changed" without listing
-//! anything, and counts graph versions so the dependency graph is recomputed only when an edge,
-//! a feature or a grant changes (not on every status update).
+//! anything, and records what the dependency graph must hear (an edge, a feature or a grant
+//! changed, not a status update) for `controller::graph` to apply in the same order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -10,7 +10,7 @@ use kube::ResourceExt;
 
 use crate::api::conditions as cond;
 use crate::api::{PremiumFeature, PremiumPolicy};
-use crate::core::graph::FeatureKey;
+use crate::core::graph::{DependencyEdge, FeatureKey, GraphChange, normalize_edges};
 use crate::core::plan::dependency_key;
 use crate::core::policy::selects;
 use crate::core::status::{condition, is_serving};
@@ -20,7 +20,8 @@ pub type PolicyKey = FeatureKey;
 
 #[derive(Debug, Clone, PartialEq)]
 struct FeatureEntry {
-    deps: Vec<FeatureKey>,
+    /// `dependsOn` as the graph reads it (see `normalize_edges`).
+    edges: Vec<DependencyEdge>,
     /// Everything of the feature that policies and budgets read: labels and pool.
     selection: String,
     /// What a dependent's reconcile reads of this feature: ready, given up, port, deleting.
@@ -64,6 +65,8 @@ pub struct Index {
     selected: HashMap<PolicyKey, BTreeSet<FeatureKey>>,
     graph_version: u64,
     budget_version: u64,
+    /// What the dependency graph has not heard yet, oldest first.
+    graph_changes: Vec<GraphChange>,
 }
 
 fn key_of_feature(f: &PremiumFeature) -> FeatureKey {
@@ -89,9 +92,21 @@ fn key_of_policy(p: &PremiumPolicy) -> PolicyKey {
 }
 
 impl Index {
-    /// Bumped whenever the dependency graph or a cross-namespace grant may have changed.
+    /// Bumped whenever the dependency graph or a cross-namespace grant changed, that is with
+    /// every change recorded for the graph.
     pub fn graph_version(&self) -> u64 {
         self.graph_version
+    }
+
+    /// The changes the dependency graph has not heard yet, oldest first, and the graph version
+    /// they bring it to.
+    pub fn take_graph_changes(&mut self) -> (Vec<GraphChange>, u64) {
+        (std::mem::take(&mut self.graph_changes), self.graph_version)
+    }
+
+    fn graph_changed(&mut self, change: GraphChange) {
+        self.graph_version += 1;
+        self.graph_changes.push(change);
     }
 
     /// Bumped whenever a budget allocation may have changed: a feature's labels, pool,
@@ -105,6 +120,14 @@ impl Index {
         self.dependents
             .get(key)
             .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// What `key` lists in `dependsOn`, sorted, one per target.
+    pub fn dependencies(&self, key: &FeatureKey) -> Vec<FeatureKey> {
+        self.features
+            .get(key)
+            .map(|f| f.edges.iter().map(|e| e.target.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -143,21 +166,20 @@ impl Index {
     }
 
     /// Wakes the dependents in other namespaces whose permission to depend on one of `keys`
-    /// differs between `before` and `after` (as returned by [`Index::grants_of`]), and says
-    /// whether any grant moved (the graph, which holds the not-permitted edges, did then).
+    /// differs between `before` and `after` (as returned by [`Index::grants_of`]), and tells
+    /// the graph (which holds the not-permitted edges) of every grant that moved.
     fn wake_regranted(
-        &self,
+        &mut self,
         keys: &BTreeSet<FeatureKey>,
         before: &[BTreeSet<String>],
         after: &[BTreeSet<String>],
         wake: &mut Wake,
-    ) -> bool {
-        let mut moved_any = false;
+    ) {
         for ((key, before), after) in keys.iter().zip(before).zip(after) {
             if before == after {
                 continue;
             }
-            moved_any = true;
+            self.graph_changed(GraphChange::Grants(key.clone(), after.clone()));
             let moved: BTreeSet<&String> = before.symmetric_difference(after).collect();
             wake.features.extend(
                 self.dependents
@@ -168,25 +190,23 @@ impl Index {
                     .cloned(),
             );
         }
-        moved_any
     }
 
     /// A feature was created or changed.
     pub fn apply_feature(&mut self, f: &PremiumFeature) -> Wake {
         let key = key_of_feature(f);
-        let deps: Vec<FeatureKey> = {
-            let mut d: Vec<FeatureKey> = f
-                .spec
+        let edges = normalize_edges(
+            f.spec
                 .depends_on
                 .iter()
-                .map(|d| dependency_key(&key.namespace, d))
-                .collect();
-            d.sort();
-            d.dedup();
-            d
-        };
+                .map(|d| DependencyEdge {
+                    target: dependency_key(&key.namespace, d),
+                    optional: d.optional,
+                })
+                .collect(),
+        );
         let entry = FeatureEntry {
-            deps: deps.clone(),
+            edges: edges.clone(),
             selection: format!(
                 "{:?}|{:?}|{:?}|{}|{}",
                 f.labels(),
@@ -214,24 +234,15 @@ impl Index {
         } else if previous.as_ref().map(|p| &p.meta) != Some(&entry.meta) {
             wake.features.insert(key.clone());
         }
-        let graph_changed = previous.as_ref().map(|p| &p.deps) != Some(&deps);
+        // An optional flag that flips is a change too: it decides whether a missing dependency
+        // blocks.
+        let graph_changed = previous.as_ref().map(|p| &p.edges) != Some(&edges);
         if graph_changed {
-            self.graph_version += 1;
-            if let Some(p) = &previous {
-                for old in &p.deps {
-                    if let Some(set) = self.dependents.get_mut(old) {
-                        set.remove(&key);
-                    }
-                }
-            }
-            for d in &deps {
-                self.dependents
-                    .entry(d.clone())
-                    .or_default()
-                    .insert(key.clone());
-            }
-            // Levels, cycles and missing dependencies downstream may have moved: the next
-            // analysis says whose (`Context::graph`).
+            self.relink(
+                &key,
+                previous.as_ref().map_or(&[][..], |p| p.edges.as_slice()),
+                edges,
+            );
         } else if previous.as_ref().map(|p| p.view) != Some(entry.view) {
             wake.features.extend(self.dependents(&key));
         }
@@ -243,43 +254,63 @@ impl Index {
             // (A phase change alone wakes no policy: a policy's status does not read phases,
             // and start-up slots are handed on by the feature reconciler.)
             wake.policies.extend(self.all_policies_in(&key.namespace));
-            // Its labels may have moved it into or out of a policy that grants other
-            // namespaces the right to depend on it: no event of theirs will tell those
-            // dependents, so they are woken here, and the graph is analysed again.
-            let keys = BTreeSet::from([key.clone()]);
-            let before = self.grants_of(&keys);
-            for (policy_key, policy) in self
-                .policies
-                .range(FeatureKey::new(key.namespace.as_str(), "")..)
-                .take_while(|(k, _)| k.namespace == key.namespace)
-            {
-                let selected = self.selected.entry(policy_key.clone()).or_default();
-                if selects(policy, f) {
-                    selected.insert(key.clone());
-                } else {
-                    selected.remove(&key);
-                }
-            }
-            let after = self.grants_of(&keys);
-            if self.wake_regranted(&keys, &before, &after, &mut wake) {
-                self.graph_version += 1;
-            }
+            self.reselect(&key, f, &mut wake);
         }
         wake
+    }
+
+    /// Moves `key` from the dependents of `old` to those of `new`, and tells the graph: levels,
+    /// cycles and missing dependencies downstream may have moved, and the graph says whose
+    /// once it has heard (`controller::graph`).
+    fn relink(&mut self, key: &FeatureKey, old: &[DependencyEdge], new: Vec<DependencyEdge>) {
+        for d in old {
+            if let Some(set) = self.dependents.get_mut(&d.target) {
+                set.remove(key);
+            }
+        }
+        for d in &new {
+            self.dependents
+                .entry(d.target.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.graph_changed(GraphChange::Node(key.clone(), Some(new)));
+    }
+
+    /// Which policies of its namespace select `f` now. Its labels may have moved it into or
+    /// out of a policy that grants other namespaces the right to depend on it: no event of
+    /// theirs will tell those dependents, so they are woken here, and the graph hears it.
+    fn reselect(&mut self, key: &FeatureKey, f: &PremiumFeature, wake: &mut Wake) {
+        let keys = BTreeSet::from([key.clone()]);
+        let before = self.grants_of(&keys);
+        for (policy_key, policy) in self
+            .policies
+            .range(FeatureKey::new(key.namespace.as_str(), "")..)
+            .take_while(|(k, _)| k.namespace == key.namespace)
+        {
+            let selected = self.selected.entry(policy_key.clone()).or_default();
+            if selects(policy, f) {
+                selected.insert(key.clone());
+            } else {
+                selected.remove(key);
+            }
+        }
+        let after = self.grants_of(&keys);
+        self.wake_regranted(&keys, &before, &after, wake);
     }
 
     /// A feature is gone.
     pub fn delete_feature(&mut self, key: &FeatureKey) -> Wake {
         let mut wake = Wake::default();
         if let Some(old) = self.features.remove(key) {
-            self.graph_version += 1;
+            self.graph_changed(GraphChange::Node(key.clone(), None));
             self.budget_version += 1;
-            for d in &old.deps {
-                if let Some(set) = self.dependents.get_mut(d) {
+            for d in &old.edges {
+                if let Some(set) = self.dependents.get_mut(&d.target) {
                     set.remove(key);
                 }
                 // A dependency waiting to be torn down after its dependents can go now.
-                wake.features.insert(d.clone());
+                wake.features.insert(d.target.clone());
             }
             wake.policies.extend(self.all_policies_in(&key.namespace));
             for policy in self.all_policies_in(&key.namespace) {
@@ -351,9 +382,7 @@ impl Index {
         // A grant that appeared or went: the features elsewhere that it concerns must look
         // again (both ways: granted, or no longer).
         let grants_after = self.grants_of(&regrant);
-        if self.wake_regranted(&regrant, &grants_before, &grants_after, &mut wake) {
-            self.graph_version += 1;
-        }
+        self.wake_regranted(&regrant, &grants_before, &grants_after, &mut wake);
         wake
     }
 
@@ -366,9 +395,7 @@ impl Index {
         self.selected.remove(key);
         self.budget_version += 1;
         let grants_after = self.grants_of(&selected);
-        if self.wake_regranted(&selected, &grants_before, &grants_after, &mut wake) {
-            self.graph_version += 1;
-        }
+        self.wake_regranted(&selected, &grants_before, &grants_after, &mut wake);
         wake.features.extend(selected);
         wake
     }
@@ -470,9 +497,39 @@ mod tests {
     }
 
     #[test]
+    fn the_graph_hears_edges_optional_flips_and_deletions_in_order() {
+        let mut idx = Index::default();
+        let required = feature("aika", &["catalog"], "premium");
+        idx.apply_feature(&required);
+        let mut optional = required.clone();
+        optional.spec.depends_on[0].optional = true;
+        idx.apply_feature(&optional);
+        // The same again: nothing the graph reads. Relabelled, and required again: the edge.
+        idx.apply_feature(&optional);
+        idx.apply_feature(&feature("aika", &["catalog"], "free"));
+        idx.delete_feature(&k("aika"));
+        let edge = |optional| DependencyEdge {
+            target: k("catalog"),
+            optional,
+        };
+        let (changes, version) = idx.take_graph_changes();
+        assert_eq!(
+            changes,
+            vec![
+                GraphChange::Node(k("aika"), Some(vec![edge(false)])),
+                GraphChange::Node(k("aika"), Some(vec![edge(true)])),
+                GraphChange::Node(k("aika"), Some(vec![edge(false)])),
+                GraphChange::Node(k("aika"), None),
+            ]
+        );
+        assert_eq!(version, idx.graph_version());
+        assert!(idx.take_graph_changes().0.is_empty());
+    }
+
+    #[test]
     fn edge_changes_and_only_they_bump_the_graph_version() {
-        // Who is woken by a graph change is decided by comparing analyses
-        // (`GraphAnalysis::changed_since`); the index only says when to analyse again.
+        // Who is woken by a graph change is decided by the graph as it hears the change
+        // (`core::graph::LiveGraph::flush`); the index only records what to tell it.
         let mut idx = Index::default();
         idx.apply_feature(&feature("catalog", &[], "premium"));
         idx.apply_feature(&feature("aika", &["catalog"], "premium"));

@@ -16,7 +16,7 @@ use super::context::{Cached, Context, lock};
 use super::index::Wake;
 use crate::api::{PremiumFeature, PremiumPolicy, PremiumPolicyStatus};
 use crate::core::budget::BudgetAllocation;
-use crate::core::graph::{FeatureKey, GraphAnalysis};
+use crate::core::graph::{DependencyFacts, FeatureKey};
 use crate::core::policy::decide::{self, PolicyView};
 use crate::core::policy::selects;
 use crate::core::status::now_time;
@@ -48,7 +48,7 @@ pub fn allocation(
     ctx: &Context,
     policy: &PremiumPolicy,
     policies: &[PremiumPolicy],
-    graph: &GraphAnalysis,
+    graph: &impl DependencyFacts,
     features: impl FnOnce() -> Vec<Cached<PremiumFeature>>,
 ) -> Arc<BudgetAllocation> {
     ctx.allocation(policy, || {
@@ -68,7 +68,7 @@ pub fn allocation(
 pub fn budget_for_feature(
     ctx: &Context,
     feature: &PremiumFeature,
-    graph: &GraphAnalysis,
+    graph: &impl DependencyFacts,
 ) -> FeatureBudget {
     let namespace = feature.namespace().unwrap_or_default();
     let policies = ctx.policies_in(&namespace);
@@ -135,7 +135,7 @@ async fn reconcile_policy(policy: &PremiumPolicy, ctx: &Context) -> Result<Actio
         .ok_or_else(|| Error::Invalid("PremiumPolicy without a namespace".into()))?;
     let features = ctx.features_in(&namespace);
     let policies = ctx.policies_in(&namespace);
-    let graph = ctx.graph().await;
+    let graph = ctx.graph();
     // Make sure the index knows this exact version (the watch may be a step behind a trigger).
     let wake = lock(&ctx.index).apply_policy(policy, features.iter().map(|f| f.as_ref()));
     ctx.wake(Wake {

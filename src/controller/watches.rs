@@ -243,7 +243,7 @@ fn index_feature_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumFe
             WatchEvent::Init | WatchEvent::InitDone => Default::default(),
         }
     };
-    ctx.wake(wake);
+    ctx.wake_after_feature_event(ev, wake);
 }
 
 fn index_policy_event(ctx: &Context, ev: &WatchEvent<DeserializeGuard<PremiumPolicy>>) {

@@ -308,6 +308,70 @@ pub fn path_string(path: &[FeatureKey], from_namespace: &str) -> String {
 /// Steps shown at each end of a long path.
 pub const PATH_ENDS: usize = 8;
 
+mod live;
+pub use live::{GraphChange, GraphSnapshot, LiveGraph, normalize_edges};
+
+/// What a reconcile reads of the graph, whether a whole analysis ([`GraphAnalysis`], for tools
+/// and tests) or the operator's incrementally kept [`GraphSnapshot`]: decisions take either.
+pub trait DependencyFacts {
+    /// See [`GraphAnalysis::level`].
+    fn level(&self, key: &FeatureKey) -> Option<u32>;
+    /// See [`GraphAnalysis::cycle`].
+    fn cycle(&self, key: &FeatureKey) -> Option<&[FeatureKey]>;
+    /// See [`GraphAnalysis::missing`].
+    fn missing(&self, key: &FeatureKey) -> &[FeatureKey];
+    /// See [`GraphAnalysis::not_permitted`].
+    fn not_permitted(&self, key: &FeatureKey) -> &[FeatureKey];
+    /// Whether `key` is a member of a dependency cycle.
+    fn on_cycle(&self, key: &FeatureKey) -> bool {
+        self.cycle(key).is_some()
+    }
+}
+
+impl<T: DependencyFacts + ?Sized> DependencyFacts for std::sync::Arc<T> {
+    fn level(&self, key: &FeatureKey) -> Option<u32> {
+        (**self).level(key)
+    }
+
+    fn cycle(&self, key: &FeatureKey) -> Option<&[FeatureKey]> {
+        (**self).cycle(key)
+    }
+
+    fn missing(&self, key: &FeatureKey) -> &[FeatureKey] {
+        (**self).missing(key)
+    }
+
+    fn not_permitted(&self, key: &FeatureKey) -> &[FeatureKey] {
+        (**self).not_permitted(key)
+    }
+
+    fn on_cycle(&self, key: &FeatureKey) -> bool {
+        (**self).on_cycle(key)
+    }
+}
+
+impl DependencyFacts for GraphAnalysis {
+    fn level(&self, key: &FeatureKey) -> Option<u32> {
+        GraphAnalysis::level(self, key)
+    }
+
+    fn cycle(&self, key: &FeatureKey) -> Option<&[FeatureKey]> {
+        GraphAnalysis::cycle(self, key)
+    }
+
+    fn missing(&self, key: &FeatureKey) -> &[FeatureKey] {
+        GraphAnalysis::missing(self, key)
+    }
+
+    fn not_permitted(&self, key: &FeatureKey) -> &[FeatureKey] {
+        GraphAnalysis::not_permitted(self, key)
+    }
+
+    fn on_cycle(&self, key: &FeatureKey) -> bool {
+        GraphAnalysis::on_cycle(self, key)
+    }
+}
+
 #[cfg(test)]
 mod path_string_tests {
     use super::*;

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{BlockedBy, Dependency, Phase, PremiumFeatureStatus};
-use crate::core::graph::{FeatureKey, GraphAnalysis, path_string};
+use crate::core::graph::{DependencyFacts, FeatureKey, path_string};
 use crate::core::settings::RecoverySettings;
 use crate::core::status::condition;
 
@@ -69,7 +69,7 @@ pub struct GraphView {
 impl GraphView {
     /// The view of `key`, whose dependencies are `targets`.
     pub fn of<'a>(
-        graph: &GraphAnalysis,
+        graph: &impl DependencyFacts,
         key: &FeatureKey,
         targets: impl IntoIterator<Item = &'a FeatureKey>,
     ) -> Self {
