@@ -17,6 +17,8 @@ SUITES=(security_isolation reliability_bad_input reliability_faults)
 SUITES+=(reliability_malformed)
 # One feature must never hurt another: budget, input, teardown, drift, error handling.
 SUITES+=(isolation_budget isolation_input isolation_teardown isolation_drift isolation_errors)
+# Behaviour the core's unit tests cover, on the cluster (issue 16 item 6).
+SUITES+=(behaviour_lifecycle)
 RESULTS="${REPO_ROOT}/target/reliability/results-$(date +%Y%m%dT%H%M%S)-$$.tsv"
 export PREMIUM_RESULTS_FILE="$RESULTS"
 

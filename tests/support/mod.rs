@@ -450,6 +450,7 @@ fn last_seen_summary<K: Serialize>(last_seen: Option<&Option<K>>) -> String {
 }
 
 pub mod cluster;
+pub mod kwok;
 pub mod operator;
 
 /// The real PremiumFeature CRD with every version's schema replaced by "any object", so a
