@@ -21,9 +21,19 @@ pub fn paragraphs(schema: &mut Schema) {
     }
 }
 
+/// How Kubernetes' `Quantity` describes itself: a page of grammar meant for Go programmers,
+/// printed under every resource request and limit.
+const QUANTITY_PREFIX: &str = "Quantity is a fixed-point representation of a number.";
+/// What a person writing `resources` needs to know instead.
+const QUANTITY: &str = "A quantity: a number with an optional suffix, such as `250m` (a quarter CPU), `1` or `1.5` (CPUs), `128Mi` or `1Gi` (bytes).";
+
 fn rewrite(node: &mut Map<String, Value>) {
     if let Some(Value::String(text)) = node.get_mut("description") {
-        *text = as_paragraphs(text);
+        *text = if text.starts_with(QUANTITY_PREFIX) {
+            QUANTITY.to_string()
+        } else {
+            as_paragraphs(text)
+        };
     }
     let has_own = node
         .get("description")
@@ -59,7 +69,12 @@ fn starts_item(line: &str) -> bool {
 pub fn as_paragraphs(text: &str) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut paragraph: Vec<String> = Vec::new();
-    for line in text.lines().map(str::trim).chain(std::iter::once("")) {
+    // Runs of spaces (two after a full stop, as in Kubernetes' own docs) become one.
+    let lines = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+    for line in lines.chain(std::iter::once(String::new())) {
+        let line = line.as_str();
         if line.is_empty() {
             if !paragraph.is_empty() {
                 out.push(paragraph.join("\n"));
@@ -103,6 +118,7 @@ mod tests {
     fn whitespace_only_text_becomes_empty() {
         assert_eq!(as_paragraphs(" \n \n"), "");
         assert_eq!(as_paragraphs("  padded  "), "padded");
+        assert_eq!(as_paragraphs("Changed.  If not"), "Changed. If not");
     }
 
     #[test]
