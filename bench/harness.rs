@@ -597,7 +597,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// from its first write until the last level's Deployments are Available, and the CPU time the
 /// machine's processes used meanwhile.
 ///
-/// `gated`: the client also honours the operator's gating rule (DESIGN.md "Gating": while its
+/// `gated`: the client also honours the operator's gating rule (docs/design.md "Gating": while its
 /// dependencies are not Ready a feature's Deployment exists with zero replicas): it first
 /// writes every feature's ConfigMap, Service and zero-replica Deployment, then scales level by
 /// level. That is the limit for the job as specified, with the writes it costs.
@@ -897,8 +897,9 @@ impl SameWritesClient<'_> {
 /// dependencies it waits for. Then level by level: the Deployment scaled up, the HPA, a
 /// Starting status and its Event; once the level's Deployments are Available, a Ready status
 /// and its Event. Statuses come from the operator's status calculator and Events from its
-/// builder, so each request is the size the operator's is. This is the limit the DESIGN's
-/// convergence bar names ("a hand-written client doing the same writes in the same order").
+/// builder, so each request is the size the operator's is. This is the limit the convergence
+/// bar of docs/design.md names (a hand-written client that makes the same writes in the same
+/// order).
 pub async fn same_writes_baseline(
     client: &Client,
     levels: &[Vec<Node>],

@@ -8,6 +8,8 @@
 # build goes to a temporary directory and is renamed into place at the end.
 # Go's own GOCACHE/GOMODCACHE stay where Go keeps them.
 #
+# Also builds hack/tools/kstatus, a small reader of kstatus health (cli-utils) for tests.
+#
 # Usage: hack/build-tools.sh [--print-paths]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -110,4 +112,6 @@ build kubernetes "$(kube_ldflags)" \
   kubectl=k8s.io/kubernetes/cmd/kubectl
 build kwok "" kwok=sigs.k8s.io/kwok/cmd/kwok
 build helm "$(helm_ldflags)" helm=helm.sh/helm/v3/cmd/helm
+# Not a cluster component: the GitOps tools' own status reader, for tests/kstatus_health.rs.
+build kstatus "" kstatus=premium-operator/hack/tools/kstatus
 log "tools ready in ${PREMIUM_CACHE}/bin ($((SECONDS - total_start))s)"

@@ -8,6 +8,8 @@ ETCD_VERSION=v3.6.16
 KUBE_VERSION=v1.36.3
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+# sigs.k8s.io/cli-utils, whose kstatus library hack/tools/kstatus wraps (tests/kstatus_health.rs).
+KSTATUS_VERSION=v0.37.2
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Built tools live outside the repo, keyed by version, so every worktree and
@@ -35,6 +37,7 @@ tool_version() {
     kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) echo "$KUBE_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
     helm) echo "$HELM_VERSION" ;;
+    kstatus) echo "$KSTATUS_VERSION" ;;
     *) die "unknown tool: $1" ;;
   esac
 }
@@ -44,7 +47,7 @@ tool_path() {
   echo "${PREMIUM_CACHE}/bin/$1-$(tool_version "$1")/$1"
 }
 
-ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+ALL_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kstatus)
 
 # pid_is_ours PIDFILE -> true when the pid in PIDFILE is alive and its command
 # line mentions a path inside our cluster directory (guards against a recycled

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use premium_operator::cli::output::emit_report;
+use premium_operator::cli::plugin::{GraphOutput, Output};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +38,12 @@ enum Command {
     Why(WhyArgs),
     /// Write docs/api.md (the API reference generated from the CRD schema) to stdout.
     ApiDocs,
+    /// Print a shell completion script, e.g. `premium-operator completion bash >
+    /// /etc/bash_completion.d/premium-operator`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -52,7 +59,8 @@ struct GraphArgs {
     all_namespaces: bool,
     #[command(flatten)]
     target: premium_operator::cli::plugin::ClusterArgs,
-    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    /// Output format; json and yaml need --cluster.
+    #[arg(short = 'o', long = "output", visible_alias = "format", value_enum, default_value_t = GraphFormat::Text)]
     format: GraphFormat,
 }
 
@@ -62,6 +70,9 @@ struct WhyArgs {
     name: String,
     #[command(flatten)]
     target: premium_operator::cli::plugin::ClusterArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
+    output: Output,
 }
 
 /// `kubectl premium …`: the same binary installed as `kubectl-premium` on the PATH.
@@ -85,11 +96,17 @@ enum PluginCommand {
         all_namespaces: bool,
         #[command(flatten)]
         target: premium_operator::cli::plugin::ClusterArgs,
-        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        /// Output format.
+        #[arg(short = 'o', long = "output", visible_alias = "format", value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
     },
     /// Explain what keeps a PremiumFeature from being Ready, down to the root cause.
     Why(WhyArgs),
+    /// Print a shell completion script for `kubectl-premium`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,16 +114,28 @@ enum GraphFormat {
     Text,
     Dot,
     Mermaid,
+    Json,
+    Yaml,
 }
 
-impl From<GraphFormat> for premium_operator::cli::graph::Format {
+impl From<GraphFormat> for GraphOutput {
     fn from(format: GraphFormat) -> Self {
+        use premium_operator::cli::graph::Format;
         match format {
-            GraphFormat::Text => Self::Text,
-            GraphFormat::Dot => Self::Dot,
-            GraphFormat::Mermaid => Self::Mermaid,
+            GraphFormat::Text => Self::Drawing(Format::Text),
+            GraphFormat::Dot => Self::Drawing(Format::Dot),
+            GraphFormat::Mermaid => Self::Drawing(Format::Mermaid),
+            GraphFormat::Json => Self::Data(Output::Json),
+            GraphFormat::Yaml => Self::Data(Output::Yaml),
         }
     }
+}
+
+/// Writes the completion script of `command` (named `name`) for `shell` to stdout.
+fn completion(mut command: clap::Command, name: &str, shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, name, &mut script);
+    emit_report(&String::from_utf8_lossy(&script), ExitCode::SUCCESS)
 }
 
 /// Whether the binary was started as the kubectl plugin (`kubectl-premium`, any extension).
@@ -126,7 +155,10 @@ fn plugin_main() -> ExitCode {
             target,
             format,
         } => plugin::graph_main(&target, all_namespaces, format.into()),
-        PluginCommand::Why(args) => plugin::why_main(&args.target, &args.name),
+        PluginCommand::Why(args) => plugin::why_main(&args.target, &args.name, args.output),
+        PluginCommand::Completion { shell } => {
+            completion(PluginCli::command(), "kubectl-premium", shell)
+        }
     }
 }
 
@@ -149,8 +181,17 @@ fn main() -> ExitCode {
             args.all_namespaces,
             args.format.into(),
         ),
-        Command::Graph(args) => premium_operator::cli::graph::main(&args.paths, args.format.into()),
-        Command::Why(args) => premium_operator::cli::plugin::why_main(&args.target, &args.name),
+        Command::Graph(args) => match GraphOutput::from(args.format) {
+            GraphOutput::Drawing(format) => premium_operator::cli::graph::main(&args.paths, format),
+            GraphOutput::Data(_) => {
+                eprintln!("error: -o json|yaml reads the live graph: add --cluster");
+                ExitCode::from(2)
+            }
+        },
+        Command::Why(args) => {
+            premium_operator::cli::plugin::why_main(&args.target, &args.name, args.output)
+        }
+        Command::Completion { shell } => completion(Cli::command(), "premium-operator", shell),
         Command::ApiDocs => match premium_operator::cli::docs::render_api_docs() {
             Ok(s) => emit_report(&s, ExitCode::SUCCESS),
             Err(e) => {

@@ -1,7 +1,8 @@
 //! What a person sees with kubectl, on the local control plane with the real operator:
 //! `kubectl get pf` and `kubectl get premium` columns, `kubectl explain pf.spec.dependsOn`,
 //! `kubectl wait --for=condition=Ready`, and the binary as the kubectl plugin
-//! (`kubectl premium graph`, `kubectl premium why`), plus `premium-operator graph --cluster`.
+//! (`kubectl premium graph`, `kubectl premium why`, also with `-o json|yaml` and
+//! `--kubeconfig`), plus `premium-operator graph --cluster`.
 //!
 //! Needs the local cluster and the built kubectl (`make cluster-up`, or `make test`).
 
@@ -132,24 +133,67 @@ async fn kubectl_get_explain_wait_and_the_plugin() -> anyhow::Result<()> {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "PHASE", "READY", "BLOCKED-BY", "LEVEL", "AGE"],
+        [
+            "NAME",
+            "PHASE",
+            "READY",
+            "READY-REPLICAS",
+            "BLOCKED-BY",
+            "LEVEL",
+            "AGE",
+            "STATUS"
+        ],
         "{get}"
     );
-    let row = |name: &str| -> Vec<String> {
+    let line = |name: &str| -> String {
         get.lines()
             .find(|l| l.starts_with(&format!("{name} ")))
             .unwrap_or_else(|| panic!("no row for {name} in:\n{get}"))
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
+            .to_string()
     };
-    assert_eq!(row("aika")[1..4], ["Ready", "1", "2"], "{get}");
-    assert_eq!(row("catalog")[1..4], ["Ready", "1", "0"], "{get}");
+    let row =
+        |name: &str| -> Vec<String> { line(name).split_whitespace().map(str::to_owned).collect() };
+    // STATUS, the Ready condition's message, is the last column: it starts where its header does.
+    let status_at = get
+        .lines()
+        .next()
+        .unwrap_or("")
+        .find("STATUS")
+        .expect("STATUS");
+    let status =
+        |name: &str| -> String { line(name).get(status_at..).unwrap_or("").trim().to_string() };
+    assert_eq!(row("aika")[1..5], ["Ready", "True", "1", "2"], "{get}");
+    assert_eq!(row("catalog")[1..5], ["Ready", "True", "1", "0"], "{get}");
+    assert!(
+        !status("aika").is_empty(),
+        "aika's STATUS shows its Ready message: {get}"
+    );
     let lonely = row("lonely");
-    assert_eq!(lonely[1], "WaitingForDependencies", "{get}");
+    assert_eq!(lonely[1..3], ["WaitingForDependencies", "False"], "{get}");
     assert!(
         lonely.iter().any(|c| c == "ghost"),
         "BLOCKED-BY names the missing dependency: {get}"
+    );
+    assert!(
+        status("lonely").contains("ghost"),
+        "STATUS says what lonely waits for: {get}"
+    );
+    let policies = stdout_ok(
+        &run(&kubectl, &["get", "ppol", "-n", &n], None),
+        "kubectl get ppol",
+    );
+    let header: Vec<&str> = policies
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "PRIORITY", "FEATURES", "BUDGET", "READY", "AGE", "STATUS"
+        ],
+        "{policies}"
     );
 
     let all = stdout_ok(
@@ -175,6 +219,8 @@ async fn kubectl_get_explain_wait_and_the_plugin() -> anyhow::Result<()> {
     ] {
         assert!(explain.contains(needle), "{needle:?} not in:\n{explain}");
     }
+    // The list's description only, as paragraphs: not the item type's after it.
+    assert!(!explain.contains("A feature this one needs"), "{explain}");
 
     // The plugin: kubectl finds kubectl-premium on the PATH.
     let plugins = plugin_dir();
@@ -225,6 +271,70 @@ async fn kubectl_get_explain_wait_and_the_plugin() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
+
+    // -o json|yaml: the same facts for scripts, parsed back.
+    let why_json = stdout_ok(
+        &run(
+            &kubectl,
+            &["premium", "why", "lonely", "-n", &n, "-o", "json"],
+            Some(&plugins),
+        ),
+        "kubectl premium why lonely -o json",
+    );
+    let why_json: serde_json::Value = serde_json::from_str(&why_json)?;
+    assert_eq!(why_json["name"], "lonely", "{why_json}");
+    assert_eq!(
+        why_json["observed"]["phase"], "WaitingForDependencies",
+        "{why_json}"
+    );
+    let blocker = &why_json["observed"]["blockedBy"][0];
+    assert_eq!(blocker["name"], "ghost", "{why_json}");
+    assert_eq!(blocker["reason"], "DependencyNotFound", "{why_json}");
+    assert_eq!(blocker["dependency"]["state"], "notFound", "{why_json}");
+    let graph_yaml = stdout_ok(
+        &run(
+            &kubectl,
+            &["premium", "graph", "-n", &n, "-o", "yaml"],
+            Some(&plugins),
+        ),
+        "kubectl premium graph -o yaml",
+    );
+    let graph_yaml: serde_json::Value = serde_yaml::from_str(&graph_yaml)?;
+    let entry = |name: &str| -> serde_json::Value {
+        graph_yaml["features"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} not in {graph_yaml}"))
+    };
+    assert_eq!(entry("aika")["level"], 2, "{graph_yaml}");
+    assert_eq!(entry("aika")["phase"], "Ready", "{graph_yaml}");
+    assert_eq!(
+        entry("lonely")["dependsOn"][0]["name"],
+        "ghost",
+        "{graph_yaml}"
+    );
+    assert_eq!(
+        entry("lonely")["dependsOn"][0]["missing"],
+        true,
+        "{graph_yaml}"
+    );
+    // --kubeconfig instead of $KUBECONFIG.
+    let kubeconfig = support::kubeconfig_path();
+    let out = Command::new(&kubectl)
+        .args(["premium", "why", "aika", "-n", &n, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                plugins.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()?;
+    let why = stdout_ok(&out, "kubectl premium why --kubeconfig");
+    assert!(why.contains("nothing blocks it: Ready"), "{why}");
 
     // The same from the binary under its own name.
     let mermaid = stdout_ok(

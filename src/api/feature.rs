@@ -27,15 +27,18 @@ use super::DURATION_PATTERN;
     derive = "Default",
     doc = "A premium feature: an application run as a replica pool behind an Envoy sidecar, started only once the features it depends on are Ready.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the feature is in its lifecycle"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Ready replicas"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas", description = "Desired replicas", priority = "1"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "The Ready condition: True once every desired replica serves"),
+    printcolumn(name = "Ready-Replicas", type_ = "integer", json_path = ".status.readyReplicas", description = "Replicas that are Ready"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas", description = "Replicas the Deployment asks for", priority = "1"),
     printcolumn(name = "Blocked-By", type_ = "string", json_path = ".status.blockedBy[*].name", description = "Dependencies that hold the feature back"),
     printcolumn(name = "Level", type_ = "integer", json_path = ".status.startupLevel", description = "Depth in the dependency graph (0 = no dependencies)"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].message", description = "The Ready condition's message: what the feature is doing or waiting for"),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name must start with a letter and be a DNS label of at most 63 characters: it also names the feature's Service").reason(Reason::FieldValueInvalid),
     validation = Rule::new("!has(self.spec.dependsOn) || self.spec.dependsOn.all(d, has(d.__namespace__) || d.name != self.metadata.name)").message("a feature cannot depend on itself").field_path(".spec.dependsOn").reason(Reason::FieldValueInvalid),
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = super::describe::paragraphs)]
 pub struct PremiumFeatureSpec {
     /// Container image of the feature's application, for example `ghcr.io/stefanprodan/podinfo:6.7.1`.
     #[schemars(length(min = 1, max = 512))]
@@ -169,6 +172,7 @@ pub struct FeaturePool {
 /// Observed state of a PremiumFeature, written by the operator.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = super::describe::paragraphs)]
 pub struct PremiumFeatureStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,8 +219,10 @@ pub struct PremiumFeatureStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_restarts: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 
-    /// Standard conditions: Ready, DependenciesReady, Reconciling, Stalled, Degraded.
+    /// Standard conditions: Ready, DependenciesReady, Reconciling, Stalled, Degraded. At most one
+    /// of each type (a list map keyed by `type`, so server-side apply merges them by type).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -233,7 +239,8 @@ pub struct BlockedBy {
     pub message: String,
 }
 
-/// The lifecycle phase of a feature.
+/// One-word summary of the feature's lifecycle: Pending, WaitingForDependencies, Starting,
+/// Ready, Degraded, Failed or Suspended. Conditions carry the detail.
 #[derive(
     schemars::JsonSchema,
     Serialize,

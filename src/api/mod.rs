@@ -1,6 +1,7 @@
 //! The custom resources: types only, with the schema users see in `kubectl explain`.
 
 pub mod conditions;
+pub mod describe;
 pub mod duration;
 pub mod feature;
 pub mod limits;

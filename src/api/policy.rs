@@ -48,15 +48,23 @@ use super::{DURATION_PATTERN, RETRY_ON_PATTERN};
     printcolumn(
         name = "Ready",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "The Ready condition: True once the policy is applied within its budget"
     ),
     printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "The Ready condition's message"
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = super::describe::paragraphs)]
 pub struct PremiumPolicySpec {
     /// Which PremiumFeatures in this namespace the policy applies to. An empty selector (`{}`)
     /// selects every feature in the namespace.
@@ -299,6 +307,7 @@ pub struct ExposeTo {
 /// Observed state of a PremiumPolicy, written by the operator.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = super::describe::paragraphs)]
 pub struct PremiumPolicyStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,8 +318,10 @@ pub struct PremiumPolicyStatus {
     /// How the replica budget is shared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetStatus>,
-    /// Standard conditions: Ready, Conflicting, BudgetExceeded.
+    /// Standard conditions: Ready, Conflicting, BudgetExceeded. At most one of each type (a list
+    /// map keyed by `type`, so server-side apply merges them by type).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }
 

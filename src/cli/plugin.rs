@@ -2,23 +2,26 @@
 //! `kubectl premium …` (the same binary installed as `kubectl-premium`).
 //!
 //! The I/O is two list calls; what is shown is decided by pure functions of the features read
-//! ([`cluster_nodes`], [`explain`]), tested below without a cluster.
+//! ([`cluster_nodes`], [`graph_report`], [`why`]), tested below without a cluster. Both
+//! commands print text for people and, with `-o json|yaml`, the same facts for scripts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams};
-use kube::config::KubeConfigOptions;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
+use serde::Serialize;
 
 use super::graph::{self, Format, GraphNode};
-use crate::api::PremiumFeature;
 use crate::api::conditions::{DEGRADED, DEPENDENCIES_READY, READY, RECONCILING, STALLED};
-use crate::core::graph::{DependencyEdge, FeatureKey};
+use crate::api::{BlockedBy, PremiumFeature};
+use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, analyze};
 
-/// Where to read from: the kubeconfig context and namespace scope, as kubectl takes them.
+/// Where to read from: the kubeconfig file, context and namespace scope, as kubectl takes them.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClusterArgs {
     /// Namespace (default: the kubeconfig context's, else "default").
@@ -27,20 +30,50 @@ pub struct ClusterArgs {
     /// The kubeconfig context to use (default: the current one).
     #[arg(long)]
     pub context: Option<String>,
+    /// The kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config, else the
+    /// in-cluster service account).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
-/// A client for the kubeconfig (`KUBECONFIG`, `~/.kube/config`, or in-cluster) and the
-/// namespace to read: `-n`, else the context's namespace.
+/// How `why` (and, beside the drawings, `graph`) prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// For scripts: one JSON document.
+    Json,
+    /// For scripts: one YAML document.
+    Yaml,
+}
+
+/// What `graph --cluster` prints: a drawing, or the graph as data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphOutput {
+    Drawing(Format),
+    Data(Output),
+}
+
+/// A client for the kubeconfig (`--kubeconfig`, else `KUBECONFIG`, `~/.kube/config`, or
+/// in-cluster) and the namespace to read: `-n`, else the context's namespace.
 async fn connect(args: &ClusterArgs) -> Result<(Client, String), String> {
     let options = KubeConfigOptions {
         context: args.context.clone(),
         ..Default::default()
     };
-    let config = match &args.context {
-        Some(_) => Config::from_kubeconfig(&options)
+    let config = match (&args.kubeconfig, &args.context) {
+        (Some(path), _) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        (None, Some(_)) => Config::from_kubeconfig(&options)
             .await
             .map_err(|e| e.to_string()),
-        None => Config::infer().await.map_err(|e| e.to_string()),
+        (None, None) => Config::infer().await.map_err(|e| e.to_string()),
     }
     .map_err(|e| format!("no usable kubeconfig: {e}"))?;
     let namespace = args
@@ -68,6 +101,16 @@ fn finish(result: Result<String, String>) -> ExitCode {
     }
 }
 
+/// `value` as a JSON or YAML document (text output is each command's own).
+pub fn as_data<T: Serialize>(value: &T, output: Output) -> Result<String, String> {
+    match output {
+        Output::Json => serde_json::to_string_pretty(value)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string()),
+        Output::Yaml | Output::Text => serde_yaml::to_string(value).map_err(|e| e.to_string()),
+    }
+}
+
 async fn list(client: &Client, namespace: Option<&str>) -> Result<Vec<PremiumFeature>, String> {
     let api: Api<PremiumFeature> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -86,48 +129,129 @@ async fn list(client: &Client, namespace: Option<&str>) -> Result<Vec<PremiumFea
 }
 
 /// `graph --cluster`: the live graph of a namespace (or all), each node with its phase.
-pub fn graph_main(args: &ClusterArgs, all_namespaces: bool, format: Format) -> ExitCode {
+pub fn graph_main(args: &ClusterArgs, all_namespaces: bool, output: GraphOutput) -> ExitCode {
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             let (client, namespace) = connect(args).await?;
             let scope = (!all_namespaces).then_some(namespace.as_str());
             let features = list(&client, scope).await?;
-            Ok(graph::render(&cluster_nodes(&features), format))
+            match output {
+                GraphOutput::Drawing(format) => {
+                    Ok(graph::render(&cluster_nodes(&features), format))
+                }
+                GraphOutput::Data(data) => as_data(&graph_report(&features), data),
+            }
         })
     });
     finish(result)
 }
 
 /// `why NAME`: what holds a feature back, following blockers down to the root cause.
-pub fn why_main(args: &ClusterArgs, name: &str) -> ExitCode {
+pub fn why_main(args: &ClusterArgs, name: &str, output: Output) -> ExitCode {
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             let (client, namespace) = connect(args).await?;
-            let mut features = list(&client, Some(&namespace)).await?;
-            // Dependencies in other namespaces, read one namespace at a time as needed.
-            let mut read: BTreeSet<String> = [namespace.clone()].into();
-            loop {
-                let wanted: BTreeSet<String> = features
-                    .iter()
-                    .flat_map(|f| dependency_keys(f).into_iter().map(|e| e.target.namespace))
-                    .filter(|ns| !read.contains(ns))
-                    .collect();
-                if wanted.is_empty() {
-                    break;
-                }
-                for ns in wanted {
-                    // Not being allowed to read another namespace is not fatal: the
-                    // explanation says what it could not see.
-                    if let Ok(more) = list(&client, Some(&ns)).await {
-                        features.extend(more);
-                    }
-                    read.insert(ns);
-                }
+            let features = read_for_why(&client, &namespace).await?;
+            let target = FeatureKey::new(namespace, name);
+            match output {
+                Output::Text => explain(&target, &features),
+                data => as_data(&why(&target, &features)?, data),
             }
-            explain(&FeatureKey::new(namespace, name), &features)
         })
     });
     finish(result)
+}
+
+/// The features of `namespace` and of every namespace their dependencies live in, read one
+/// namespace at a time as needed.
+async fn read_for_why(client: &Client, namespace: &str) -> Result<Vec<PremiumFeature>, String> {
+    let mut features = list(client, Some(namespace)).await?;
+    let mut read: BTreeSet<String> = [namespace.to_string()].into();
+    loop {
+        let wanted: BTreeSet<String> = features
+            .iter()
+            .flat_map(|f| dependency_keys(f).into_iter().map(|e| e.target.namespace))
+            .filter(|ns| !read.contains(ns))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(features);
+        }
+        for ns in wanted {
+            // Not being allowed to read another namespace is not fatal: the explanation says
+            // what it could not see.
+            if let Ok(more) = list(client, Some(&ns)).await {
+                features.extend(more);
+            }
+            read.insert(ns);
+        }
+    }
+}
+
+/// The live graph as data: one entry per feature with its level, phase, blockers and edges.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GraphReport {
+    pub features: Vec<GraphEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphEntry {
+    pub namespace: String,
+    pub name: String,
+    /// Depth in the graph; absent on or behind a cycle or a missing dependency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<u32>,
+    /// `status.phase`; absent until the operator has written a status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    pub blocked_by: Vec<BlockedBy>,
+    pub depends_on: Vec<GraphEdge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GraphEdge {
+    pub namespace: String,
+    pub name: String,
+    pub optional: bool,
+    /// No such feature among those read.
+    pub missing: bool,
+}
+
+/// [`GraphReport`] of the features read, sorted by namespace and name. Pure.
+pub fn graph_report(features: &[PremiumFeature]) -> GraphReport {
+    let nodes: Vec<FeatureNode> = features
+        .iter()
+        .map(|f| FeatureNode {
+            key: key_of(f),
+            depends_on: dependency_keys(f),
+        })
+        .collect();
+    let analysis = analyze(&nodes, |_, _| true);
+    let mut entries: Vec<GraphEntry> = features
+        .iter()
+        .map(|f| {
+            let key = key_of(f);
+            let missing = analysis.missing(&key);
+            GraphEntry {
+                level: analysis.level(&key),
+                phase: phase_of(f),
+                blocked_by: f.status.iter().flat_map(|s| s.blocked_by.clone()).collect(),
+                depends_on: dependency_keys(f)
+                    .into_iter()
+                    .map(|e| GraphEdge {
+                        missing: missing.contains(&e.target),
+                        namespace: e.target.namespace,
+                        name: e.target.name,
+                        optional: e.optional,
+                    })
+                    .collect(),
+                namespace: key.namespace,
+                name: key.name,
+            }
+        })
+        .collect();
+    entries.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    GraphReport { features: entries }
 }
 
 /// The dependency edges of a feature (a dependency's namespace defaults to the feature's).
@@ -190,18 +314,95 @@ fn condition<'a>(feature: &'a PremiumFeature, type_: &str) -> Option<&'a Conditi
         .find(|c| c.type_ == type_)
 }
 
-fn describe_condition(c: &Condition) -> String {
-    let mut s = format!("{}={} ({})", c.type_, c.status, c.reason);
-    if !c.message.is_empty() {
-        let _ = write!(s, ": {}", c.message);
+/// Why a feature is (or is not) Ready: what `why` prints, as text or as JSON/YAML.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    pub namespace: String,
+    pub name: String,
+    /// `None` while the operator has not written a status yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observed>,
+}
+
+/// What the operator last wrote about a feature, cut down to what explains it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observed {
+    pub phase: String,
+    pub ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub suspended: bool,
+    /// The conditions that say something is wrong, in the order a person reads them, then the
+    /// Ready condition.
+    pub conditions: Vec<ConditionSummary>,
+    pub blocked_by: Vec<Blocker>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConditionSummary {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// One dependency that holds the feature back, followed down to its own explanation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Blocker {
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub dependency: DependencyState,
+}
+
+/// What is known of a blocking dependency.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum DependencyState {
+    /// Read from the cluster; explained in turn.
+    Found { explanation: Box<Explanation> },
+    /// Already explained higher up (a cycle, or a dependency shared by two blockers).
+    ExplainedAbove,
+    /// No such feature (or its namespace could not be read).
+    NotFound,
+}
+
+impl ConditionSummary {
+    fn of(c: &Condition) -> Self {
+        Self {
+            type_: c.type_.clone(),
+            status: c.status.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        }
     }
-    s
+
+    fn line(&self) -> String {
+        let mut s = format!("{}={} ({})", self.type_, self.status, self.reason);
+        if !self.message.is_empty() {
+            let _ = write!(s, ": {}", self.message);
+        }
+        s
+    }
 }
 
 /// Why the feature `target` is (or is not) Ready, from the features read: its phase, the
 /// conditions that matter, and for each blocking dependency the same, down to the root cause.
 /// Pure. `Err` when the feature is not among them.
-pub fn explain(target: &FeatureKey, features: &[PremiumFeature]) -> Result<String, String> {
+pub fn why(target: &FeatureKey, features: &[PremiumFeature]) -> Result<Explanation, String> {
     let by_key: BTreeMap<FeatureKey, &PremiumFeature> =
         features.iter().map(|f| (key_of(f), f)).collect();
     let Some(feature) = by_key.get(target) else {
@@ -210,99 +411,151 @@ pub fn explain(target: &FeatureKey, features: &[PremiumFeature]) -> Result<Strin
             target.name, target.namespace
         ));
     };
-    let mut out = String::new();
     let mut seen = BTreeSet::new();
-    explain_one(feature, &by_key, &target.namespace, 0, &mut seen, &mut out);
+    Ok(explain_feature(feature, &by_key, &mut seen))
+}
+
+/// [`why`] as the text `why` prints.
+pub fn explain(target: &FeatureKey, features: &[PremiumFeature]) -> Result<String, String> {
+    let explanation = why(target, features)?;
+    let mut out = String::new();
+    render_explanation(&explanation, &target.namespace, 0, &mut out);
     Ok(out)
 }
 
-fn explain_one(
+fn explain_feature(
     feature: &PremiumFeature,
     by_key: &BTreeMap<FeatureKey, &PremiumFeature>,
-    home: &str,
-    depth: usize,
     seen: &mut BTreeSet<FeatureKey>,
-    out: &mut String,
-) {
-    let indent = "  ".repeat(depth);
+) -> Explanation {
     let key = key_of(feature);
-    let name = key.relative_to(home);
     seen.insert(key.clone());
-    let Some(status) = &feature.status else {
+    let observed = feature.status.as_ref().map(|status| {
+        let wrong = [
+            (STALLED, "True"),
+            (DEPENDENCIES_READY, "False"),
+            (DEGRADED, "True"),
+            (RECONCILING, "True"),
+        ];
+        let mut conditions: Vec<ConditionSummary> = wrong
+            .iter()
+            .filter_map(|(type_, bad)| condition(feature, type_).filter(|c| c.status == *bad))
+            .map(ConditionSummary::of)
+            .collect();
+        conditions.extend(condition(feature, READY).map(ConditionSummary::of));
+        let blocked_by = status
+            .blocked_by
+            .iter()
+            .map(|b| follow_blocker(b, &key.namespace, by_key, seen))
+            .collect();
+        Observed {
+            phase: phase_of(feature).unwrap_or_else(|| "Pending".into()),
+            ready: condition(feature, READY).is_some_and(|c| c.status == "True"),
+            replicas: status.replicas,
+            ready_replicas: status.ready_replicas,
+            generation: feature.metadata.generation,
+            observed_generation: status.observed_generation,
+            suspended: feature.spec.suspend,
+            conditions,
+            blocked_by,
+        }
+    });
+    Explanation {
+        namespace: key.namespace,
+        name: key.name,
+        observed,
+    }
+}
+
+fn follow_blocker(
+    blocker: &BlockedBy,
+    home: &str,
+    by_key: &BTreeMap<FeatureKey, &PremiumFeature>,
+    seen: &mut BTreeSet<FeatureKey>,
+) -> Blocker {
+    let target = match blocker.name.split_once('/') {
+        Some((ns, n)) => FeatureKey::new(ns, n),
+        None => FeatureKey::new(home, &blocker.name),
+    };
+    let dependency = match by_key.get(&target) {
+        _ if seen.contains(&target) => DependencyState::ExplainedAbove,
+        Some(dependency) => DependencyState::Found {
+            explanation: Box::new(explain_feature(dependency, by_key, seen)),
+        },
+        None => DependencyState::NotFound,
+    };
+    Blocker {
+        namespace: target.namespace,
+        name: target.name,
+        reason: blocker.reason.clone(),
+        message: blocker.message.clone(),
+        dependency,
+    }
+}
+
+fn render_explanation(e: &Explanation, home: &str, depth: usize, out: &mut String) {
+    let indent = "  ".repeat(depth);
+    let name = FeatureKey::new(e.namespace.clone(), &e.name).relative_to(home);
+    let Some(o) = &e.observed else {
         let _ = writeln!(
             out,
             "{indent}{name}: no status yet: the operator has not reconciled it (is it running, and watching namespace {}?)",
-            key.namespace
+            e.namespace
         );
         return;
     };
-    let phase = phase_of(feature).unwrap_or_else(|| "Pending".into());
-    let ready = condition(feature, READY).is_some_and(|c| c.status == "True");
-    let replicas = match (status.ready_replicas, status.replicas) {
+    let replicas = match (o.ready_replicas, o.replicas) {
         (Some(r), Some(d)) => format!(", {r}/{d} replicas ready"),
         (None, Some(d)) => format!(", 0/{d} replicas ready"),
         _ => String::new(),
     };
-    let _ = writeln!(out, "{indent}{name}: {phase}{replicas}");
-    let generation = feature.metadata.generation;
-    if generation.is_some() && status.observed_generation < generation {
+    let _ = writeln!(out, "{indent}{name}: {}{replicas}", o.phase);
+    if let Some(generation) = o.generation
+        && o.observed_generation < Some(generation)
+    {
         let _ = writeln!(
             out,
-            "{indent}  the operator has not acted on the latest spec yet (generation {}, observed {})",
-            generation.unwrap_or_default(),
-            status.observed_generation.unwrap_or_default()
+            "{indent}  the operator has not acted on the latest spec yet (generation {generation}, observed {})",
+            o.observed_generation.unwrap_or_default()
         );
     }
-    if feature.spec.suspend {
+    if o.suspended {
         let _ = writeln!(out, "{indent}  suspended by spec.suspend");
     }
-    // The conditions that say something is wrong, in the order a person reads them.
-    let wrong = [
-        (STALLED, "True"),
-        (DEPENDENCIES_READY, "False"),
-        (DEGRADED, "True"),
-        (RECONCILING, "True"),
-    ];
-    for (type_, bad) in wrong {
-        if let Some(c) = condition(feature, type_).filter(|c| c.status == bad) {
-            let _ = writeln!(out, "{indent}  {}", describe_condition(c));
+    for c in &o.conditions {
+        // The Ready condition only for the feature asked about, when it is not Ready.
+        if c.type_ != READY || (depth == 0 && !o.ready) {
+            let _ = writeln!(out, "{indent}  {}", c.line());
         }
     }
-    if depth == 0
-        && !ready
-        && let Some(c) = condition(feature, READY)
-    {
-        let _ = writeln!(out, "{indent}  {}", describe_condition(c));
-    }
-    if depth == 0 && ready && status.blocked_by.is_empty() {
+    if depth == 0 && o.ready && o.blocked_by.is_empty() {
         let _ = writeln!(out, "{indent}  nothing blocks it: Ready");
     }
-    for blocker in &status.blocked_by {
-        let mut line = format!("{indent}  blocked by {} ({})", blocker.name, blocker.reason);
-        if !blocker.message.is_empty() {
-            let _ = write!(line, ": {}", blocker.message);
+    for b in &o.blocked_by {
+        render_blocker(b, home, depth, out);
+    }
+}
+
+fn render_blocker(b: &Blocker, home: &str, depth: usize, out: &mut String) {
+    let indent = "  ".repeat(depth);
+    let name = FeatureKey::new(b.namespace.clone(), &b.name).relative_to(home);
+    let mut line = format!("{indent}  blocked by {name} ({})", b.reason);
+    if !b.message.is_empty() {
+        let _ = write!(line, ": {}", b.message);
+    }
+    let _ = writeln!(out, "{line}");
+    match &b.dependency {
+        DependencyState::ExplainedAbove => {
+            let _ = writeln!(out, "{indent}    {name} (already explained above)");
         }
-        let _ = writeln!(out, "{line}");
-        let target = match blocker.name.split_once('/') {
-            Some((ns, n)) => FeatureKey::new(ns, n),
-            None => FeatureKey::new(key.namespace.clone(), &blocker.name),
-        };
-        match by_key.get(&target) {
-            _ if seen.contains(&target) => {
-                let _ = writeln!(
-                    out,
-                    "{indent}    {} (already explained above)",
-                    target.relative_to(home)
-                );
-            }
-            Some(dependency) => explain_one(dependency, by_key, home, depth + 2, seen, out),
-            None => {
-                let _ = writeln!(
-                    out,
-                    "{indent}    {}: not found (create it, or fix the name in spec.dependsOn)",
-                    target.relative_to(home)
-                );
-            }
+        DependencyState::Found { explanation } => {
+            render_explanation(explanation, home, depth + 2, out);
+        }
+        DependencyState::NotFound => {
+            let _ = writeln!(
+                out,
+                "{indent}    {name}: not found (create it, or fix the name in spec.dependsOn)"
+            );
         }
     }
 }
@@ -439,5 +692,77 @@ mod tests {
     -> catalog
 "
         );
+    }
+
+    #[test]
+    fn why_as_data_carries_the_same_facts_as_the_text() {
+        let mut a = feature("a", &["b", "gone"], Some(Phase::WaitingForDependencies));
+        blocked(&mut a, "gone", "DependencyNotFound");
+        blocked(&mut a, "b", "DependencyCycle");
+        let mut b = feature("b", &["a"], Some(Phase::Failed));
+        blocked(&mut b, "a", "DependencyCycle");
+        b.status.as_mut().unwrap().conditions =
+            vec![cond("Stalled", "True", "DependencyCycle", "a -> b -> a")];
+        let report = why(&FeatureKey::new("portal", "a"), &[a, b]).expect("found");
+        let json: serde_json::Value =
+            serde_json::from_str(&as_data(&report, Output::Json).expect("json")).expect("parses");
+        let yaml: serde_json::Value =
+            serde_yaml::from_str(&as_data(&report, Output::Yaml).expect("yaml")).expect("parses");
+        assert_eq!(json, yaml);
+        assert_eq!(json["name"], "a");
+        assert_eq!(json["observed"]["phase"], "WaitingForDependencies");
+        let blockers = &json["observed"]["blockedBy"];
+        assert_eq!(blockers[0]["name"], "gone");
+        assert_eq!(blockers[0]["dependency"]["state"], "notFound");
+        let b = &blockers[1]["dependency"];
+        assert_eq!(b["state"], "found");
+        assert_eq!(
+            b["explanation"]["observed"]["conditions"][0]["reason"],
+            "DependencyCycle"
+        );
+        assert_eq!(
+            b["explanation"]["observed"]["blockedBy"][0]["dependency"]["state"],
+            "explainedAbove"
+        );
+    }
+
+    #[test]
+    fn graph_report_has_levels_phases_blockers_and_missing_edges() {
+        let mut aika = feature(
+            "aika",
+            &["catalog", "ghost"],
+            Some(Phase::WaitingForDependencies),
+        );
+        blocked(&mut aika, "ghost", "DependencyNotFound");
+        let catalog = feature("catalog", &[], Some(Phase::Ready));
+        let report = graph_report(&[aika, catalog]);
+        let names: Vec<&str> = report.features.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["aika", "catalog"]);
+        let aika = &report.features[0];
+        assert_eq!(aika.level, None, "behind a missing dependency: no level");
+        assert_eq!(aika.phase.as_deref(), Some("WaitingForDependencies"));
+        assert_eq!(aika.blocked_by[0].name, "ghost");
+        assert_eq!(
+            aika.depends_on,
+            [
+                GraphEdge {
+                    namespace: "portal".into(),
+                    name: "catalog".into(),
+                    optional: false,
+                    missing: false
+                },
+                GraphEdge {
+                    namespace: "portal".into(),
+                    name: "ghost".into(),
+                    optional: false,
+                    missing: true
+                }
+            ]
+        );
+        assert_eq!(report.features[1].level, Some(0));
+        let json: serde_json::Value =
+            serde_json::from_str(&as_data(&report, Output::Json).expect("json")).expect("parses");
+        assert_eq!(json["features"][1]["phase"], "Ready");
+        assert!(json["features"][0].get("level").is_none());
     }
 }
