@@ -73,7 +73,13 @@ pub async fn reconcile(
     span.record("feature", feature.name_any());
     span.record("namespace", feature.namespace().unwrap_or_default());
     let key = FeatureKey::new(feature.namespace().unwrap_or_default(), feature.name_any());
-    if let Some(queued) = lock(&ctx.queued_since).remove(&key) {
+    let queued = {
+        let mut queued = lock(&ctx.queued_since);
+        let since = queued.remove(&key);
+        ctx.metrics.set_queue_depth(CONTROLLER, queued.len());
+        since
+    };
+    if let Some(queued) = queued {
         ctx.metrics
             .reconcile_queue
             .observe(queued.elapsed().as_secs_f64());

@@ -793,9 +793,9 @@ async fn run_controllers(
         let ctx = ctx.clone();
         move |r| {
             let key = FeatureKey::new(r.namespace.clone().unwrap_or_default(), r.name.clone());
-            lock(&ctx.queued_since)
-                .entry(key)
-                .or_insert_with(std::time::Instant::now);
+            let mut queued = lock(&ctx.queued_since);
+            queued.entry(key).or_insert_with(std::time::Instant::now);
+            ctx.metrics.set_queue_depth("feature", queued.len());
         }
     }))
     .graceful_shutdown_on(stop.clone())
