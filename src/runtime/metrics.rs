@@ -99,121 +99,119 @@ fn wait_buckets() -> impl Iterator<Item = f64> {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut metrics = Self {
+            registry: Registry::default(),
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(|| Histogram::new(duration_buckets())),
+            features_by_phase: Family::default(),
+            dependency_wait: Histogram::new(wait_buckets()),
+            dependency_hop: Histogram::new(hop_buckets()),
+            reconcile_queue: Histogram::new(hop_buckets()),
+            startup_duration: Histogram::new(wait_buckets()),
+            recoveries: Counter::default(),
+            api_requests: Family::default(),
+            object_writes: Family::default(),
+            status_writes: Family::default(),
+            leader: Gauge::default(),
+            queue_depth: Family::default(),
+            build_info: Family::default(),
+        };
+        metrics
+            .build_info
+            .get_or_create(&BuildLabels::current())
+            .set(1);
+        // The process metrics at the root, unprefixed; the operator's own under `premium_`.
         let mut root = Registry::default();
         root.register_collector(Box::new(process::ProcessCollector));
         let registry = root.sub_registry_with_prefix("premium");
-        let reconciles = Family::<ControllerLabels, Counter>::default();
-        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let reconcile_duration =
-            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(duration_buckets())
-            });
-        let features_by_phase = Family::<PhaseLabels, Gauge>::default();
-        let dependency_wait = Histogram::new(wait_buckets());
-        let dependency_hop = Histogram::new(hop_buckets());
-        let reconcile_queue = Histogram::new(hop_buckets());
-        let startup_duration = Histogram::new(wait_buckets());
-        let recoveries = Counter::default();
-        let api_requests = Family::<RequestLabels, Counter>::default();
-        let object_writes = Family::<KindLabels, Counter>::default();
-        let status_writes = Family::<KindLabels, Counter>::default();
-        let leader = Gauge::default();
-        let queue_depth = Family::<ControllerLabels, Gauge>::default();
-        let build_info = Family::<BuildLabels, Gauge>::default();
-        build_info.get_or_create(&BuildLabels::current()).set(1);
+        metrics.register_reconcile_metrics(registry);
+        metrics.register_io_metrics(registry);
+        metrics.registry = root;
+        metrics
+    }
+}
+
+impl Metrics {
+    fn register_reconcile_metrics(&self, registry: &mut Registry) {
         registry.register(
             "reconciles",
             "Reconciles run, by controller",
-            reconciles.clone(),
+            self.reconciles.clone(),
         );
         registry.register(
             "reconcile_errors",
             "Reconciles that failed, by controller and error kind",
-            reconcile_errors.clone(),
+            self.reconcile_errors.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile, by controller",
-            reconcile_duration.clone(),
+            self.reconcile_duration.clone(),
         );
         registry.register(
             "features",
             "PremiumFeatures by phase",
-            features_by_phase.clone(),
+            self.features_by_phase.clone(),
         );
         registry.register(
             "dependency_wait_seconds",
             "Time from a feature's creation until its dependencies were Ready",
-            dependency_wait.clone(),
+            self.dependency_wait.clone(),
         );
         registry.register(
             "dependency_hop_seconds",
             "Time from writing the last required dependency's Ready status until the dependent's Deployment was scaled up",
-            dependency_hop.clone(),
+            self.dependency_hop.clone(),
         );
         registry.register(
             "reconcile_queue_seconds",
             "Time from an event queueing a feature's reconcile until the reconcile started",
-            reconcile_queue.clone(),
+            self.reconcile_queue.clone(),
         );
         registry.register(
             "startup_duration_seconds",
             "Time from scaling a feature up until it was Ready",
-            startup_duration.clone(),
+            self.startup_duration.clone(),
         );
         registry.register(
             "recoveries",
             "Automatic rollout restarts of unhealthy features",
-            recoveries.clone(),
+            self.recoveries.clone(),
         );
+    }
+
+    fn register_io_metrics(&self, registry: &mut Registry) {
         registry.register(
             "api_requests",
             "Requests sent to the Kubernetes API, by verb and HTTP status code (<error>: no response)",
-            api_requests.clone(),
+            self.api_requests.clone(),
         );
         registry.register(
             "object_writes",
             "Owned objects applied or deleted, by kind",
-            object_writes.clone(),
+            self.object_writes.clone(),
         );
         registry.register(
             "status_writes",
             "Status patches, by kind",
-            status_writes.clone(),
+            self.status_writes.clone(),
         );
         registry.register(
             "leader",
             "1 while this instance holds the leader lease",
-            leader.clone(),
+            self.leader.clone(),
         );
         registry.register(
             "queue_depth",
             "Reconcile requests queued and not yet started, by controller",
-            queue_depth.clone(),
+            self.queue_depth.clone(),
         );
         registry.register(
             "build_info",
             "Always 1; the labels name the running version and the git commit it was built from",
-            build_info.clone(),
+            self.build_info.clone(),
         );
-        Self {
-            registry: root,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            features_by_phase,
-            dependency_wait,
-            dependency_hop,
-            reconcile_queue,
-            startup_duration,
-            recoveries,
-            api_requests,
-            object_writes,
-            status_writes,
-            leader,
-            queue_depth,
-            build_info,
-        }
     }
 }
 
