@@ -30,9 +30,23 @@ reliability:
 unit:
 	$(CARGO) test --lib --bins
 
-## crds: regenerate crds/ from the Rust types.
+## crds: regenerate crds/ (and the chart's copy, which templates/crds.yaml renders) from the Rust types.
 crds:
 	$(CARGO) run --quiet -- crd > crds/premium.dev_crds.yaml
+	cp crds/premium.dev_crds.yaml charts/premium-operator/files/premium.dev_crds.yaml
+
+## chart: lint the Helm chart (--strict) and package it into target/chart/premium-operator-<version>.tgz.
+.PHONY: chart
+chart:
+	bash hack/build-tools.sh
+	source hack/lib.sh && HELM=$$(tool_path helm) && \
+	  $$HELM lint --strict charts/premium-operator && \
+	  $$HELM package charts/premium-operator --destination target/chart
+
+## promtool: install Prometheus and promtool (Debian's prometheus package) for the alert tests.
+.PHONY: promtool
+promtool:
+	bash hack/install-promtool.sh
 
 ## api-docs: regenerate docs/api.md from the CRD schema.
 api-docs:

@@ -386,16 +386,19 @@ impl Scrape {
         Some(lower)
     }
 
+    /// API requests by verb, whatever their status code (`{verb="get",code="200"}`).
     pub fn by_verb(&self) -> BTreeMap<String, f64> {
-        self.0
-            .iter()
-            .filter_map(|(k, v)| {
-                let verb = k
-                    .strip_prefix("premium_api_requests_total{verb=\"")?
-                    .strip_suffix("\"}")?;
-                Some((verb.to_string(), *v))
-            })
-            .collect()
+        let mut out = BTreeMap::new();
+        for (k, v) in &self.0 {
+            let Some(rest) = k.strip_prefix("premium_api_requests_total{verb=\"") else {
+                continue;
+            };
+            let Some((verb, _)) = rest.split_once('"') else {
+                continue;
+            };
+            *out.entry(verb.to_string()).or_insert(0.0) += *v;
+        }
+        out
     }
 }
 

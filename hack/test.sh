@@ -19,6 +19,10 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+# The alert and dashboard tests run promtool and Prometheus (Debian's prometheus package).
+step "hack/install-promtool.sh"
+"${REPO_ROOT}/hack/install-promtool.sh"
+
 # A cluster someone started before (make cluster-up) is theirs: leave it up.
 was_up=0
 cluster_healthy && was_up=1

@@ -1,7 +1,7 @@
-//! `crds/` (and the chart's `crds/`, when there is a chart) hold exactly what
+//! `crds/` and the chart's copy (charts/premium-operator/files/) hold exactly what
 //! `premium-operator crd` prints.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn repo() -> PathBuf {
@@ -54,54 +54,23 @@ fn crds_folder_matches_the_crd_command() {
     );
 }
 
-/// The YAML documents of every file in `dir`, parsed, so the chart may split the CRDs into one
-/// file each or keep them together.
-fn documents_in(dir: &Path) -> Vec<serde_yaml::Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("readable folder")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    let mut docs = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).expect("readable file");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", file.display()));
-            if value != serde_yaml::Value::Null {
-                docs.push(value);
-            }
-        }
-    }
-    docs
-}
-
-fn by_name(mut docs: Vec<serde_yaml::Value>) -> Vec<serde_yaml::Value> {
-    docs.sort_by_key(|d| {
-        d.get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str())
-            .unwrap_or_default()
-            .to_string()
-    });
-    docs
-}
-
+/// The chart renders its CRDs from files/premium.dev_crds.yaml (templates/crds.yaml), and
+/// has no crds/ folder: Helm would install that one first and then fail on the templated
+/// copies, and never upgrade it.
 #[test]
 fn chart_crds_match_the_crd_command() {
-    let chart_crds = repo().join("charts/premium-operator/crds");
-    if !chart_crds.is_dir() {
-        // No chart yet; the test above covers crds/.
-        return;
-    }
-    let printed: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&printed_crds())
-        .map(|doc| serde::Deserialize::deserialize(doc).expect("the CRD command prints YAML"))
-        .filter(|v: &serde_yaml::Value| *v != serde_yaml::Value::Null)
-        .collect();
-    let in_chart = documents_in(&chart_crds);
+    let chart = repo().join("charts/premium-operator");
     assert!(
-        by_name(in_chart) == by_name(printed),
-        "charts/premium-operator/crds/ differs from `premium-operator crd`; run `make crds` (it must refresh the chart's copy too) and commit the result"
+        !chart.join("crds").exists(),
+        "charts/premium-operator/crds/ must not exist: the chart templates its CRDs (crds.enabled)"
+    );
+    let path = chart.join("files/premium.dev_crds.yaml");
+    let in_chart = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}; run `make crds`", path.display()));
+    let printed = printed_crds();
+    assert!(
+        in_chart == printed,
+        "charts/premium-operator/files/premium.dev_crds.yaml differs from `premium-operator crd`; run `make crds` (it refreshes the chart's copy too) and commit the result ({})",
+        first_difference(&printed, &in_chart)
     );
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
@@ -124,7 +125,7 @@ fn release_for(ns: &TestNamespace) -> String {
 }
 
 #[test]
-fn chart_lints_strict_and_ships_the_crds() {
+fn chart_lints_strict_and_templates_the_crds() {
     let out = run(&tool("helm"), &["lint", "--strict", CHART], None, None);
     assert!(
         out.status.success(),
@@ -137,12 +138,13 @@ fn chart_lints_strict_and_ships_the_crds() {
         !lint.contains("[WARNING]") && !lint.contains("[ERROR]"),
         "{lint}"
     );
-    let chart_crds = std::fs::read_to_string(repo().join(CHART).join("crds/premium.dev_crds.yaml"))
-        .expect("the chart has crds/premium.dev_crds.yaml");
+    let chart_crds =
+        std::fs::read_to_string(repo().join(CHART).join("files/premium.dev_crds.yaml"))
+            .expect("the chart has files/premium.dev_crds.yaml");
     let crds = std::fs::read_to_string(repo().join("crds/premium.dev_crds.yaml")).expect("crds/");
     assert!(
         chart_crds == crds,
-        "charts/premium-operator/crds/ differs from crds/; run: cp crds/premium.dev_crds.yaml {CHART}/crds/"
+        "{CHART}/files/premium.dev_crds.yaml differs from crds/; run `make crds`"
     );
 }
 
@@ -154,6 +156,11 @@ fn values_schema_refuses_unknown_and_mistyped_values() {
         "logFormat=xml",
         "watchNamespace=Not_A_Namespace",
         "leaderElection.leaseDurationSeconds=1",
+        "image.digest=latest",
+        "crds.enabled=maybe",
+        "extraArgs=--verbose",
+        "metrics.prometheusRule.errorRatio=2",
+        "teardownWaitSeconds=-1",
     ] {
         let out = run(
             &tool("helm"),
@@ -179,6 +186,7 @@ fn rendered_rbac_is_least_privilege_in_both_modes() -> anyhow::Result<()> {
     let kinds: BTreeSet<&str> = cluster.iter().map(kind_of).collect();
     let expected: BTreeSet<&str> = [
         "ClusterRole",
+        "CustomResourceDefinition",
         "ClusterRoleBinding",
         "Deployment",
         "PodDisruptionBudget",
@@ -239,10 +247,21 @@ fn rendered_rbac_is_least_privilege_in_both_modes() -> anyhow::Result<()> {
             "networkPolicy.enabled=true",
             "--set",
             "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.grafanaDashboard.enabled=true",
         ],
     )?;
     let kinds: BTreeSet<&str> = all.iter().map(kind_of).collect();
-    assert!(kinds.contains("NetworkPolicy") && kinds.contains("ServiceMonitor"));
+    for kind in [
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    ] {
+        assert!(kinds.contains(kind), "{kind} is not rendered: {kinds:?}");
+    }
     Ok(())
 }
 
@@ -317,6 +336,10 @@ async fn install_upgrade_uninstall_under_restricted_pod_security() -> anyhow::Re
             "--wait",
             "--timeout",
             "120s",
+            // The CRDs are templates of the release (crds.enabled, the default). On this shared
+            // cluster other tests have applied them already, and an earlier run's release kept
+            // them (crds.keep): this release adopts them as a user upgrading would.
+            "--take-ownership",
         ],
         None,
         None,
@@ -361,6 +384,40 @@ async fn install_upgrade_uninstall_under_restricted_pod_security() -> anyhow::Re
         pods.lines().count(),
         2,
         "two operator pods admitted under restricted: {pods}"
+    );
+    let budgets: Api<PodDisruptionBudget> = ns.api();
+    ensure!(
+        budgets.get_opt(&fullname).await?.is_some(),
+        "two replicas have a PodDisruptionBudget"
+    );
+    // The CRDs belong to the release now, kept on uninstall.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let feature_crd = crds.get("premiumfeatures.premium.dev").await?;
+    let annotations = feature_crd.metadata.annotations.unwrap_or_default();
+    ensure!(
+        annotations.get("meta.helm.sh/release-name") == Some(&release)
+            && annotations
+                .get("helm.sh/resource-policy")
+                .map(String::as_str)
+                == Some("keep"),
+        "the release owns the CRD and keeps it: {annotations:?}"
+    );
+    // The Artifact Hub examples are valid objects.
+    let examples = artifact_hub_list("artifacthub.io/crdsExamples");
+    let examples: String = examples
+        .iter()
+        .map(|e| format!("---\n{}", serde_yaml::to_string(e).expect("YAML")))
+        .collect();
+    let out = run(
+        &kubectl,
+        &["apply", "--dry-run=server", "-n", ns.name(), "-f", "-"],
+        None,
+        Some(&examples),
+    );
+    ensure!(
+        out.status.success(),
+        "artifacthub.io/crdsExamples are refused: {}",
+        text(&out.stderr)
     );
     eprintln!("install: {:?}", started.elapsed());
 
@@ -424,6 +481,12 @@ async fn install_upgrade_uninstall_under_restricted_pod_security() -> anyhow::Re
     ensure!(
         roles.get_opt(&fullname).await?.is_some(),
         "the Role exists in Role-only mode"
+    );
+    // One pod now: its PodDisruptionBudget would block every drain, so the upgrade removed it.
+    let budgets: Api<PodDisruptionBudget> = ns.api();
+    ensure!(
+        budgets.get_opt(&fullname).await?.is_none(),
+        "no PodDisruptionBudget with one replica"
     );
 
     // Uninstall: everything of the release goes, the CRDs stay (as Helm does with crds/).
@@ -625,6 +688,10 @@ async fn converge_as_service_account(
         CHART,
         "--namespace",
         release_ns.name(),
+        // One release on the shared cluster owns the CRDs (the install test); these runs
+        // bring their own, as `ensure_crds` applied them.
+        "--set",
+        "crds.enabled=false",
     ];
     args.extend_from_slice(values);
     run_ok(&helm, &args)?;
@@ -842,4 +909,409 @@ fn values_schema_describes_every_value() {
         gaps.is_empty(),
         "values.schema.json does not describe: {gaps:?}"
     );
+}
+
+/// The chart's Chart.yaml.
+fn chart_yaml() -> serde_yaml::Value {
+    serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join(CHART).join("Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml is YAML")
+}
+
+/// An Artifact Hub annotation of Chart.yaml that holds a YAML list.
+fn artifact_hub_list(key: &str) -> Vec<serde_yaml::Value> {
+    let chart = chart_yaml();
+    let raw = chart["annotations"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("Chart.yaml has no {key} annotation"));
+    serde_yaml::from_str(raw).unwrap_or_else(|e| panic!("{key} is not a YAML list: {e}"))
+}
+
+/// The documents rendered from `templates/crds.yaml` with `args`.
+fn rendered_crds(args: &[&str]) -> anyhow::Result<Vec<serde_yaml::Value>> {
+    Ok(template("t", "ops", args)?
+        .into_iter()
+        .filter(|d| kind_of(d) == "CustomResourceDefinition")
+        .collect())
+}
+
+fn deployment_of(docs: &[serde_yaml::Value]) -> &serde_yaml::Value {
+    docs.iter()
+        .find(|d| kind_of(d) == "Deployment")
+        .expect("a Deployment is rendered")
+}
+
+/// crds.enabled renders exactly the CRDs of crds/ (plus the chart's labels), crds.keep adds the
+/// annotation that keeps them on uninstall; both off render none.
+#[test]
+fn crds_are_templated_with_a_keep_policy() -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(repo().join("crds/premium.dev_crds.yaml"))?;
+    let mut expected = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            expected.push(value);
+        }
+    }
+    let rendered = rendered_crds(&[])?;
+    assert_eq!(rendered.len(), expected.len(), "one document per CRD");
+    for (got, want) in rendered.iter().zip(&expected) {
+        let name = want["metadata"]["name"].as_str().unwrap_or_default();
+        assert_eq!(got["metadata"]["name"], want["metadata"]["name"]);
+        assert!(
+            got["spec"] == want["spec"],
+            "{name}: spec differs from crds/"
+        );
+        assert_eq!(
+            got["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(),
+            Some("keep"),
+            "{name}"
+        );
+        assert_eq!(
+            got["metadata"]["labels"]["app.kubernetes.io/managed-by"].as_str(),
+            Some("Helm"),
+            "{name}"
+        );
+    }
+    let unkept = rendered_crds(&["--set", "crds.keep=false"])?;
+    assert_eq!(unkept.len(), expected.len());
+    assert!(
+        unkept
+            .iter()
+            .all(|d| d["metadata"]["annotations"]["helm.sh/resource-policy"].is_null()),
+        "crds.keep=false: no keep annotation"
+    );
+    assert!(rendered_crds(&["--set", "crds.enabled=false"])?.is_empty());
+    // No crds/ folder: Helm would install it before the templates and then refuse them.
+    assert!(!repo().join(CHART).join("crds").exists());
+    Ok(())
+}
+
+/// Without leader election one pod runs (two would both write) and no PodDisruptionBudget
+/// renders for a single pod (it would block every drain).
+#[test]
+fn leader_election_off_runs_one_pod_and_one_pod_has_no_budget() -> anyhow::Result<()> {
+    let kinds_and_replicas = |args: &[&str]| -> anyhow::Result<(bool, i64, Vec<String>)> {
+        let docs = template("t", "ops", args)?;
+        let pdb = docs.iter().any(|d| kind_of(d) == "PodDisruptionBudget");
+        let deployment = deployment_of(&docs);
+        let replicas = deployment["spec"]["replicas"]
+            .as_i64()
+            .context("replicas")?;
+        let container_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .context("args")?
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        Ok((pdb, replicas, container_args))
+    };
+    let (pdb, replicas, args) = kinds_and_replicas(&[])?;
+    assert!(pdb && replicas == 2 && args.contains(&"--leader-elect".to_string()));
+    let (pdb, replicas, args) = kinds_and_replicas(&["--set", "leaderElection.enabled=false"])?;
+    assert_eq!(replicas, 1, "leader election off: one pod");
+    assert!(!pdb, "no PodDisruptionBudget for one pod");
+    assert!(!args.iter().any(|a| a.starts_with("--leader")), "{args:?}");
+    let (pdb, replicas, _) = kinds_and_replicas(&[
+        "--set",
+        "leaderElection.enabled=false",
+        "--set",
+        "replicaCount=5",
+    ])?;
+    assert!(replicas == 1 && !pdb, "replicaCount cannot add writers");
+    let (pdb, replicas, _) = kinds_and_replicas(&["--set", "replicaCount=1"])?;
+    assert!(replicas == 1 && !pdb);
+    let (pdb, replicas, _) = kinds_and_replicas(&["--set", "replicaCount=3"])?;
+    assert!(replicas == 3 && pdb);
+    // NOTES.txt names no Lease without leader election, and says why there is one pod.
+    let notes = |args: &[&str]| -> anyhow::Result<String> {
+        let mut all = vec![
+            "install",
+            "t",
+            CHART,
+            "--namespace",
+            "ops",
+            "--dry-run=client",
+            // A client dry run still checks the ownership of existing objects: the shared
+            // cluster's CRDs belong to another release or to none.
+            "--set",
+            "crds.enabled=false",
+        ];
+        all.extend_from_slice(args);
+        let out = text(&run_ok(&tool("helm"), &all)?.stdout);
+        Ok(out
+            .split("NOTES:")
+            .nth(1)
+            .context("NOTES are shown")?
+            .to_string())
+    };
+    let with = notes(&[])?;
+    assert!(with.contains("get lease t-premium-operator"), "{with}");
+    let without = notes(&["--set", "leaderElection.enabled=false"])?;
+    assert!(
+        !without.contains("Lease") && !without.contains("get lease"),
+        "{without}"
+    );
+    assert!(without.contains("not replicaCount=2"), "{without}");
+    Ok(())
+}
+
+/// The chart as a dependency of an umbrella chart: `global` values and the escape hatches
+/// pass the schema, and the parent's values reach the Deployment and Service.
+#[test]
+fn works_as_a_subchart_with_globals_and_escape_hatches() -> anyhow::Result<()> {
+    let dir = repo().join(format!("target/helm/umbrella-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let chart_path = repo().join(CHART);
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        format!(
+            "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n  - name: premium-operator\n    version: \"{}\"\n    repository: \"file://{}\"\n",
+            chart_yaml()["version"].as_str().context("chart version")?,
+            chart_path.display()
+        ),
+    )?;
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    std::fs::write(
+        dir.join("values.yaml"),
+        format!(
+            r#"global:
+  imageRegistry: registry.example.com
+  imagePullSecrets: []
+premium-operator:
+  replicaCount: 3
+  image:
+    repository: registry.example.com/premium-operator
+    digest: "{digest}"
+  extraArgs: ["--concurrency=16"]
+  extraEnv:
+    - name: HTTPS_PROXY
+      value: http://proxy:3128
+  volumes:
+    - name: ca
+      configMap: {{name: corporate-ca}}
+  volumeMounts:
+    - name: ca
+      mountPath: /etc/ssl/corporate
+      readOnly: true
+  deploymentAnnotations:
+    reloader.example.com/auto: "true"
+  podAnnotations:
+    team: platform
+  metrics:
+    service:
+      annotations:
+        prometheus.io/scrape: "true"
+  teardownWaitSeconds: 120
+"#
+        ),
+    )?;
+    let helm = tool("helm");
+    let dir_str = dir.to_string_lossy().into_owned();
+    run_ok(&helm, &["dependency", "update", &dir_str])?;
+    let lint = run(&helm, &["lint", "--strict", &dir_str], None, None);
+    assert!(
+        lint.status.success(),
+        "helm lint --strict of the umbrella chart: {}{}",
+        text(&lint.stdout),
+        text(&lint.stderr)
+    );
+    let out = run_ok(
+        &helm,
+        &["template", "platform", &dir_str, "--namespace", "ops"],
+    )?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text(&out.stdout)) {
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    let deployment = deployment_of(&docs);
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(3));
+    assert_eq!(
+        deployment["metadata"]["annotations"]["reloader.example.com/auto"].as_str(),
+        Some("true")
+    );
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["annotations"]["team"].as_str(),
+        Some("platform")
+    );
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(
+        container["image"].as_str(),
+        Some(format!("registry.example.com/premium-operator@{digest}").as_str())
+    );
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .context("args")?
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--concurrency=16"), "{args:?}");
+    assert!(args.contains(&"--teardown-wait-seconds=120"), "{args:?}");
+    let env_names: Vec<&str> = container["env"]
+        .as_sequence()
+        .context("env")?
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(env_names.contains(&"HTTPS_PROXY") && env_names.contains(&"POD_NAME"));
+    assert_eq!(
+        container["volumeMounts"][0]["mountPath"].as_str(),
+        Some("/etc/ssl/corporate")
+    );
+    assert_eq!(
+        pod["spec"]["volumes"][0]["configMap"]["name"].as_str(),
+        Some("corporate-ca")
+    );
+    let service = docs
+        .iter()
+        .find(|d| kind_of(d) == "Service")
+        .context("a Service")?;
+    assert_eq!(
+        service["metadata"]["annotations"]["prometheus.io/scrape"].as_str(),
+        Some("true")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Chart.yaml's Artifact Hub annotations say what the chart ships: its default images, its
+/// CRDs, valid examples of them, a license; and the icon is the chart's icon.svg.
+#[test]
+fn artifact_hub_annotations_match_the_chart() -> anyhow::Result<()> {
+    let chart = chart_yaml();
+    let values: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        repo().join(CHART).join("values.yaml"),
+    )?)?;
+    let images: BTreeSet<String> = artifact_hub_list("artifacthub.io/images")
+        .iter()
+        .filter_map(|i| i["image"].as_str().map(str::to_owned))
+        .collect();
+    let defaults: BTreeSet<String> = [
+        format!(
+            "{}:{}",
+            values["image"]["repository"]
+                .as_str()
+                .context("repository")?,
+            chart["appVersion"].as_str().context("appVersion")?
+        ),
+        values["sidecarImage"]
+            .as_str()
+            .context("sidecarImage")?
+            .to_string(),
+    ]
+    .into();
+    assert_eq!(
+        images, defaults,
+        "artifacthub.io/images names the default images"
+    );
+    let crds = rendered_crds(&[])?;
+    let annotated: BTreeSet<(String, String, String)> = artifact_hub_list("artifacthub.io/crds")
+        .iter()
+        .map(|c| {
+            let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            assert!(!field("description").is_empty() && !field("displayName").is_empty());
+            (field("name"), field("kind"), field("version"))
+        })
+        .collect();
+    let shipped: BTreeSet<(String, String, String)> = crds
+        .iter()
+        .flat_map(|c| {
+            let name = c["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let kind = c["spec"]["names"]["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            c["spec"]["versions"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |v| {
+                    let version = v["name"].as_str()?.to_string();
+                    Some((name.clone(), kind.clone(), version))
+                })
+        })
+        .collect();
+    assert_eq!(
+        annotated, shipped,
+        "artifacthub.io/crds lists the chart's CRDs"
+    );
+    let example_kinds: BTreeSet<String> = artifact_hub_list("artifacthub.io/crdsExamples")
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .collect();
+    let kinds: BTreeSet<String> = shipped.iter().map(|(_, k, _)| k.clone()).collect();
+    assert_eq!(example_kinds, kinds, "one example of each CRD");
+    assert_eq!(
+        chart["annotations"]["artifacthub.io/license"].as_str(),
+        Some("Apache-2.0")
+    );
+    let icon = chart["icon"].as_str().context("Chart.yaml has an icon")?;
+    let encoded = icon
+        .strip_prefix("data:image/svg+xml;base64,")
+        .context("the icon is an inline SVG")?;
+    let svg = std::fs::read(repo().join(CHART).join("icon.svg"))?;
+    assert_eq!(encoded, base64_encode(&svg), "the icon is icon.svg");
+    Ok(())
+}
+
+/// Standard base64 with padding (no dependency for one comparison).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `make chart`'s packaging: the package holds the CRD source and renders like the folder.
+#[test]
+fn chart_packages_and_renders_from_the_package() -> anyhow::Result<()> {
+    let dir = repo().join(format!("target/helm/package-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let helm = tool("helm");
+    let dir_str = dir.to_string_lossy().into_owned();
+    run_ok(&helm, &["package", CHART, "--destination", &dir_str])?;
+    let version = chart_yaml()["version"]
+        .as_str()
+        .context("version")?
+        .to_string();
+    let package = dir.join(format!("premium-operator-{version}.tgz"));
+    assert!(package.is_file(), "{} is written", package.display());
+    let package_str = package.to_string_lossy().into_owned();
+    let from_package = run_ok(
+        &helm,
+        &["template", "t", &package_str, "--namespace", "ops"],
+    )?;
+    let from_folder = run_ok(&helm, &["template", "t", CHART, "--namespace", "ops"])?;
+    assert!(
+        from_package.stdout == from_folder.stdout,
+        "the package renders what the folder renders"
+    );
+    assert!(text(&from_package.stdout).contains("kind: CustomResourceDefinition"));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }

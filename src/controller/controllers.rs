@@ -204,6 +204,8 @@ fn feature_controller(
         move |r: &FeatureRef| {
             let key = FeatureKey::new(r.namespace.clone().unwrap_or_default(), r.name.clone());
             ctx.memory.queued(&key);
+            ctx.metrics
+                .set_queue_depth("feature", ctx.memory.queue_depth());
         }
     };
     Controller::for_stream(

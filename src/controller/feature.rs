@@ -57,7 +57,10 @@ pub async fn reconcile(
     span.record("feature", feature.name_any());
     span.record("namespace", feature.namespace().unwrap_or_default());
     let key = FeatureKey::new(feature.namespace().unwrap_or_default(), feature.name_any());
-    if let Some(queued) = ctx.memory.take_queued(&key) {
+    let queued = ctx.memory.take_queued(&key);
+    ctx.metrics
+        .set_queue_depth(CONTROLLER, ctx.memory.queue_depth());
+    if let Some(queued) = queued {
         ctx.metrics
             .reconcile_queue
             .observe(queued.elapsed().as_secs_f64());

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -52,14 +53,28 @@ fn written_status_done(
 
 /// Per-feature memory of this instance.
 #[derive(Debug, Default)]
-pub struct Memory(Mutex<HashMap<FeatureKey, FeatureMemory>>);
+pub struct Memory {
+    features: Mutex<HashMap<FeatureKey, FeatureMemory>>,
+    /// Features with a reconcile queued by an event (`queued_since` set): the queue depth.
+    queued: AtomicUsize,
+}
 
 impl Memory {
     /// Runs `f` on the feature's memory; an entry left holding nothing is dropped.
     pub fn update<R>(&self, key: &FeatureKey, f: impl FnOnce(&mut FeatureMemory) -> R) -> R {
-        let mut map = lock(&self.0);
+        let mut map = lock(&self.features);
         let entry = map.entry(key.clone()).or_default();
+        let was_queued = entry.queued_since.is_some();
         let result = f(entry);
+        match (was_queued, entry.queued_since.is_some()) {
+            (false, true) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         if entry.is_empty() {
             map.remove(key);
         }
@@ -68,17 +83,20 @@ impl Memory {
 
     /// Reads the feature's memory, if any.
     pub fn read<R>(&self, key: &FeatureKey, f: impl FnOnce(&FeatureMemory) -> R) -> Option<R> {
-        lock(&self.0).get(key).map(f)
+        lock(&self.features).get(key).map(f)
     }
 
     /// Forgets everything about the feature (it is gone).
     pub fn forget(&self, key: &FeatureKey) {
-        lock(&self.0).remove(key);
+        let gone = lock(&self.features).remove(key);
+        if gone.is_some_and(|m| m.queued_since.is_some()) {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Features something is remembered of.
     pub fn len(&self) -> usize {
-        lock(&self.0).len()
+        lock(&self.features).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,6 +124,11 @@ impl Memory {
         self.update(key, |m| m.queued_since.take())
     }
 
+    /// Features with a reconcile queued by an event and not started yet.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// The last status written for `key` if the cache does not show it yet.
     pub fn newer_status(
         &self,
@@ -128,7 +151,7 @@ impl Memory {
     /// feature settles would otherwise stay here, a second copy of every status (10,000 of
     /// them at 10,000 features), until the feature is next reconciled.
     pub fn status_seen(&self, key: &FeatureKey, cached: Option<&PremiumFeatureStatus>) {
-        let mut map = lock(&self.0);
+        let mut map = lock(&self.features);
         let Some(m) = map.get_mut(key) else { return };
         if m.written
             .as_ref()
@@ -237,8 +260,10 @@ mod tests {
             }
         });
         assert_eq!(memory.recalled(&key()).restarts, vec![t(5)]);
+        assert_eq!(memory.queue_depth(), 1);
         memory.forget(&key());
         assert!(memory.is_empty());
+        assert_eq!(memory.queue_depth(), 0);
         assert_eq!(memory.recalled(&key()), Recalled::default());
     }
 
@@ -246,9 +271,12 @@ mod tests {
     fn an_entry_holding_nothing_is_dropped() {
         let memory = Memory::default();
         memory.queued(&key());
+        memory.queued(&key());
         assert_eq!(memory.len(), 1);
+        assert_eq!(memory.queue_depth(), 1, "queued twice, counted once");
         assert!(memory.take_queued(&key()).is_some());
         assert!(memory.is_empty());
+        assert_eq!(memory.queue_depth(), 0);
         // A status seen in the cache goes, and its entry with it.
         let ready = phase(Phase::Ready, reason::AVAILABLE);
         memory.update(&key(), |m| {

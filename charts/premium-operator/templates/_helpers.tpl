@@ -52,8 +52,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The operator image: pinned by digest when image.digest is set (the tag is then only a
+label for people and is left out), else repository:tag. */}}
 {{- define "premium-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Operator pods. Without leader election every pod would reconcile and write on its own, so
+the chart runs at most one then, whatever replicaCount says (NOTES.txt tells so). */}}
+{{- define "premium-operator.replicas" -}}
+{{- if .Values.leaderElection.enabled }}
+{{- .Values.replicaCount }}
+{{- else }}
+{{- min (int .Values.replicaCount) 1 }}
+{{- end }}
 {{- end }}
 
 {{/* The rules the operator needs on the resources it watches and writes (everything but the
@@ -85,4 +101,19 @@ Lease, which lives in the release namespace). Verified against src/controller: *
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
+{{- end }}
+
+{{/* The label matchers that pick this release's operator series in Prometheus (without
+braces): by default the job a ServiceMonitor on the metrics Service gives them. */}}
+{{- define "premium-operator.seriesSelector" -}}
+{{- if .Values.metrics.prometheusRule.seriesSelector }}
+{{- .Values.metrics.prometheusRule.seriesSelector }}
+{{- else }}
+{{- printf "job=%q,namespace=%q" (printf "%s-metrics" (include "premium-operator.fullname" .)) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/* An alert's labels: its severity, then the user's (which may override it). */}}
+{{- define "premium-operator.alertLabels" -}}
+{{- toYaml (merge (dict) .extra (dict "severity" .severity)) }}
 {{- end }}
