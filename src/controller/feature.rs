@@ -90,7 +90,9 @@ impl From<Action> for Pass {
 /// status before it goes to `error_policy`, so a feature never retries silently with a status
 /// that says nothing of it.
 async fn reconcile_feature(feature: &PremiumFeature, ctx: &Context) -> Result<Action, Error> {
-    match reconcile_steps(feature, ctx).await {
+    // On the heap: the pass holds the desired objects across its awaits, more than a worker
+    // thread's stack holds in a debug build.
+    match Box::pin(reconcile_steps(feature, ctx)).await {
         Ok(Pass {
             action,
             refused: None,
@@ -151,7 +153,9 @@ async fn reconcile_steps(feature: &PremiumFeature, ctx: &Context) -> Result<Pass
     let (gathered, observed) = gather(ctx, feature, &key, &uid).await;
     let inputs = gathered.inputs(ctx, feature, &key, &now);
     let limits = startup_limits(ctx, feature);
-    let decision = decide(&inputs, |stage| update_slot(ctx, &key, stage, &limits));
+    let decision = Box::new(decide(&inputs, |stage| {
+        update_slot(ctx, &key, stage, &limits)
+    }));
     if let Some(restarts) = decision.restarts_to_remember() {
         ctx.memory.update(&key, |m| m.restarts = restarts.to_vec());
     }
@@ -288,7 +292,7 @@ async fn apply(
     if !decision.applies() {
         return Ok((ApplyOutcome::default(), None));
     }
-    match apply_objects(ctx, decision, uid, observed).await {
+    match Box::pin(apply_objects(ctx, decision, uid, observed)).await {
         Ok(outcome) => {
             if outcome.deployment_written && decision.scales_up() {
                 observe_hop(ctx, key, feature);
