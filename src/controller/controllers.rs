@@ -217,7 +217,6 @@ fn feature_controller(
     .graceful_shutdown_on(stop)
     .run(
         |obj, ctx| async move {
-            let _running = InFlight::enter(&ctx);
             let reconcile = feature::reconcile(obj.clone(), ctx.clone());
             reset_backoff_on_success("feature", &obj, &ctx, reconcile).await
         },
@@ -251,23 +250,6 @@ fn policy_controller(
         ctx.clone(),
     )
     .for_each(|_| futures::future::ready(()))
-}
-
-/// Counts a running feature reconcile until dropped (also when the reconcile is cancelled):
-/// the back lane feeds new features only while few run.
-struct InFlight<'a>(&'a Context);
-
-impl<'a> InFlight<'a> {
-    fn enter(ctx: &'a Context) -> Self {
-        ctx.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(ctx)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Background tasks that end with their owner.

@@ -22,6 +22,8 @@ pub mod run;
 pub mod sync;
 pub mod watches;
 
+use std::sync::atomic::Ordering;
+
 use kube::Resource;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -64,6 +66,23 @@ where
     }
 }
 
+/// Counts a running feature reconcile until dropped (also when the reconcile is cancelled):
+/// the back lane feeds new features only while few run.
+struct InFlight<'a>(&'a Context);
+
+impl<'a> InFlight<'a> {
+    fn enter(ctx: &'a Context) -> Self {
+        ctx.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(ctx)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Runs one reconcile, counting it and timing it.
 async fn measured(
     ctx: &Context,
@@ -73,7 +92,9 @@ async fn measured(
     let labels = ControllerLabels { controller };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
+    let counted = (controller == "feature").then(|| InFlight::enter(ctx));
     let result = reconcile.await;
+    drop(counted);
     ctx.metrics
         .reconcile_duration
         .get_or_create(&labels)

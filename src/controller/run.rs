@@ -87,6 +87,9 @@ pub fn main(args: RunArgs) -> ExitCode {
     telemetry::init(args.log_format != "text");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Debug builds poll the large reconcile futures on worker threads; tokio's 2 MiB
+        // default overflowed in cluster tests.
+        .thread_stack_size(8 << 20)
         .build()
     {
         Ok(r) => r,
