@@ -98,6 +98,34 @@ pub struct PremiumFeatureSpec {
     /// anything. Dependents see it as not Ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+
+    /// What the feature as a whole can take from all its callers together. The operator splits
+    /// each set limit between the features that depend on this one, by their `pool.weight`,
+    /// divides each caller's part by its replicas, and writes the result into the circuit
+    /// breakers of that caller's sidecar cluster for this feature (a caller's policy values stay
+    /// a ceiling). `status.capacity` shows the split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+}
+
+/// Limits on what every caller of a feature may send it at once, summed over all their
+/// sidecars. Unset fields are not split (the callers' policies alone apply).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.maxConnections) || has(self.maxPendingRequests) || has(self.maxRequests)").message("capacity needs at least one of maxConnections, maxPendingRequests and maxRequests"))]
+pub struct Capacity {
+    /// Connections all callers together may hold open to the feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: Option<i64>,
+    /// Requests all callers together may queue while waiting for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_pending_requests: Option<i64>,
+    /// Requests all callers together may have in flight to the feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_requests: Option<i64>,
 }
 
 /// An HTTP endpoint that answers 200 when the application is healthy.
@@ -224,6 +252,53 @@ pub struct PremiumFeatureStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+
+    /// How `spec.capacity` is split between the callers, when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityStatus>,
+}
+
+/// The split of a feature's capacity between its callers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityStatus {
+    /// Every feature that depends on this one, by name (`namespace/name` when in another
+    /// namespace). A caller with no replicas takes no share.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<CapacityCaller>,
+}
+
+/// One caller's part of a feature's capacity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityCaller {
+    /// The caller (`namespace/name` when in another namespace).
+    pub name: String,
+    /// Its `pool.weight` (default 1): shares are in proportion to it.
+    pub weight: i32,
+    /// The replicas the split counted: the caller's desired replicas, or its ready ones
+    /// when more are still running.
+    pub replicas: i32,
+    /// The caller's part of the capacity, over all its replicas.
+    pub share: CapacityAmounts,
+    /// What each of its sidecars may send (at least 1, even when the share is smaller than
+    /// the replicas).
+    pub per_instance: CapacityAmounts,
+}
+
+/// Amounts of the three limits of `spec.capacity`; an unset one is not split.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityAmounts {
+    /// Connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
+    /// Requests queued while waiting for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<i64>,
+    /// Requests in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<i64>,
 }
 
 /// One dependency that holds a feature back.

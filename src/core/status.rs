@@ -426,6 +426,8 @@ pub fn feature_status(
         started_at: o.started_at.clone(),
         recent_restarts: o.recent_restarts.clone(),
         conditions,
+        // Decided with the split of the callers' replicas (`core::capacity`), by `settle`.
+        capacity: None,
     }
 }
 
