@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod build;
+pub mod capacity;
 pub mod decide;
 pub mod drift;
 pub mod fair;
