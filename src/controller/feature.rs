@@ -22,6 +22,7 @@ use serde_json::json;
 use tracing::{field, info, instrument, warn};
 
 use super::apply::{Applied, apply_over, apply_owned, delete_owned, observe_owned};
+use super::capacity;
 use super::context::{Context, lock};
 use super::index::Wake;
 use super::policy::{budget_for_feature, startup_limits};
@@ -29,6 +30,7 @@ use super::{Error, ErrorKind, FINALIZER};
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{Phase, PremiumFeature, PremiumFeatureStatus};
 use crate::core::build;
+use crate::core::capacity::CapacityInputs;
 use crate::core::decide::{
     self, ApplyOutcome, BudgetShare, Decision, DependencyInfo, Inputs, Note, Recalled, Settled,
     decide, earliest, phase_event, seconds_since, settle, turned_true,
@@ -160,6 +162,9 @@ async fn reconcile_steps(feature: &PremiumFeature, ctx: &Context) -> Result<Pass
         ctx.memory.update(&key, |m| m.restarts = restarts.to_vec());
     }
     let (applied, refused) = apply(ctx, feature, &key, &decision, &uid, observed).await?;
+    if applied.stall.is_none() {
+        capacity::wake_on_change(ctx, feature, &key, &gathered.capacities, &decision);
+    }
     let settled = settle(&inputs, &decision, &applied);
     if let Some(note) = &settled.restart_event {
         ctx.metrics.recoveries.inc();
@@ -185,6 +190,7 @@ struct Gathered {
     dependencies: BTreeMap<FeatureKey, DependencyInfo>,
     deployment: Option<Arc<OwnedView>>,
     budget: BudgetShare,
+    capacities: BTreeMap<FeatureKey, CapacityInputs>,
     /// A status this instance wrote that the cache does not show yet.
     newer: Option<PremiumFeatureStatus>,
     recalled: Recalled,
@@ -206,6 +212,7 @@ impl Gathered {
             dependencies: &self.dependencies,
             deployment: self.deployment.as_deref(),
             budget: &self.budget,
+            capacities: &self.capacities,
             previous: self.newer.as_ref().or(feature.status.as_ref()),
             recalled: &self.recalled,
             sidecar_image: &ctx.settings.sidecar_image,
@@ -255,6 +262,7 @@ async fn gather(
             max_replicas: budget.max_replicas,
             waiting: budget.waiting,
         },
+        capacities: capacity::gather(ctx, feature, key, &targets),
         newer: ctx.memory.newer_status(key, feature.status.as_ref()),
         recalled: ctx.memory.recalled(key),
     };

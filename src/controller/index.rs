@@ -27,6 +27,9 @@ struct FeatureEntry {
     /// What a dependent's reconcile reads of this feature: ready, given up, port, deleting.
     /// Dependents are woken only when it changes, not on every status write.
     view: (bool, bool, i32, bool),
+    /// Its `spec.capacity` and the split its status shows: callers compute their share from
+    /// both, so they are woken when either moves (`controller::capacity`).
+    capacity: Option<String>,
     /// What its own reconcile acts on besides status: generation, labels, annotations,
     /// deletion. Its own status writes (and their echoes) wake nobody.
     meta: String,
@@ -216,6 +219,10 @@ impl Index {
                 f.metadata.deletion_timestamp.is_some()
             ),
             view: dependency_view(f),
+            capacity: f.spec.capacity.as_ref().map(|c| {
+                let split = f.status.as_ref().and_then(|s| s.capacity.as_ref());
+                format!("{c:?}|{split:?}")
+            }),
             // Not the finalizers: the echo of the operator adding its own would wake the
             // feature again while its status write is still on the way (a reconcile on a
             // stale status). Deletion shows in the deletion timestamp.
@@ -238,12 +245,17 @@ impl Index {
         // blocks.
         let graph_changed = previous.as_ref().map(|p| &p.edges) != Some(&edges);
         if graph_changed {
+            // A dependency whose capacity is split gained or lost a caller.
+            let old = previous.as_ref().map_or(&[][..], |p| p.edges.as_slice());
+            wake.features.extend(self.splitting(old, &edges));
             self.relink(
                 &key,
                 previous.as_ref().map_or(&[][..], |p| p.edges.as_slice()),
                 edges,
             );
-        } else if previous.as_ref().map(|p| p.view) != Some(entry.view) {
+        } else if previous.as_ref().map(|p| p.view) != Some(entry.view)
+            || previous.as_ref().map(|p| &p.capacity) != Some(&entry.capacity)
+        {
             wake.features.extend(self.dependents(&key));
         }
         if graph_changed || previous.as_ref().map(|p| &p.selection) != Some(&entry.selection) {
@@ -257,6 +269,18 @@ impl Index {
             self.reselect(&key, f, &mut wake);
         }
         wake
+    }
+
+    /// The targets of `old` or `new` but not both that split a capacity between callers.
+    fn splitting(&self, old: &[DependencyEdge], new: &[DependencyEdge]) -> Vec<FeatureKey> {
+        let targets = |edges: &[DependencyEdge]| -> BTreeSet<FeatureKey> {
+            edges.iter().map(|e| e.target.clone()).collect()
+        };
+        targets(old)
+            .symmetric_difference(&targets(new))
+            .filter(|t| self.features.get(*t).is_some_and(|f| f.capacity.is_some()))
+            .cloned()
+            .collect()
     }
 
     /// Moves `key` from the dependents of `old` to those of `new`, and tells the graph: levels,
@@ -451,6 +475,32 @@ mod tests {
 
     fn k(n: &str) -> FeatureKey {
         FeatureKey::new("portal", n)
+    }
+
+    #[test]
+    fn a_capacity_split_wakes_its_callers_and_a_new_caller_wakes_the_dependency() {
+        let mut idx = Index::default();
+        let mut catalog = feature("catalog", &[], "premium");
+        catalog.spec.capacity = Some(crate::api::Capacity {
+            max_requests: Some(100),
+            ..Default::default()
+        });
+        idx.apply_feature(&catalog);
+        idx.apply_feature(&feature("aika", &["catalog"], "premium"));
+        // A second caller: catalog's split must count it.
+        let wake = idx.apply_feature(&feature("soundcheck", &["catalog"], "premium"));
+        assert!(wake.features.contains(&k("catalog")), "{wake:?}");
+        // Catalog writes its new split: both callers settle on it.
+        catalog.status = Some(crate::api::PremiumFeatureStatus {
+            capacity: Some(crate::api::CapacityStatus::default()),
+            ..Default::default()
+        });
+        let wake = idx.apply_feature(&catalog);
+        assert_eq!(wake.features, BTreeSet::from([k("aika"), k("soundcheck")]));
+        // A dependency without a capacity is not woken by a new caller.
+        idx.apply_feature(&feature("search", &[], "premium"));
+        let wake = idx.apply_feature(&feature("scorecard", &["search"], "premium"));
+        assert!(!wake.features.contains(&k("search")), "{wake:?}");
     }
 
     #[test]

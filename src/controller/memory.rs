@@ -35,6 +35,9 @@ pub struct FeatureMemory {
     pub queued_since: Option<Instant>,
     /// Recovery restarts done by this instance, until the cached status shows them.
     pub restarts: Vec<Time>,
+    /// The weight and replicas this caller last counted for in its dependencies' capacity
+    /// splits (see `controller::capacity`); `None` when none of them sets a capacity.
+    pub capacity_counted: Option<(u32, u32)>,
 }
 
 impl FeatureMemory {
@@ -257,6 +260,7 @@ mod tests {
                 hop_from: Some(Instant::now()),
                 queued_since: Some(Instant::now()),
                 restarts: vec![t(5)],
+                capacity_counted: Some((1, 3)),
             }
         });
         assert_eq!(memory.recalled(&key()).restarts, vec![t(5)]);

@@ -5,6 +5,7 @@
 //! what a failure is and what follows it; `feature` and `policy` are the reconcilers.
 
 pub mod apply;
+pub mod capacity;
 pub mod context;
 pub mod controllers;
 pub mod echoes;

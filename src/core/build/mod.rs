@@ -131,6 +131,7 @@ pub(crate) mod testing {
                 name: d.name.clone(),
                 namespace: "portal".into(),
                 port: Some(9898),
+                capacity: Default::default(),
             })
             .collect();
         let sidecar = render(&SidecarSpec {

@@ -20,6 +20,7 @@ use kube::ResourceExt;
 use crate::api::conditions::{self as cond, reason};
 use crate::api::{Phase, PremiumFeature, PremiumFeatureStatus, PremiumPolicySpec};
 use crate::core::build::{self, FeaturePlan};
+use crate::core::capacity::{self, CapacityInputs, Limits};
 use crate::core::graph::FeatureKey;
 use crate::core::plan::{self, DependencyView, Gate, GraphView, RecoveryDecision};
 use crate::core::policy::EffectivePolicy;
@@ -144,6 +145,9 @@ pub struct Inputs<'a> {
     /// The feature's own Deployment (one controlled by another object is no concern of it).
     pub deployment: Option<&'a OwnedView>,
     pub budget: &'a BudgetShare,
+    /// The capacity splits this feature takes part in, by the feature whose capacity is split:
+    /// each dependency that sets `spec.capacity`, and the feature itself when it sets one.
+    pub capacities: &'a BTreeMap<FeatureKey, CapacityInputs>,
     /// The status as last written: the cache's, or a newer one this instance wrote.
     pub previous: Option<&'a PremiumFeatureStatus>,
     pub recalled: &'a Recalled,
@@ -293,10 +297,14 @@ fn feature_plan(
         .max_replicas
         .unwrap_or(pool.max_replicas)
         .min(pool.max_replicas);
+    let replicas = plan::desired_replicas(held, current_replicas, pool.min_replicas, hpa_max);
+    // The split counts the replicas this pass asks for, or those the shell saw if more.
+    let own_replicas = u32::try_from(replicas).unwrap_or(0);
     let upstreams: Vec<Upstream> = plan::dependency_keys(inputs.key, &feature.spec.depends_on)
         .into_iter()
         .map(|k| Upstream {
             port: inputs.dependencies.get(&k).and_then(|d| d.port),
+            capacity: capacity_share(inputs, &k, own_replicas),
             name: k.name,
             namespace: k.namespace,
         })
@@ -309,7 +317,7 @@ fn feature_plan(
         traffic: settings.traffic.clone(),
     });
     FeaturePlan {
-        replicas: plan::desired_replicas(held, current_replicas, pool.min_replicas, hpa_max),
+        replicas,
         autoscale: !held,
         pool,
         hpa_max_replicas: hpa_max,
@@ -318,6 +326,19 @@ fn feature_plan(
         sidecar_image: inputs.sidecar_image.to_string(),
         restarted_at,
     }
+}
+
+/// This feature's per-instance part of `dependency`'s capacity; empty when it sets none.
+fn capacity_share(inputs: &Inputs<'_>, dependency: &FeatureKey, replicas: u32) -> Limits {
+    let Some(split) = inputs.capacities.get(dependency) else {
+        return Limits::default();
+    };
+    split
+        .split_for(inputs.key, replicas)
+        .into_iter()
+        .find(|s| &s.key == inputs.key)
+        .map(|s| s.per_instance)
+        .unwrap_or_default()
 }
 
 /// The feature's objects as the plan builds them.
@@ -416,7 +437,13 @@ pub fn settle(inputs: &Inputs<'_>, decision: &Decision, applied: &ApplyOutcome) 
         recent_restarts: decision.recovery.recent_restarts.clone(),
         started_at,
     };
-    let status = feature_status(inputs.previous, &observation, inputs.now);
+    let mut status = feature_status(inputs.previous, &observation, inputs.now);
+    status.capacity = inputs.capacities.get(inputs.key).map(|c| {
+        capacity::to_status(
+            &capacity::split(&c.capacity, &c.callers, &c.previous),
+            &inputs.key.namespace,
+        )
+    });
     let changed = inputs.previous != Some(&status);
     // A status that starts the recovery clock (it just turned unhealthy) must bring this
     // feature back when the clock runs out: no other event may come.

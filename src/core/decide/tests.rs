@@ -39,6 +39,7 @@ struct World {
     dependencies: BTreeMap<FeatureKey, DependencyInfo>,
     deployment: Option<OwnedView>,
     budget: BudgetShare,
+    capacities: BTreeMap<FeatureKey, CapacityInputs>,
     previous: Option<PremiumFeatureStatus>,
     recalled: Recalled,
     now: Time,
@@ -129,6 +130,7 @@ impl World {
             ]),
             deployment: None,
             budget: BudgetShare::default(),
+            capacities: BTreeMap::new(),
             previous: None,
             recalled: Recalled::default(),
             now: t(10),
@@ -162,6 +164,7 @@ impl World {
             dependencies: &self.dependencies,
             deployment: self.deployment.as_ref(),
             budget: &self.budget,
+            capacities: &self.capacities,
             previous: self.previous.as_ref(),
             recalled: &self.recalled,
             sidecar_image: "envoy",
@@ -910,4 +913,107 @@ proptest! {
             !matches!(o.settled.status.phase, Some(Phase::Starting | Phase::Pending))
         );
     }
+}
+
+/// `catalog` can take 120 requests; aika (this feature, weight 1) and soundcheck (weight 2,
+/// 4 replicas) call it.
+fn catalog_capacity(aika_replicas: u32) -> CapacityInputs {
+    use crate::core::capacity::{Caller, Limits};
+    CapacityInputs {
+        capacity: Limits {
+            max_requests: Some(120),
+            ..Limits::default()
+        },
+        callers: vec![
+            Caller {
+                key: key("aika"),
+                weight: 1,
+                replicas: aika_replicas,
+            },
+            Caller {
+                key: key("soundcheck"),
+                weight: 2,
+                replicas: 4,
+            },
+        ],
+        previous: Vec::new(),
+    }
+}
+
+fn catalog_requests(decision: &Decision) -> serde_json::Value {
+    let cds = &decision.objects.configmap.data.as_ref().unwrap()["cds.yaml"];
+    let cds: serde_json::Value = serde_yaml::from_str(cds).unwrap();
+    let catalog = cds["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dep_portal_catalog")
+        .expect("a cluster for catalog")
+        .clone();
+    catalog["circuitBreakers"]["thresholds"][0]["maxRequests"].clone()
+}
+
+#[test]
+fn a_caller_sends_its_share_per_instance_and_a_new_split_does_not_roll_its_pods() {
+    let mut world = World::new().running(2, 2);
+    world.capacities = BTreeMap::from([(key("catalog"), catalog_capacity(2))]);
+    let two = world.run().decision;
+    // A third of 120 is 40, over 2 replicas.
+    assert_eq!(catalog_requests(&two), serde_json::json!(20));
+    world.deployment = Some(deployment(3, 3));
+    world.capacities = BTreeMap::from([(key("catalog"), catalog_capacity(3))]);
+    let three = world.run().decision;
+    assert_eq!(catalog_requests(&three), serde_json::json!(13));
+    let template = |d: &Decision| d.objects.deployment.spec.as_ref().unwrap().template.clone();
+    assert_eq!(
+        template(&two),
+        template(&three),
+        "the pods reload, not restart"
+    );
+    assert_ne!(two.objects.configmap, three.objects.configmap);
+}
+
+#[test]
+fn a_caller_scaling_up_from_zero_counts_the_replicas_it_asks_for() {
+    let mut world = World::new();
+    world.capacities = BTreeMap::from([(key("catalog"), catalog_capacity(0))]);
+    let decision = world.run().decision;
+    assert_eq!(decision.plan.replicas, 1);
+    assert_eq!(catalog_requests(&decision), serde_json::json!(40));
+}
+
+#[test]
+fn the_policy_stays_a_ceiling_over_the_share() {
+    let mut world = World::new().running(1, 1).policy(PremiumPolicySpec {
+        circuit_breaker: Some(crate::api::CircuitBreaker {
+            max_requests: Some(25),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    world.capacities = BTreeMap::from([(key("catalog"), catalog_capacity(1))]);
+    assert_eq!(
+        catalog_requests(&world.run().decision),
+        serde_json::json!(25)
+    );
+}
+
+#[test]
+fn a_feature_with_a_capacity_shows_its_split_in_its_status() {
+    let mut world = World::new().running(1, 1);
+    let mut own = catalog_capacity(1);
+    own.callers
+        .iter_mut()
+        .for_each(|c| c.key.name.push_str("-caller"));
+    world.capacities = BTreeMap::from([(key("aika"), own)]);
+    let status = world.run().settled.status;
+    let split = status.capacity.expect("status.capacity");
+    let names: Vec<&str> = split.callers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["aika-caller", "soundcheck-caller"]);
+    assert_eq!(split.callers[1].share.max_requests, Some(80));
+    assert_eq!(split.callers[1].per_instance.max_requests, Some(20));
+    assert_eq!(
+        World::new().running(1, 1).run().settled.status.capacity,
+        None
+    );
 }

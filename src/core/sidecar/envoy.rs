@@ -46,6 +46,8 @@ use std::ops::RangeInclusive;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::core::capacity::Limits;
+
 /// Envoy's admin port; bound to 127.0.0.1 so nothing outside the pod reaches it.
 pub const ENVOY_ADMIN_PORT: u16 = 15000;
 /// The inbound listener's port (all addresses); the Service's `targetPort` points here.
@@ -115,6 +117,11 @@ pub struct Upstream {
     /// no endpoints, so calls fail fast with 503 instead of hanging, and the listener is already
     /// in place when it appears.
     pub port: Option<u16>,
+    /// This sidecar's part of the dependency's `spec.capacity` ([`crate::core::capacity`]):
+    /// per-instance breaker thresholds of its cluster, under the policy's as a ceiling. Empty
+    /// when the dependency sets no capacity. Only `cds.yaml` carries it, so a new split
+    /// reloads in place and never rolls the pods.
+    pub capacity: Limits,
 }
 
 /// Breakers, outlier detection, timeouts and retries; `None` means Envoy's default.
@@ -354,6 +361,22 @@ fn percent(value: u32) -> u32 {
     value.min(100)
 }
 
+/// The policy's thresholds towards one dependency, each lowered to the sidecar's part of the
+/// dependency's capacity where that is set (the policy stays a ceiling).
+fn with_capacity(policy: &v3::Thresholds, capacity: &Limits) -> v3::Thresholds {
+    let both = capacity.ceiling(&Limits {
+        max_connections: policy.max_connections,
+        max_pending_requests: policy.max_pending_requests,
+        max_requests: policy.max_requests,
+    });
+    v3::Thresholds {
+        max_connections: both.max_connections,
+        max_pending_requests: both.max_pending_requests,
+        max_requests: both.max_requests,
+        ..policy.clone()
+    }
+}
+
 /// A listener of the sidecar, with the route configuration and cluster behind it.
 struct ListenerPlan {
     name: String,
@@ -514,7 +537,10 @@ impl<'a> Plan<'a> {
                 },
                 connect_timeout: connect_timeout.clone(),
                 load_assignment: v3::ClusterLoadAssignment::single(name, endpoint),
-                circuit_breakers: v3::CircuitBreakers::from(upstream_breakers.clone()),
+                circuit_breakers: v3::CircuitBreakers::from(with_capacity(
+                    &upstream_breakers,
+                    &upstream.capacity,
+                )),
                 outlier_detection: outlier.clone(),
             }));
         }
@@ -991,6 +1017,7 @@ mod tests {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             port,
+            capacity: Limits::default(),
         }
     }
 
@@ -1568,6 +1595,36 @@ mod tests {
     }
 
     #[test]
+    fn a_capacity_share_lowers_that_dependency_only_and_reloads_without_restart() {
+        let before = render(&aika());
+        let mut spec = aika();
+        spec.traffic.max_requests = Some(50);
+        let policy_only = render(&spec);
+        spec.upstreams[0].capacity = Limits {
+            max_connections: Some(7),
+            max_requests: Some(200),
+            ..Limits::default()
+        };
+        assert_valid(&spec);
+        let after = render(&spec);
+        assert_eq!(before.listeners_hash, after.listeners_hash);
+        assert_ne!(policy_only.clusters, after.clusters);
+        let clusters = clusters_json(&spec);
+        let thresholds = |name: &str| {
+            let resources = clusters["resources"].as_array().unwrap();
+            let c = resources.iter().find(|c| c["name"] == name).unwrap();
+            c["circuitBreakers"]["thresholds"][0].clone()
+        };
+        let capped = thresholds(&upstream_cluster(&spec.upstreams[0]));
+        // The share lowers connections; the policy's 50 requests stays the ceiling over 200.
+        assert_eq!(capped["maxConnections"], json!(7));
+        assert_eq!(capped["maxRequests"], json!(50));
+        let other = thresholds(&upstream_cluster(&spec.upstreams[1]));
+        assert_eq!(other["maxConnections"], json!(1024));
+        assert_eq!(thresholds(LOCAL_APP_CLUSTER)["maxConnections"], json!(1024));
+    }
+
+    #[test]
     fn policy_change_reloads_without_restart() {
         let before = render(&aika());
         let mut spec = aika();
@@ -1852,15 +1909,30 @@ mod tests {
             )
     }
 
+    /// A sidecar's part of a dependency's capacity: at least 1 where set.
+    fn capacity() -> impl Strategy<Value = Limits> {
+        let limit = || proptest::option::of(1u32..1_000_000);
+        (limit(), limit(), limit()).prop_map(|(c, p, r)| Limits {
+            max_connections: c,
+            max_pending_requests: p,
+            max_requests: r,
+        })
+    }
+
     fn spec() -> impl Strategy<Value = SidecarSpec> {
         let upstreams = proptest::collection::vec(
-            (label(), label(), proptest::option::of(feature_port())).prop_map(
-                |(name, namespace, port)| Upstream {
+            (
+                label(),
+                label(),
+                proptest::option::of(feature_port()),
+                capacity(),
+            )
+                .prop_map(|(name, namespace, port, capacity)| Upstream {
                     name,
                     namespace,
                     port,
-                },
-            ),
+                    capacity,
+                }),
             0..=6,
         );
         (label(), label(), feature_port(), upstreams, policy()).prop_map(
@@ -1888,6 +1960,7 @@ mod tests {
                 name,
                 namespace,
                 port,
+                capacity: Limits::default(),
             }),
             0..=4,
         );
