@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::graph::{self, Format, GraphNode};
 use crate::api::conditions::{DEGRADED, DEPENDENCIES_READY, READY, RECONCILING, STALLED};
-use crate::api::{BlockedBy, PremiumFeature};
+use crate::api::{BlockedBy, CapacityAmounts, CapacityStatus, PremiumFeature};
 use crate::core::graph::{DependencyEdge, FeatureKey, FeatureNode, analyze};
 
 /// Where to read from: the kubeconfig file, context and namespace scope, as kubectl takes them.
@@ -206,6 +206,9 @@ pub struct GraphEntry {
     pub phase: Option<String>,
     pub blocked_by: Vec<BlockedBy>,
     pub depends_on: Vec<GraphEdge>,
+    /// How its `spec.capacity` is split between its callers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -236,6 +239,7 @@ pub fn graph_report(features: &[PremiumFeature]) -> GraphReport {
                 level: analysis.level(&key),
                 phase: phase_of(f),
                 blocked_by: f.status.iter().flat_map(|s| s.blocked_by.clone()).collect(),
+                capacity: f.status.as_ref().and_then(|s| s.capacity.clone()),
                 depends_on: dependency_keys(f)
                     .into_iter()
                     .map(|e| GraphEdge {
@@ -291,11 +295,26 @@ pub fn cluster_nodes(features: &[PremiumFeature]) -> Vec<GraphNode> {
                 .flat_map(|s| s.blocked_by.iter().map(|b| b.name.as_str()))
                 .collect();
             let phase = phase_of(f).unwrap_or_else(|| "no status yet".to_string());
-            let phase = if blocked.is_empty() {
+            let mut phase = if blocked.is_empty() {
                 phase
             } else {
                 format!("{phase}, blocked by {}", blocked.join(", "))
             };
+            if let Some(split) = f.status.as_ref().and_then(|s| s.capacity.as_ref()) {
+                let parts: Vec<String> = split
+                    .callers
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {}x{{{}}}",
+                            c.name,
+                            c.replicas,
+                            amounts_text(&c.per_instance)
+                        )
+                    })
+                    .collect();
+                let _ = write!(phase, ", capacity split: {}", parts.join("; "));
+            }
             GraphNode {
                 key: key_of(f),
                 depends_on: dependency_keys(f),
@@ -344,6 +363,23 @@ pub struct Observed {
     /// Ready condition.
     pub conditions: Vec<ConditionSummary>,
     pub blocked_by: Vec<Blocker>,
+    /// How its `spec.capacity` is split between its callers (`status.capacity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityStatus>,
+    /// Its part of each dependency's capacity, as the dependency's status shows it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capacity_shares: Vec<CapacityShare>,
+}
+
+/// A caller's part of one dependency's capacity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityShare {
+    /// The dependency (`namespace/name` when in another namespace).
+    pub dependency: String,
+    pub replicas: i32,
+    pub share: CapacityAmounts,
+    pub per_instance: CapacityAmounts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -458,12 +494,82 @@ fn explain_feature(
             suspended: feature.spec.suspend,
             conditions,
             blocked_by,
+            capacity: status.capacity.clone(),
+            capacity_shares: capacity_shares(feature, by_key),
         }
     });
     Explanation {
         namespace: key.namespace,
         name: key.name,
         observed,
+    }
+}
+
+/// The feature's part of each of its dependencies' capacity that the features read show.
+fn capacity_shares(
+    feature: &PremiumFeature,
+    by_key: &BTreeMap<FeatureKey, &PremiumFeature>,
+) -> Vec<CapacityShare> {
+    let key = key_of(feature);
+    dependency_keys(feature)
+        .into_iter()
+        .filter_map(|e| {
+            let split = by_key.get(&e.target)?.status.as_ref()?.capacity.as_ref()?;
+            let me = key.relative_to(&e.target.namespace);
+            let caller = split.callers.iter().find(|c| c.name == me)?;
+            Some(CapacityShare {
+                dependency: e.target.relative_to(&key.namespace),
+                replicas: caller.replicas,
+                share: caller.share.clone(),
+                per_instance: caller.per_instance.clone(),
+            })
+        })
+        .collect()
+}
+
+/// `maxConnections 10, maxRequests 40`: the set amounts.
+fn amounts_text(a: &CapacityAmounts) -> String {
+    [
+        ("maxConnections", a.max_connections),
+        ("maxPendingRequests", a.max_pending_requests),
+        ("maxRequests", a.max_requests),
+    ]
+    .iter()
+    .filter_map(|(name, v)| v.map(|v| format!("{name} {v}")))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// The capacity lines of the feature asked about: its own split, then its shares.
+fn render_capacity(o: &Observed, out: &mut String) {
+    if let Some(split) = &o.capacity {
+        let _ = writeln!(
+            out,
+            "  capacity split between {} caller(s) (spec.capacity):",
+            split.callers.len()
+        );
+        for c in &split.callers {
+            let _ = writeln!(
+                out,
+                "    {}: weight {}, {} replicas, share {{{}}}, per instance {{{}}}",
+                c.name,
+                c.weight,
+                c.replicas,
+                amounts_text(&c.share),
+                amounts_text(&c.per_instance)
+            );
+        }
+    }
+    for s in &o.capacity_shares {
+        let _ = writeln!(
+            out,
+            "  sends {} at most {{{}}} per instance ({} replicas; its share of {}'s capacity: {{{}}})",
+            s.dependency,
+            amounts_text(&s.per_instance),
+            s.replicas,
+            s.dependency,
+            amounts_text(&s.share)
+        );
     }
 }
 
@@ -530,6 +636,9 @@ fn render_explanation(e: &Explanation, home: &str, depth: usize, out: &mut Strin
     }
     if depth == 0 && o.ready && o.blocked_by.is_empty() {
         let _ = writeln!(out, "{indent}  nothing blocks it: Ready");
+    }
+    if depth == 0 {
+        render_capacity(o, out);
     }
     for b in &o.blocked_by {
         render_blocker(b, home, depth, out);
@@ -667,6 +776,50 @@ mod tests {
             explain(&FeatureKey::new("portal", "nope"), &[a])
                 .unwrap_err()
                 .contains("not found in namespace portal")
+        );
+    }
+
+    #[test]
+    fn why_and_graph_show_the_capacity_split() {
+        use crate::api::{CapacityCaller, CapacityStatus};
+        let amounts = |r: i64| CapacityAmounts {
+            max_requests: Some(r),
+            ..Default::default()
+        };
+        let mut catalog = feature("catalog", &[], Some(Phase::Ready));
+        catalog.status.as_mut().unwrap().capacity = Some(CapacityStatus {
+            callers: vec![CapacityCaller {
+                name: "aika".into(),
+                weight: 1,
+                replicas: 2,
+                share: amounts(120),
+                per_instance: amounts(60),
+            }],
+        });
+        let aika = feature("aika", &["catalog"], Some(Phase::Ready));
+        let features = [catalog.clone(), aika];
+        let out = explain(&FeatureKey::new("portal", "catalog"), &features).expect("found");
+        assert!(
+            out.contains("capacity split between 1 caller(s)")
+                && out.contains(
+                    "    aika: weight 1, 2 replicas, share {maxRequests 120}, per instance {maxRequests 60}"
+                ),
+            "{out}"
+        );
+        let out = explain(&FeatureKey::new("portal", "aika"), &features).expect("found");
+        assert!(
+            out.contains("  sends catalog at most {maxRequests 60} per instance (2 replicas"),
+            "{out}"
+        );
+        let drawing = graph::render(&cluster_nodes(&features), Format::Text);
+        assert!(
+            drawing.contains("capacity split: aika 2x{maxRequests 60}"),
+            "{drawing}"
+        );
+        let report = graph_report(&features);
+        assert_eq!(
+            report.features[1].capacity,
+            catalog.status.unwrap().capacity
         );
     }
 
