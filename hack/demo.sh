@@ -100,6 +100,16 @@ for f in sorted(items, key=lambda f: (f["status"].get("startupLevel", 99), f["me
     print(f"  {n:<16} {str(f['status'].get('startupLevel', '-')):<6} {fmt('deps')} {fmt('scaled')} {fmt('ready')}")
 PY
 
+# catalog's capacity is split between its callers once they run: wait (bounded) until its
+# status counts each with its replicas, then show the split.
+for _ in $(seq 1 50); do
+  counted=$("$KUBECTL" get pf catalog -n "$NAMESPACE" -o jsonpath='{range .status.capacity.callers[*]}{.replicas}{" "}{end}' 2>/dev/null || true)
+  [[ -n $counted && ! " $counted" =~ " 0 " ]] && break
+  sleep 0.2
+done
+log "==> catalog's capacity, shared by its callers (kubectl premium why catalog)"
+"$BIN" why catalog -n "$NAMESPACE"
+
 cat <<MSG
 
 Every example feature is Ready. The cluster and the operator keep running; explore with:
@@ -107,6 +117,7 @@ Every example feature is Ready. The cluster and the operator keep running; explo
   export KUBECONFIG=${KUBECONFIG}
   kubectl get premium -n ${NAMESPACE}
   kubectl describe pf aika -n ${NAMESPACE}
+  ${BIN} why aika -n ${NAMESPACE}      # also: its share of catalog's capacity
   kubectl get deploy,svc,cm,hpa -n ${NAMESPACE}
   ${BIN} graph examples/ --format text
   curl -s 127.0.0.1:$(cat "${DEMO_DIR}/metrics.port" 2>/dev/null || echo 8080)/metrics | grep ^premium_
