@@ -1029,6 +1029,7 @@ fn plan_for(f: &PremiumFeature, namespace: &str, pol: &PremiumPolicy) -> Feature
         dependencies: &dependencies,
         deployment: None,
         budget: &BudgetShare::default(),
+        capacities: &Default::default(),
         previous: None,
         recalled: &Recalled::default(),
         sidecar_image: build::DEFAULT_SIDECAR_IMAGE,

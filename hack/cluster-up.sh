@@ -24,6 +24,9 @@
 #                        capacity of each fake Node (default 128 / 512Gi / 5000)
 #   PREMIUM_APISERVER_ARGS extra kube-apiserver flags, space-separated (e.g.
 #                        --watch-cache=false, or an audit log for fault tests)
+#   PREMIUM_CONTROLLERS  kube-controller-manager --controllers (default '*'); a test
+#                        that scales Deployments itself runs without the HPA controller:
+#                        '*,-horizontal-pod-autoscaler-controller'
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -299,7 +302,7 @@ start kube-controller-manager "$(tool_path kube-controller-manager)" \
   --authorization-kubeconfig="${CLUSTER_DIR}/kube-controller-manager.kubeconfig" \
   --bind-address=127.0.0.1 \
   --secure-port="${KCM_PORT}" \
-  --controllers='*' \
+  --controllers="${PREMIUM_CONTROLLERS:-*}" \
   --use-service-account-credentials=true \
   --root-ca-file="${PKI}/ca.crt" \
   --service-account-private-key-file="${PKI}/sa.key" \

@@ -59,6 +59,12 @@ impl OwnCluster {
     /// Starts `target/cluster-<name>-<pid>` with extra kube-apiserver flags; `{dir}` in a flag is
     /// replaced by the state directory.
     pub fn up(name: &str, apiserver_args: &[&str]) -> anyhow::Result<Self> {
+        Self::up_with(name, apiserver_args, "*")
+    }
+
+    /// [`OwnCluster::up`] with the kube-controller-manager's `--controllers` (for example
+    /// `*,-horizontal-pod-autoscaler-controller`, so a test's own scaling stands).
+    pub fn up_with(name: &str, apiserver_args: &[&str], controllers: &str) -> anyhow::Result<Self> {
         // The test process's pid in the name: the same test run twice at once from one checkout
         // (two engineers' `make test`) must not share, and so tear down, one cluster.
         let dir = repo().join(format!("target/cluster-{name}-{}", std::process::id()));
@@ -70,6 +76,7 @@ impl OwnCluster {
             .arg(repo().join("hack/cluster-up.sh"))
             .env("PREMIUM_CLUSTER_DIR", &dir)
             .env("PREMIUM_APISERVER_ARGS", args.join(" "))
+            .env("PREMIUM_CONTROLLERS", controllers)
             .output()
             .context("running hack/cluster-up.sh (needs bash)")?;
         if !out.status.success() {
