@@ -231,6 +231,7 @@ async fn scaling_callers_resplits_the_capacity_without_rolling_pods() -> anyhow:
         &figures.join(", "),
     );
     drop(operator);
+    ns.delete().await?;
     drop(cluster);
     Ok(())
 }
