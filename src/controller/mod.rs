@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod context;
 pub mod controllers;
+pub mod deletion;
 pub mod echoes;
 pub mod error;
 pub mod error_policy;
