@@ -264,6 +264,27 @@ async fn record_deletions(api: Api<PremiumFeature>) -> anyhow::Result<Seen> {
     Ok(seen)
 }
 
+/// Waits until the recording watch has seen every one of `names` gone.
+async fn wait_seen_gone(seen: &Seen, names: &[&str], operator: &Operator) -> anyhow::Result<()> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    eventually(
+        "the watch to see the features gone",
+        DEFAULT_TIMEOUT,
+        || {
+            let (seen, names) = (seen.clone(), names.clone());
+            async move {
+                let seen = seen.lock().expect("not poisoned");
+                Ok(names
+                    .iter()
+                    .all(|n| seen.iter().any(|(w, m)| *w == "gone" && m == n))
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| operator.log_tail())
+}
+
 /// Position of `(what, name)` in what the watch saw.
 fn at(seen: &[(&'static str, String)], what: &str, name: &str) -> anyhow::Result<usize> {
     seen.iter()
@@ -271,16 +292,19 @@ fn at(seen: &[(&'static str, String)], what: &str, name: &str) -> anyhow::Result
         .with_context(|| format!("the watch never saw {name} {what}: {seen:?}"))
 }
 
-/// Every dependent is marked for deletion after whatever depends on it (`order`: deepest
-/// first, as pairs (dependent, dependency)) and gone before it; catalog last.
+/// Every dependent (of `pairs`: (dependent, dependency)) is marked for deletion before its
+/// dependency, unless that is `last`, the root deleted by hand, and is gone before it; `last`
+/// goes last.
 fn check_order(
     seen: &[(&'static str, String)],
     pairs: &[(&str, &str)],
     last: &str,
 ) -> anyhow::Result<()> {
     for (dependent, dependency) in pairs {
+        // The root was deleted by hand first; the others are marked in the cascade's order.
         ensure!(
-            at(seen, "terminating", dependent)? < at(seen, "terminating", dependency)?,
+            *dependency == last
+                || at(seen, "terminating", dependent)? < at(seen, "terminating", dependency)?,
             "{dependent} should be deleted before its dependency {dependency}: {seen:?}"
         );
         ensure!(
@@ -304,11 +328,7 @@ async fn cascade_deletes_the_dependents_deepest_first() -> anyhow::Result<()> {
     let features: Api<PremiumFeature> = ns.api();
     let seen = record_deletions(features.clone()).await?;
     delete(&features, "catalog").await?;
-    for name in ["sale", "portal", "search", "catalog"] {
-        wait_for_deleted(&features, name, DEFAULT_TIMEOUT)
-            .await
-            .with_context(|| operator.log_tail())?;
-    }
+    wait_seen_gone(&seen, &["sale", "portal", "search", "catalog"], &operator).await?;
     let seen = seen.lock().expect("not poisoned").clone();
     check_order(
         &seen,
@@ -368,11 +388,7 @@ async fn cascade_survives_an_operator_killed_midway() -> anyhow::Result<()> {
         "the operator was to be killed before the cascade ended"
     );
     let operator = Operator::start(Some(ns.name()), &[])?;
-    for name in ["d", "c", "b", "a", "catalog"] {
-        wait_for_deleted(&features, name, DEFAULT_TIMEOUT)
-            .await
-            .with_context(|| operator.log_tail())?;
-    }
+    wait_seen_gone(&seen, &["d", "c", "b", "a", "catalog"], &operator).await?;
     let seen = seen.lock().expect("not poisoned").clone();
     check_order(
         &seen,
