@@ -781,6 +781,8 @@ async fn service_account_rbac_is_enough_and_no_more_cluster_mode() -> anyhow::Re
         "list premiumfeatures.premium.dev --all-namespaces".to_string(),
         "watch premiumpolicies.premium.dev --all-namespaces".to_string(),
         format!("patch premiumfeatures.premium.dev -n {w}"),
+        // A policy's `deletion.whileDependents: Cascade` deletes dependents.
+        format!("delete premiumfeatures.premium.dev -n {w}"),
         format!("patch premiumfeatures.premium.dev --subresource=status -n {w}"),
         format!("patch premiumpolicies.premium.dev --subresource=status -n {w}"),
         format!("create deployments.apps -n {w}"),
@@ -801,7 +803,6 @@ async fn service_account_rbac_is_enough_and_no_more_cluster_mode() -> anyhow::Re
         format!("create pods -n {w}"),
         format!("create pods/exec -n {w}"),
         format!("create premiumfeatures.premium.dev -n {w}"),
-        format!("delete premiumfeatures.premium.dev -n {w}"),
         format!("patch premiumpolicies.premium.dev -n {w}"),
         format!("update deployments.apps -n {w}"),
         format!("create events -n {w}"),

@@ -51,4 +51,6 @@ pub mod reason {
     pub const NO_CONFLICT: &str = "NoConflict";
     pub const WITHIN_BUDGET: &str = "WithinBudget";
     pub const NO_BUDGET: &str = "NoBudget";
+    /// A feature being deleted stays: its policy blocks deletion while dependents remain.
+    pub const DEPENDENTS_REMAIN: &str = "DependentsRemain";
 }

@@ -109,6 +109,10 @@ pub struct PremiumPolicySpec {
     /// Lets features in other namespaces depend on the features this policy selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose_to: Option<ExposeTo>,
+
+    /// What deleting a selected feature does while other features still depend on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<Deletion>,
 }
 
 /// Envoy `circuit_breakers` thresholds.
@@ -302,6 +306,34 @@ pub struct ExposeTo {
     /// Namespaces whose features may list the selected features in `dependsOn`.
     #[schemars(length(max = 256), inner(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN)))]
     pub namespaces: Vec<String>,
+}
+
+/// Deletion settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Deletion {
+    /// Proceed (default), Block or Cascade: see [`WhileDependents`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub while_dependents: Option<WhileDependents>,
+}
+
+/// What deleting a selected feature does while features permitted to depend on it (same
+/// namespace, or granted by `exposeTo`) still list it in `dependsOn` and are not being deleted
+/// themselves. `Proceed` (default): it goes, after dependents being deleted with it are torn
+/// down. `Block`: it stays Terminating, `Stalled` with reason `DependentsRemain` naming them,
+/// until they are gone or the policy changes. `Cascade`: they are deleted first, deepest
+/// dependents first (the reverse of start-up order), then the feature.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum WhileDependents {
+    /// Delete it; dependents that stay lose it.
+    #[default]
+    Proceed,
+    /// Keep it until its dependents are gone.
+    Block,
+    /// Delete its dependents first, then it.
+    Cascade,
 }
 
 /// Observed state of a PremiumPolicy, written by the operator.

@@ -483,7 +483,7 @@ fn observe_hop(ctx: &Context, key: &FeatureKey, feature: &PremiumFeature) {
     }
 }
 
-async fn write_status(
+pub(super) async fn write_status(
     ctx: &Context,
     feature: &PremiumFeature,
     namespace: &str,
@@ -634,6 +634,10 @@ async fn teardown(
 ) -> Result<Action, Error> {
     if !feature.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
+    }
+    // The policy's deletion guard (Block, Cascade) first; then the ordinary order.
+    if let Some(action) = super::deletion::guard_deletion(feature, ctx, key).await? {
+        return Ok(action);
     }
     let dependents = dependents(ctx, key).await;
     let deleting_for = seconds_since(feature.meta().deletion_timestamp.as_ref(), &now_time());

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod capacity;
 pub mod context;
 pub mod controllers;
+pub mod deletion;
 pub mod echoes;
 pub mod error;
 pub mod error_policy;

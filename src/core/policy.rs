@@ -472,6 +472,40 @@ mod tests {
         assert!(eff.spec.pool.and_then(|p| p.budget).is_none());
     }
 
+    /// The deletion guard merges like any other field: the higher-ranked policy's mode wins,
+    /// the loser is reported, and a policy that does not set it leaves the other's.
+    #[test]
+    fn deletion_mode_is_merged_and_its_conflicts_reported() {
+        use crate::api::{Deletion, WhileDependents};
+        use crate::core::settings::while_dependents;
+        let mode = |m: WhileDependents| PremiumPolicySpec {
+            deletion: Some(Deletion {
+                while_dependents: Some(m),
+            }),
+            ..Default::default()
+        };
+        let f = feature(&[("tier", "premium")]);
+        let block = policy("block", 10, mode(WhileDependents::Block));
+        let cascade = policy("cascade", 1, mode(WhileDependents::Cascade));
+        let other = policy("other", 50, PremiumPolicySpec::default());
+        let eff = effective_policy(&f, &[cascade.clone(), block, other.clone()]);
+        assert_eq!(while_dependents(&eff.spec), WhileDependents::Block);
+        assert_eq!(
+            eff.conflicts,
+            vec![Conflict {
+                loser: "cascade".into(),
+                winner: "block".into(),
+                field: "deletion.whileDependents".into(),
+            }]
+        );
+        let eff = effective_policy(&f, &[cascade, other.clone()]);
+        assert_eq!(while_dependents(&eff.spec), WhileDependents::Cascade);
+        assert!(eff.conflicts.is_empty());
+        // Unset everywhere: deletion proceeds, as before the field existed.
+        let eff = effective_policy(&f, &[other]);
+        assert_eq!(while_dependents(&eff.spec), WhileDependents::Proceed);
+    }
+
     #[test]
     fn conflicts_grouped_by_loser() {
         let eff = EffectivePolicy {

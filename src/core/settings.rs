@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::api::duration::{DurationError, parse_duration};
 use crate::api::quantity::{self, Quantity};
-use crate::api::{PremiumFeature, PremiumPolicySpec};
+use crate::api::{PremiumFeature, PremiumPolicySpec, WhileDependents};
 use crate::core::sidecar;
 use crate::core::{MAX_QUOTED_BYTES, quoted, shorten};
 
@@ -73,6 +73,17 @@ pub fn startup_timeout(
         Some(s) => parse_duration(s),
         None => Ok(DEFAULT_STARTUP_TIMEOUT),
     }
+}
+
+/// What deleting the feature does while dependents remain: the merged policy's choice, else
+/// `Proceed` (the behaviour before the setting existed, so that adding the field changes
+/// nothing for anyone who does not set it).
+pub fn while_dependents(policy: &PremiumPolicySpec) -> WhileDependents {
+    policy
+        .deletion
+        .as_ref()
+        .and_then(|d| d.while_dependents)
+        .unwrap_or_default()
 }
 
 /// Automatic recovery, when a policy turns it on.

@@ -75,10 +75,11 @@ the chart runs at most one then, whatever replicaCount says (NOTES.txt tells so)
 {{/* The rules the operator needs on the resources it watches and writes (everything but the
 Lease, which lives in the release namespace). Verified against src/controller: */}}
 {{- define "premium-operator.rules" -}}
-# PremiumFeatures and PremiumPolicies: watched; features get the teardown finalizer by a patch.
+# PremiumFeatures and PremiumPolicies: watched; features get the teardown finalizer by a patch,
+# and are deleted by a cascade a policy asks for (deletion.whileDependents: Cascade).
 - apiGroups: ["premium.dev"]
   resources: ["premiumfeatures"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["premium.dev"]
   resources: ["premiumpolicies"]
   verbs: ["get", "list", "watch"]
