@@ -98,6 +98,21 @@ pub struct PremiumFeatureSpec {
     /// anything. Dependents see it as not Ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+
+    /// ServiceAccount of this namespace that the application's pods run as, with its API token
+    /// mounted. Unset, the pods run as the namespace's `default` ServiceAccount and get no token
+    /// at all, so an application that is broken into holds no credentials for the Kubernetes
+    /// API. Set it only for an application that calls the API; the ServiceAccount must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = super::DNS_SUBDOMAIN_PATTERN))]
+    pub service_account_name: Option<String>,
+
+    /// Mount the application container's root filesystem read-only; the operator then mounts an
+    /// empty, writable directory at `/tmp`. Off by default because many images write elsewhere
+    /// at start-up; turn it on once the application is known to cope. The Envoy sidecar always
+    /// runs read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_filesystem: bool,
 }
 
 /// An HTTP endpoint that answers 200 when the application is healthy.
