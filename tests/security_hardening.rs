@@ -493,10 +493,8 @@ async fn tenant_roles_aggregate_into_edit_and_view() -> anyhow::Result<()> {
     // `helm install` on this cluster must not find them (its server-side dry run would conflict).
     let roles = owned_by_namespace(&client, ns.name(), &String::from_utf8(out.stdout)?).await?;
     apply_yaml(&client, ns.name(), &roles).await?;
-    let bindings = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: alice-edits}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}\nsubjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: bob-views}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}}\nsubjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}]\n"
-    );
-    apply_yaml(&client, ns.name(), &bindings).await?;
+    let bindings = "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: alice-edits}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bob-views}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]\n";
+    apply_yaml(&client, ns.name(), bindings).await?;
 
     let admin = kubeconfig_path();
     let can = |user: &str, verb: &str, resource: &str, namespace: &str| -> anyhow::Result<bool> {

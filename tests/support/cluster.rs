@@ -313,10 +313,10 @@ pub async fn owned_by_namespace(
             continue;
         }
         let kind = value["kind"].as_str().unwrap_or_default();
-        if super::operator::CLUSTER_SCOPED_KINDS.contains(&kind) {
-            if let Some(meta) = value["metadata"].as_mapping_mut() {
-                meta.insert("ownerReferences".into(), owner.clone());
-            }
+        if super::operator::CLUSTER_SCOPED_KINDS.contains(&kind)
+            && let Some(meta) = value["metadata"].as_mapping_mut()
+        {
+            meta.insert("ownerReferences".into(), owner.clone());
         }
         docs.push(serde_yaml::to_string(&value)?);
     }
