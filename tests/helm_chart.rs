@@ -120,6 +120,16 @@ fn kind_of(doc: &serde_yaml::Value) -> &str {
 }
 
 /// A unique, short release name for a test namespace (cluster-scoped names include it).
+/// A ClusterRole the chart aggregates into the cluster's `edit` or `view`, for tenants.
+fn is_tenant_role(doc: &serde_yaml::Value) -> bool {
+    kind_of(doc) == "ClusterRole"
+        && doc["metadata"]["labels"].as_mapping().is_some_and(|l| {
+            l.keys()
+                .filter_map(|k| k.as_str())
+                .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+        })
+}
+
 fn release_for(ns: &TestNamespace) -> String {
     format!("po-{}", ns.name().rsplit('-').next().unwrap_or("x"))
 }
@@ -194,13 +204,42 @@ fn rendered_rbac_is_least_privilege_in_both_modes() -> anyhow::Result<()> {
         "RoleBinding",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     .into();
     assert_eq!(kinds, expected);
     let scoped = template("t", "ops", &["--set", "watchNamespace=apps"])?;
+    // The tenant roles (premium-edit, premium-view) are for people, and aggregated: the
+    // operator's own identity gets nothing cluster-wide.
     assert!(
-        scoped.iter().all(|d| !kind_of(d).starts_with("Cluster")),
-        "watchNamespace renders no cluster-wide RBAC"
+        scoped
+            .iter()
+            .filter(|d| !is_tenant_role(d))
+            .all(|d| !kind_of(d).starts_with("Cluster")),
+        "watchNamespace renders no cluster-wide RBAC for the operator"
+    );
+    let tenant: BTreeSet<&str> = scoped
+        .iter()
+        .filter(|d| is_tenant_role(d))
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(tenant, ["premium-edit", "premium-view"].into());
+    let without = template(
+        "t",
+        "ops",
+        &[
+            "--set",
+            "rbac.aggregateToDefaultRoles=false",
+            "--set",
+            "admissionPolicy.enabled=false",
+        ],
+    )?;
+    assert!(
+        without
+            .iter()
+            .all(|d| !is_tenant_role(d) && !kind_of(d).starts_with("ValidatingAdmission")),
+        "both can be turned off"
     );
     let role_namespaces: BTreeSet<&str> = scoped
         .iter()
@@ -213,7 +252,7 @@ fn rendered_rbac_is_least_privilege_in_both_modes() -> anyhow::Result<()> {
         "the rules in apps, the Lease in ops"
     );
     for doc in cluster.iter().chain(&scoped) {
-        if !kind_of(doc).ends_with("Role") {
+        if !kind_of(doc).ends_with("Role") || is_tenant_role(doc) {
             continue;
         }
         for rule in doc["rules"].as_sequence().context("rules")? {

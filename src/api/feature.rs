@@ -106,6 +106,21 @@ pub struct PremiumFeatureSpec {
     /// a ceiling). `status.capacity` shows the split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+
+    /// ServiceAccount of this namespace that the application's pods run as, with its API token
+    /// mounted. Unset, the pods run as the namespace's `default` ServiceAccount and get no token
+    /// at all, so an application that is broken into holds no credentials for the Kubernetes
+    /// API. Set it only for an application that calls the API; the ServiceAccount must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = super::DNS_SUBDOMAIN_PATTERN))]
+    pub service_account_name: Option<String>,
+
+    /// Mount the application container's root filesystem read-only; the operator then mounts an
+    /// empty, writable directory at `/tmp`. Off by default because many images write elsewhere
+    /// at start-up; turn it on once the application is known to cope. The Envoy sidecar always
+    /// runs read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_filesystem: bool,
 }
 
 /// Limits on what every caller of a feature may send it at once, summed over all their

@@ -205,6 +205,19 @@ pub async fn chart_rbac_kubeconfig(
     chart_rbac(admin, admin_kubeconfig, namespace, true, extra_accounts).await
 }
 
+/// [`chart_rbac_kubeconfig`] in the chart's default, cluster-wide mode: its ClusterRole (named
+/// after `namespace`) and binding, its ServiceAccount in `namespace` and its admission fence. The
+/// cluster-scoped objects are owned by the Namespace, so they go with it, also on the shared
+/// cluster. Returns a kubeconfig that authenticates as the ServiceAccount.
+pub async fn chart_rbac_cluster_kubeconfig(
+    admin: &Client,
+    admin_kubeconfig: &Path,
+    namespace: &str,
+) -> anyhow::Result<PathBuf> {
+    let mut files = chart_rbac(admin, admin_kubeconfig, namespace, false, &[]).await?;
+    files.pop().context("no kubeconfig written")
+}
+
 impl OwnCluster {
     /// A cluster-wide operator on this cluster as a default chart install runs it: as the
     /// chart's ServiceAccount, with its ClusterRole (named after the namespace, so tests running
@@ -246,9 +259,12 @@ async fn chart_rbac(
     if namespaced {
         helm.args(["--set", &format!("watchNamespace={namespace}")]);
     }
+    // The admission fence comes with the RBAC, as in a default install: every suite that runs
+    // the operator with the chart's identity also shows the fence lets it do its job.
     let out = helm
         .args(["--show-only", "templates/rbac.yaml"])
         .args(["--show-only", "templates/serviceaccount.yaml"])
+        .args(["--show-only", "templates/admissionpolicy.yaml"])
         .output()
         .context("running helm template")?;
     if !out.status.success() {
@@ -257,7 +273,7 @@ async fn chart_rbac(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut yaml = String::from_utf8(out.stdout)?;
+    let mut yaml = owned_by_namespace(admin, namespace, &String::from_utf8(out.stdout)?).await?;
     for account in extra_accounts {
         yaml.push_str(&format!(
             "\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {account}}}\n"
@@ -277,6 +293,41 @@ async fn chart_rbac(
         files.push(token_kubeconfig(admin, admin_kubeconfig, namespace, account).await?);
     }
     Ok(files)
+}
+
+/// `yaml` with an owner reference to Namespace `namespace` on every cluster-scoped document,
+/// so the garbage collector deletes them once the test's namespace is gone.
+pub async fn owned_by_namespace(
+    admin: &Client,
+    namespace: &str,
+    yaml: &str,
+) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use serde::Deserialize as _;
+    let uid = Api::<Namespace>::all(admin.clone())
+        .get(namespace)
+        .await?
+        .metadata
+        .uid
+        .context("namespace without uid")?;
+    let owner = serde_yaml::to_value(serde_json::json!([{
+        "apiVersion": "v1", "kind": "Namespace", "name": namespace, "uid": uid,
+    }]))?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let mut value = serde_yaml::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value["kind"].as_str().unwrap_or_default();
+        if super::operator::CLUSTER_SCOPED_KINDS.contains(&kind)
+            && let Some(meta) = value["metadata"].as_mapping_mut()
+        {
+            meta.insert("ownerReferences".into(), owner.clone());
+        }
+        docs.push(serde_yaml::to_string(&value)?);
+    }
+    Ok(docs.join("---\n"))
 }
 
 async fn token_kubeconfig(

@@ -209,6 +209,15 @@ pub fn feature_yaml(name: &str, deps: &[&str], extra_spec: &str) -> String {
     )
 }
 
+/// The kinds without a namespace that tests apply: the chart's cluster-wide RBAC and its
+/// admission fence.
+pub const CLUSTER_SCOPED_KINDS: [&str; 4] = [
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
 /// Server-side applies YAML documents (a test's manifests) into `namespace` (documents that
 /// name their own namespace keep it).
 pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> anyhow::Result<()> {
@@ -233,8 +242,7 @@ pub async fn apply_yaml_labelled(
             .types
             .clone()
             .context("document without apiVersion/kind")?;
-        // The chart's cluster-wide RBAC is all the tests apply that has no namespace.
-        let cluster_scoped = ["ClusterRole", "ClusterRoleBinding"].contains(&types.kind.as_str());
+        let cluster_scoped = CLUSTER_SCOPED_KINDS.contains(&types.kind.as_str());
         let namespace = if cluster_scoped {
             String::new()
         } else {

@@ -3,9 +3,9 @@ use std::sync::LazyLock;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,6 +26,14 @@ use crate::core::sidecar::{
 };
 
 const CONFIG_VOLUME: &str = "envoy-config";
+/// Envoy's scratch space: its root filesystem is read-only, and `/tmp` is the one place it (or
+/// a debugging `kubectl exec`) may write to.
+const ENVOY_TMP_VOLUME: &str = "envoy-tmp";
+/// The app's scratch space, mounted only when the feature asks for a read-only root.
+const APP_TMP_VOLUME: &str = "app-tmp";
+const TMP_DIR: &str = "/tmp";
+/// Ceiling of each scratch directory: a runaway writer fills it, not the node's disk.
+const TMP_SIZE_LIMIT: &str = "64Mi";
 /// The official Envoy image's unprivileged user.
 const ENVOY_UID: i64 = 101;
 
@@ -62,14 +70,13 @@ pub fn deployment(feature: &PremiumFeature, plan: &FeaturePlan) -> Deployment {
                 spec: Some(PodSpec {
                     init_containers: Some(vec![sidecar_container(plan)]),
                     containers: vec![app_container(feature, plan)],
-                    volumes: Some(vec![Volume {
-                        name: CONFIG_VOLUME.into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: sidecar_configmap_name(&name),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                    volumes: Some(volumes(feature, &name)),
+                    // No API token unless the feature names a ServiceAccount to run as: an app
+                    // that is broken into then holds no credentials for the cluster.
+                    service_account_name: feature.spec.service_account_name.clone(),
+                    automount_service_account_token: Some(
+                        feature.spec.service_account_name.is_some(),
+                    ),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         seccomp_profile: Some(SeccompProfile {
@@ -87,13 +94,51 @@ pub fn deployment(feature: &PremiumFeature, plan: &FeaturePlan) -> Deployment {
     }
 }
 
-fn restricted_security_context(run_as_user: Option<i64>) -> SecurityContext {
+fn volumes(feature: &PremiumFeature, name: &str) -> Vec<Volume> {
+    let scratch = |volume: &str| Volume {
+        name: volume.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(TMP_SIZE_LIMIT.into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut volumes = vec![
+        Volume {
+            name: CONFIG_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: sidecar_configmap_name(name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        scratch(ENVOY_TMP_VOLUME),
+    ];
+    if feature.spec.read_only_root_filesystem {
+        volumes.push(scratch(APP_TMP_VOLUME));
+    }
+    volumes
+}
+
+fn tmp_mount(volume: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: TMP_DIR.into(),
+        ..Default::default()
+    }
+}
+
+/// The `restricted` Pod Security fields, plus a read-only root filesystem when asked for. The
+/// field is always written, `false` included, so that what the pod gets is visible in the
+/// Deployment rather than left to a default.
+fn restricted_security_context(run_as_user: Option<i64>, read_only_root: bool) -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".into()]),
             ..Default::default()
         }),
+        read_only_root_filesystem: Some(read_only_root),
         run_as_user,
         ..Default::default()
     }
@@ -187,7 +232,13 @@ fn app_container(feature: &PremiumFeature, plan: &FeaturePlan) -> Container {
         resources: spec.resources.clone(),
         readiness_probe: probe.clone(),
         liveness_probe: probe,
-        security_context: Some(restricted_security_context(None)),
+        volume_mounts: spec
+            .read_only_root_filesystem
+            .then(|| vec![tmp_mount(APP_TMP_VOLUME)]),
+        security_context: Some(restricted_security_context(
+            None,
+            spec.read_only_root_filesystem,
+        )),
         ..Default::default()
     }
 }
@@ -240,13 +291,18 @@ fn sidecar_container(plan: &FeaturePlan) -> Container {
             limits: Some(BTreeMap::from([("memory".to_string(), quantity("256Mi"))])),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: CONFIG_VOLUME.into(),
-            mount_path: ENVOY_CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
-        security_context: Some(restricted_security_context(Some(ENVOY_UID))),
+        // Envoy writes nothing but what its hot-restart machinery keeps in /dev/shm (a mount of
+        // its own); the rendered configuration is read from the ConfigMap.
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: CONFIG_VOLUME.into(),
+                mount_path: ENVOY_CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            tmp_mount(ENVOY_TMP_VOLUME),
+        ]),
+        security_context: Some(restricted_security_context(Some(ENVOY_UID), true)),
         ..Default::default()
     }
 }
@@ -492,6 +548,128 @@ mod tests {
                 sc.capabilities.as_ref().unwrap().drop.as_deref(),
                 Some(&["ALL".to_string()][..])
             );
+        }
+    }
+
+    fn security_context(c: &Container) -> &SecurityContext {
+        c.security_context.as_ref().unwrap()
+    }
+
+    /// Every mount of `c` names a volume of the pod; a container with a read-only root writes
+    /// only to emptyDir volumes (its other mounts are read-only).
+    fn mounts_are_sound(p: &PodSpec, c: &Container) -> Result<(), String> {
+        let volumes = p.volumes.as_deref().unwrap_or_default();
+        let read_only_root = security_context(c).read_only_root_filesystem == Some(true);
+        for m in c.volume_mounts.iter().flatten() {
+            let v = volumes
+                .iter()
+                .find(|v| v.name == m.name)
+                .ok_or_else(|| format!("{}: mount of unknown volume {}", c.name, m.name))?;
+            if read_only_root && m.read_only != Some(true) && v.empty_dir.is_none() {
+                return Err(format!(
+                    "{}: writable mount {} is not scratch",
+                    c.name, m.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn no_token_is_mounted_unless_a_service_account_is_named() {
+        let mut f = testing::feature();
+        let d = deployment(&f, &testing::plan(&f, 1));
+        assert_eq!(pod(&d).automount_service_account_token, Some(false));
+        assert_eq!(pod(&d).service_account_name, None);
+        f.spec.service_account_name = Some("catalog-reader".into());
+        let d = deployment(&f, &testing::plan(&f, 1));
+        assert_eq!(pod(&d).automount_service_account_token, Some(true));
+        assert_eq!(
+            pod(&d).service_account_name.as_deref(),
+            Some("catalog-reader")
+        );
+    }
+
+    #[test]
+    fn envoy_runs_read_only_with_a_scratch_tmp() {
+        let f = testing::feature();
+        let d = deployment(&f, &testing::plan(&f, 1));
+        let p = pod(&d);
+        let envoy = &p.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            security_context(envoy).read_only_root_filesystem,
+            Some(true)
+        );
+        let tmp = envoy
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/tmp")
+            .expect("a /tmp mount");
+        let volume = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == tmp.name)
+            .unwrap();
+        assert!(volume.empty_dir.is_some(), "{volume:?}");
+        mounts_are_sound(p, envoy).unwrap();
+    }
+
+    #[test]
+    fn the_app_root_is_read_only_only_when_asked() {
+        let mut f = testing::feature();
+        let d = deployment(&f, &testing::plan(&f, 1));
+        let app = &pod(&d).containers[0];
+        assert_eq!(security_context(app).read_only_root_filesystem, Some(false));
+        assert_eq!(app.volume_mounts, None);
+        assert!(
+            !pod(&d)
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == APP_TMP_VOLUME)
+        );
+        f.spec.read_only_root_filesystem = true;
+        let d = deployment(&f, &testing::plan(&f, 1));
+        let app = &pod(&d).containers[0];
+        assert_eq!(security_context(app).read_only_root_filesystem, Some(true));
+        assert_eq!(app.volume_mounts.as_ref().unwrap()[0].mount_path, "/tmp");
+        mounts_are_sound(pod(&d), app).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Whatever the feature asks for, the pod keeps the `restricted` fields, Envoy stays
+        /// read-only, the token follows the ServiceAccount, and the app's root is read-only
+        /// exactly when the field says so, with every write going to a scratch volume.
+        #[test]
+        fn hardening_follows_the_spec_and_is_never_relaxed(
+            account in proptest::option::of("[a-z]([-a-z0-9]{0,20}[a-z0-9])?"),
+            read_only in proptest::bool::ANY,
+            replicas in 0i32..3,
+        ) {
+            let mut f = testing::feature();
+            f.spec.service_account_name = account.clone();
+            f.spec.read_only_root_filesystem = read_only;
+            let d = deployment(&f, &testing::plan(&f, replicas));
+            let p = pod(&d);
+            proptest::prop_assert_eq!(p.automount_service_account_token, Some(account.is_some()));
+            proptest::prop_assert_eq!(&p.service_account_name, &account);
+            let app = &p.containers[0];
+            let envoy = &p.init_containers.as_ref().unwrap()[0];
+            proptest::prop_assert_eq!(security_context(app).read_only_root_filesystem, Some(read_only));
+            proptest::prop_assert_eq!(security_context(envoy).read_only_root_filesystem, Some(true));
+            for c in [app, envoy] {
+                let sc = security_context(c);
+                proptest::prop_assert_eq!(sc.allow_privilege_escalation, Some(false));
+                proptest::prop_assert_eq!(sc.privileged, None);
+                mounts_are_sound(p, c).map_err(proptest::test_runner::TestCaseError::fail)?;
+            }
+            let names: Vec<&str> = p.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+            let mut unique = names.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            proptest::prop_assert_eq!(unique.len(), names.len(), "volume names repeat: {:?}", names);
         }
     }
 }
