@@ -219,6 +219,44 @@ fn rendered_rbac_is_least_privilege_in_both_modes() -> anyhow::Result<()> {
             .all(|d| !kind_of(d).starts_with("Cluster")),
         "watchNamespace renders no cluster-wide RBAC for the operator"
     );
+    // A list of namespaces: a Role and a RoleBinding in each, one `--namespace` flag naming
+    // them all, still nothing cluster-wide.
+    let listed = template("t", "ops", &["--set", "watchNamespace={apps,web,apps}"])?;
+    assert!(
+        listed
+            .iter()
+            .filter(|d| !is_tenant_role(d))
+            .all(|d| !kind_of(d).starts_with("Cluster")),
+        "a watchNamespace list renders no cluster-wide RBAC for the operator"
+    );
+    let bound: Vec<&str> = listed
+        .iter()
+        .filter(|d| kind_of(d) == "RoleBinding")
+        .filter_map(|d| d["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(bound, ["apps", "web", "ops"], "one binding per namespace, plus the Lease's");
+    let args = listed
+        .iter()
+        .find(|d| kind_of(d) == "Deployment")
+        .map(|d| d["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+        .unwrap_or_default();
+    let flags: Vec<&str> = args
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .filter(|a| a.starts_with("--namespace"))
+        .collect();
+    assert_eq!(flags, ["--namespace=apps,web"]);
+    let comma = template("t", "ops", &["--set", "watchNamespace=apps\\,web"])?;
+    assert_eq!(
+        comma
+            .iter()
+            .filter(|d| kind_of(d) == "Role")
+            .count(),
+        3,
+        "a comma-separated string is a list too (two Roles and the Lease's)"
+    );
     let tenant: BTreeSet<&str> = scoped
         .iter()
         .filter(|d| is_tenant_role(d))
@@ -906,6 +944,132 @@ async fn service_account_rbac_is_enough_and_no_more_role_mode() -> anyhow::Resul
     )?;
     watched.delete().await?;
     release_ns.delete().await
+}
+
+/// Several watched namespaces (`watchNamespace={a,b}`): a Role in each and nothing
+/// cluster-wide is enough for the operator to run features in both, with a dependency from one
+/// to the other through a grant; a third namespace is never touched.
+#[tokio::test]
+async fn service_account_rbac_is_enough_and_no_more_several_namespaces() -> anyhow::Result<()> {
+    let client = support::client().await;
+    ensure_crds(&client).await?;
+    let release_ns = TestNamespace::new(&client, "helm-multi").await?;
+    let a = TestNamespace::new(&client, "multi-a").await?;
+    let b = TestNamespace::new(&client, "multi-b").await?;
+    let c = TestNamespace::new(&client, "multi-c").await?;
+    let (r, na, nb, nc) = (release_ns.name(), a.name(), b.name(), c.name());
+    let release = release_for(&release_ns);
+    let list = format!("watchNamespace={{{na},{nb}}}");
+    run_ok(
+        &tool("helm"),
+        &[
+            "install",
+            &release,
+            CHART,
+            "--namespace",
+            r,
+            "--set",
+            "crds.enabled=false",
+            "--set",
+            &list,
+        ],
+    )?;
+    let fullname = format!("{release}-premium-operator");
+    let deployment = release_ns.api::<Deployment>().get(&fullname).await?;
+    let kubeconfig = service_account_kubeconfig(r, &fullname)?;
+    let allowed: Vec<Vec<String>> = [
+        format!("list premiumfeatures.premium.dev -n {na}"),
+        format!("watch configmaps -n {nb}"),
+        format!("patch deployments.apps -n {nb}"),
+    ]
+    .iter()
+    .map(|s| words(s))
+    .collect();
+    let denied: Vec<Vec<String>> = [
+        "list premiumfeatures.premium.dev --all-namespaces".to_string(),
+        "list deployments.apps --all-namespaces".to_string(),
+        format!("list premiumfeatures.premium.dev -n {nc}"),
+        format!("patch deployments.apps -n {nc}"),
+        format!("get secrets -n {na}"),
+    ]
+    .iter()
+    .map(|s| words(s))
+    .collect();
+    assert_can_i(&kubeconfig, &allowed, &denied);
+
+    // catalog in a, granted to b; a caller of it in b; a bystander in c.
+    let grant = format!(
+        "apiVersion: premium.dev/v1alpha1\nkind: PremiumPolicy\nmetadata: {{name: expose-catalog}}\nspec:\n  selector: {{matchLabels: {{tier: premium}}}}\n  exposeTo: {{namespaces: [{nb}]}}\n---\n"
+    );
+    let catalog = support::operator::feature_yaml("catalog", &[], "");
+    apply_yaml(&client, na, &format!("{grant}{catalog}")).await?;
+    let caller = format!(
+        "apiVersion: premium.dev/v1alpha1\nkind: PremiumFeature\nmetadata: {{name: caller, labels: {{tier: premium}}}}\nspec:\n  image: ghcr.io/stefanprodan/podinfo:6.7.1\n  port: 9898\n  healthCheck: {{path: /readyz}}\n  dependsOn: [{{name: catalog, namespace: {na}}}]\n---\n"
+    );
+    apply_yaml(&client, nb, &caller).await?;
+    apply_yaml(
+        &client,
+        nc,
+        &support::operator::feature_yaml("bystander", &[], ""),
+    )
+    .await?;
+
+    let operator = LocalOperator::start(&deployment, &kubeconfig, r, &[])?;
+    for (ns, name) in [(&a, "catalog"), (&b, "caller")] {
+        let features: Api<PremiumFeature> = ns.api();
+        if let Err(e) = wait_for(&features, name, is_ready, Duration::from_secs(120)).await {
+            bail!("{e:#}\noperator log:\n{}", operator.log_text());
+        }
+    }
+    let log = operator.log_text();
+    ensure!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "the operator was refused something:\n{log}"
+    );
+    // c was never seen: no status, no finalizer, no owned object.
+    let bystander = c.api::<PremiumFeature>().get("bystander").await?;
+    ensure!(
+        bystander.status.is_none() && bystander.metadata.finalizers.is_none(),
+        "a feature outside the watched namespaces was touched: {:?}",
+        bystander.metadata
+    );
+    ensure!(
+        c.api::<Deployment>().get_opt("bystander").await?.is_none(),
+        "a Deployment was created outside the watched namespaces"
+    );
+
+    // Tear down while the operator (and its finalizer) still runs.
+    for ns in [&b, &a] {
+        let features: Api<PremiumFeature> = ns.api();
+        features
+            .delete_collection(&Default::default(), &Default::default())
+            .await?;
+    }
+    for ns in [&a, &b] {
+        let features: Api<PremiumFeature> = ns.api();
+        support::eventually(
+            "the features to be torn down",
+            Duration::from_secs(60),
+            || {
+                let features = features.clone();
+                async move {
+                    Ok(features
+                        .list(&Default::default())
+                        .await?
+                        .items
+                        .is_empty()
+                        .then_some(()))
+                }
+            },
+        )
+        .await?;
+    }
+    drop(operator);
+    run_ok(&tool("helm"), &["uninstall", &release, "--namespace", r])?;
+    for ns in [a, b, c, release_ns] {
+        ns.delete().await?;
+    }
+    Ok(())
 }
 
 /// Every key of values.yaml is described by values.schema.json (objects recursively; maps a

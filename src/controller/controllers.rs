@@ -20,7 +20,7 @@ use tracing::info;
 use super::context::{Context, Settings, Stores};
 use super::echoes::Echoes;
 use super::error_policy::{error_policy_feature, error_policy_policy, reset_backoff_on_success};
-use super::watches::{self, OwnedWatches, api, selected_config};
+use super::watches::{self, OwnedWatches, apis, selected_config};
 use super::{RunArgs, feature, policy};
 use crate::api::{FIELD_MANAGER, PremiumFeature, PremiumPolicy};
 use crate::core::build::EventSource;
@@ -40,7 +40,7 @@ pub async fn run_controllers(
     features_writer: reflector::store::Writer<DeserializeGuard<PremiumFeature>>,
     stop: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    let ns = &args.namespace;
+    let ns = &args.watched_namespaces();
     let (feature_tx, feature_rx) = mpsc::unbounded_channel();
     let (policy_tx, policy_rx) = mpsc::unbounded_channel();
     let echoes = Arc::new(Echoes::default());
@@ -62,13 +62,13 @@ pub async fn run_controllers(
     );
     tasks.0.push(watches::spawn_feature_watch(
         ctx.clone(),
-        api(&client, ns),
+        apis(&client, ns),
         selected_config(&args.selector),
         features_writer,
     ));
     tasks.0.push(watches::spawn_policy_watch(
         ctx.clone(),
-        api(&client, ns),
+        apis(&client, ns),
         selected_config(&args.selector),
         policy_writer,
     ));

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod retry;
 pub mod run;
 pub mod sync;
+pub mod union;
 pub mod watches;
 
 use std::sync::atomic::Ordering;

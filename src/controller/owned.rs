@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::ObjectRef;
@@ -20,6 +20,7 @@ use tracing::warn;
 
 use super::echoes::Echoes;
 use super::sync::lock;
+use super::union::union;
 use crate::api::PremiumFeature;
 use crate::core::signal::{OwnedView, Signalled, owner_to_wake};
 use kube::core::DeserializeGuard;
@@ -208,7 +209,7 @@ fn seen_of<K: Signalled>(event: Event<K>) -> Event<Seen> {
 /// Objects are reduced to views as they arrive, so no full copy outlives its event. A trigger
 /// goes through an unbounded channel, so a busy controller never holds the watch back.
 pub fn watch_owned<K>(
-    api: Api<K>,
+    apis: Vec<Api<K>>,
     config: watcher::Config,
     tx: mpsc::UnboundedSender<FeatureRef>,
     echoes: Arc<Echoes>,
@@ -228,11 +229,19 @@ where
     let kind = <K as k8s_openapi::Resource>::KIND;
     let mut feed = Feed::new(store.clone(), kind, echoes);
     let task = tokio::spawn(async move {
-        let stream = watcher(api, config).default_backoff();
-        let mut stream = std::pin::pin!(stream);
+        let streams = apis
+            .into_iter()
+            .map(|api| {
+                watcher(api, config.clone())
+                    .default_backoff()
+                    .map_ok(seen_of)
+                    .boxed()
+            })
+            .collect();
+        let mut stream = union(streams, |seen: &Seen| seen.1.clone());
         while let Some(event) = stream.next().await {
             let event = match event {
-                Ok(event) => seen_of(event),
+                Ok(event) => event,
                 Err(e) => {
                     warn!(error = %e, %kind, "watch failed; retrying with backoff");
                     continue;

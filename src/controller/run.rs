@@ -32,9 +32,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Flags of `premium-operator run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Watch and manage only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch and manage only these namespaces, comma-separated (default: all namespaces). With
+    /// namespaces named, the operator needs no cluster-wide permission: a Role in each will do.
+    #[arg(long, env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:8080", env = "METRICS_ADDRESS")]
     pub metrics_address: SocketAddr,
@@ -80,6 +81,18 @@ pub struct RunArgs {
     /// someone else's finalizer must not keep a namespace from being deleted.
     #[arg(long, default_value_t = crate::core::teardown::DEFAULT_TEARDOWN_WAIT.as_secs(), env = "TEARDOWN_WAIT_SECONDS")]
     pub teardown_wait_seconds: u64,
+}
+
+impl RunArgs {
+    /// The namespaces to watch, each once and in order, without empty names; empty means all.
+    pub fn watched_namespaces(&self) -> Vec<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.namespace
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty() && seen.insert(n.clone()))
+            .collect()
+    }
 }
 
 /// Entry point of `premium-operator run`.
@@ -380,6 +393,31 @@ mod tests {
             ..Default::default()
         });
         f
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn namespaces(args: &[&str]) -> Vec<String> {
+        use clap::Parser;
+        let argv = std::iter::once("premium-operator").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .expect("flags parse")
+            .run
+            .watched_namespaces()
+    }
+
+    #[test]
+    fn watched_namespaces_are_a_comma_list_without_repeats_or_blanks() {
+        assert!(namespaces(&[]).is_empty());
+        assert_eq!(namespaces(&["--namespace", "team-a"]), ["team-a"]);
+        assert_eq!(
+            namespaces(&["--namespace", "team-a, team-b,,team-a", "--namespace=team-c"]),
+            ["team-a", "team-b", "team-c"]
+        );
     }
 
     #[test]

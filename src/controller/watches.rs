@@ -22,6 +22,7 @@ use tracing::warn;
 use super::context::{Context, lock};
 use super::echoes::Echoes;
 use super::owned::{self, OwnedStore};
+use super::union::{WatchStream, union};
 use crate::api::{FEATURE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, PremiumFeature, PremiumPolicy};
 use crate::core::graph::FeatureKey;
 
@@ -42,8 +43,9 @@ const _: () = assert!(WATCH_TIMEOUT_SECS as u64 + 5 < API_READ_TIMEOUT.as_secs()
 
 type FeatureRef = ObjectRef<DeserializeGuard<PremiumFeature>>;
 
-/// The namespace's objects of kind `K`, or every namespace's.
-pub fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+/// The objects of kind `K` in each watched namespace, or in every namespace when none is named:
+/// one `Api` per watch.
+pub fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -51,10 +53,25 @@ where
         + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    if namespaces.is_empty() {
+        return vec![Api::all(client.clone())];
     }
+    namespaces
+        .iter()
+        .map(|ns| Api::namespaced(client.clone(), ns))
+        .collect()
+}
+
+/// The watch of `apis` with `config` as one stream (see [`union`]).
+fn watch_apis<K>(apis: Vec<Api<K>>, config: &watcher::Config) -> WatchStream<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let streams = apis
+        .into_iter()
+        .map(|api| watcher(api, config.clone()).default_backoff().boxed())
+        .collect();
+    union(streams, |o: &K| o.name_any())
 }
 
 /// Every watch's base configuration: see [`WATCH_TIMEOUT_SECS`].
@@ -90,30 +107,30 @@ pub struct OwnedWatches {
 /// each; an event that changes that asks for a reconcile of the controlling feature.
 pub fn watch_owned_kinds(
     client: &Client,
-    namespace: &Option<String>,
+    namespaces: &[String],
     feature_tx: &UnboundedSender<FeatureRef>,
     echoes: &Arc<Echoes>,
 ) -> OwnedWatches {
     let (deployments, deploy_task) = owned::watch_owned(
-        api::<Deployment>(client, namespace),
+        apis::<Deployment>(client, namespaces),
         owned_config(),
         feature_tx.clone(),
         echoes.clone(),
     );
     let (services, svc_task) = owned::watch_owned(
-        api::<Service>(client, namespace),
+        apis::<Service>(client, namespaces),
         owned_config(),
         feature_tx.clone(),
         echoes.clone(),
     );
     let (configmaps, cm_task) = owned::watch_owned(
-        api::<ConfigMap>(client, namespace),
+        apis::<ConfigMap>(client, namespaces),
         owned_config(),
         feature_tx.clone(),
         echoes.clone(),
     );
     let (hpas, hpa_task) = owned::watch_owned(
-        api::<HorizontalPodAutoscaler>(client, namespace),
+        apis::<HorizontalPodAutoscaler>(client, namespaces),
         owned_config(),
         feature_tx.clone(),
         echoes.clone(),
@@ -132,13 +149,12 @@ pub fn watch_owned_kinds(
 /// policies are queued.
 pub fn spawn_feature_watch(
     ctx: Arc<Context>,
-    api: Api<DeserializeGuard<PremiumFeature>>,
+    apis: Vec<Api<DeserializeGuard<PremiumFeature>>>,
     config: watcher::Config,
     writer: reflector::store::Writer<DeserializeGuard<PremiumFeature>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let stream = watcher(api, config)
-            .default_backoff()
+        let stream = watch_apis(apis, &config)
             .map_ok(|ev| ev.modify(strip_guard))
             .reflect(writer);
         let mut stream = std::pin::pin!(stream);
@@ -156,12 +172,12 @@ pub fn spawn_feature_watch(
 /// Watches PremiumPolicies into `writer`, indexing each change and queueing its reconcile.
 pub fn spawn_policy_watch(
     ctx: Arc<Context>,
-    api: Api<DeserializeGuard<PremiumPolicy>>,
+    apis: Vec<Api<DeserializeGuard<PremiumPolicy>>>,
     config: watcher::Config,
     writer: reflector::store::Writer<DeserializeGuard<PremiumPolicy>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let stream = watcher(api, config).default_backoff().reflect(writer);
+        let stream = watch_apis(apis, &config).reflect(writer);
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {

@@ -23,6 +23,16 @@ in two namespaces does not collide. */}}
 {{- printf "%s-%s" (include "premium-operator.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The watched namespaces as one comma-separated string, each once (empty: every namespace).
+watchNamespace may be a name, a comma-separated list or a YAML list. */}}
+{{- define "premium-operator.watchNamespaces" -}}
+{{- $given := .Values.watchNamespace | default "" -}}
+{{- if kindIs "string" $given }}{{ $given = splitList "," $given }}{{ end -}}
+{{- $names := list -}}
+{{- range $given }}{{ with trim (toString .) }}{{ $names = append $names . }}{{ end }}{{ end -}}
+{{- join "," (uniq $names) -}}
+{{- end }}
+
 {{- define "premium-operator.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
