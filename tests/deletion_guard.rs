@@ -16,6 +16,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use futures::StreamExt;
@@ -220,6 +221,33 @@ async fn block_holds_until_the_policy_changes() -> anyhow::Result<()> {
         ensure!(
             features.get_opt(name).await?.is_some(),
             "{name} stays when the policy lets catalog go"
+        );
+    }
+    finish(ns, operator).await
+}
+
+/// Block, lifted by the dependents: once portal and search no longer list catalog in
+/// `dependsOn`, catalog goes, woken by their change (well before the guard's 60 s recheck).
+#[tokio::test]
+async fn block_lets_go_when_the_dependents_drop_it() -> anyhow::Result<()> {
+    let (ns, operator) = world("guard-drop", "Block").await?;
+    let features: Api<PremiumFeature> = ns.api();
+    delete(&features, "catalog").await?;
+    let all = ["portal", "search", "sale", "other"];
+    wait_blocked(&features, "catalog", &["portal", "search"], &all).await?;
+    apply_yaml(
+        ns.client(),
+        ns.name(),
+        &[feature("portal", &[], false), feature("search", &[], false)].concat(),
+    )
+    .await?;
+    wait_for_deleted(&features, "catalog", Duration::from_secs(30))
+        .await
+        .with_context(|| operator.log_tail())?;
+    for name in all {
+        ensure!(
+            features.get_opt(name).await?.is_some(),
+            "{name} stays when its dependency goes"
         );
     }
     finish(ns, operator).await

@@ -37,8 +37,8 @@ const MAX_ABOVE: usize = 2000;
 /// How soon a cascade looks again after a step: the deletion of a dependent deeper than the
 /// direct ones wakes only its own dependencies, not the feature that started the cascade.
 const CASCADE_RECHECK: Duration = Duration::from_secs(2);
-/// How soon a blocked deletion looks again without being woken. A dependent's deletion and a
-/// policy change wake it; a dependent that only drops it from `dependsOn` may not.
+/// How soon a blocked deletion looks again without being woken: a safety net. A dependent's
+/// deletion, a dependent dropping it from `dependsOn` and a policy change wake it at once.
 const BLOCK_RECHECK: Duration = Duration::from_secs(60);
 
 /// Applies the deletion guard of the feature's policy. `None`: the guard keeps nothing, the

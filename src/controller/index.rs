@@ -248,6 +248,9 @@ impl Index {
             // A dependency whose capacity is split gained or lost a caller.
             let old = previous.as_ref().map_or(&[][..], |p| p.edges.as_slice());
             wake.features.extend(self.splitting(old, &edges));
+            // A dependency being deleted that lost a dependent: its deletion guard may let it
+            // go now (`deletion.whileDependents: Block`).
+            wake.features.extend(self.released_while_deleting(old, &edges));
             self.relink(
                 &key,
                 previous.as_ref().map_or(&[][..], |p| p.edges.as_slice()),
@@ -279,6 +282,20 @@ impl Index {
         targets(old)
             .symmetric_difference(&targets(new))
             .filter(|t| self.features.get(*t).is_some_and(|f| f.capacity.is_some()))
+            .cloned()
+            .collect()
+    }
+
+    /// The targets of `old` that `new` no longer names and that are being deleted.
+    fn released_while_deleting(
+        &self,
+        old: &[DependencyEdge],
+        new: &[DependencyEdge],
+    ) -> Vec<FeatureKey> {
+        old.iter()
+            .map(|e| &e.target)
+            .filter(|t| !new.iter().any(|e| &e.target == *t))
+            .filter(|t| self.features.get(*t).is_some_and(|f| f.view.3))
             .cloned()
             .collect()
     }
@@ -602,6 +619,24 @@ mod tests {
         let wake = idx.delete_feature(&k("aika"));
         assert!(wake.features.contains(&k("catalog")));
         assert!(idx.dependents(&k("catalog")).is_empty());
+    }
+
+    #[test]
+    fn a_dependent_that_drops_a_dependency_being_deleted_wakes_it() {
+        let mut idx = Index::default();
+        let mut catalog = feature("catalog", &[], "premium");
+        idx.apply_feature(&catalog);
+        idx.apply_feature(&feature("aika", &["catalog"], "premium"));
+        idx.apply_feature(&feature("top", &["aika"], "premium"));
+        // Dropping a dependency that is not being deleted wakes nobody but the graph.
+        let wake = idx.apply_feature(&feature("top", &[], "premium"));
+        assert!(!wake.features.contains(&k("aika")), "{wake:?}");
+        catalog.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        );
+        idx.apply_feature(&catalog);
+        let wake = idx.apply_feature(&feature("aika", &[], "premium"));
+        assert!(wake.features.contains(&k("catalog")), "{wake:?}");
     }
 
     #[test]
