@@ -14,7 +14,6 @@ use tracing::warn;
 use super::Error;
 use super::context::Context;
 use super::owned::OwnedStore;
-use crate::runtime::metrics::KindLabels;
 
 use crate::core::drift::{self, FieldPath};
 pub use crate::core::signal::APPLIED_HASH_ANNOTATION;
@@ -372,10 +371,7 @@ where
 }
 
 fn count_write(ctx: &Context, kind: &'static str) {
-    ctx.metrics
-        .object_writes
-        .get_or_create(&KindLabels { kind })
-        .inc();
+    ctx.metrics.count_write(kind);
 }
 
 /// Whether the API server refused an object for what it contains, so that sending it again

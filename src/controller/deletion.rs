@@ -29,7 +29,6 @@ use crate::core::status::{Stamp, now_time};
 use crate::core::teardown::{
     Above, Guard, Link, blocked_message, blocked_status, cascade_note, deletion_guard,
 };
-use crate::runtime::metrics::KindLabels;
 
 /// Features read above one being deleted at most; past it the cascade works on what it read
 /// (a guard on a pathological graph, never reached by a real one).
@@ -165,11 +164,6 @@ async fn delete_dependent(ctx: &Context, key: &FeatureKey) -> Result<(), Error> 
         }
         Err(e) => return Err(Error::kube(format!("deleting the dependent {key}"), e)),
     }
-    ctx.metrics
-        .object_writes
-        .get_or_create(&KindLabels {
-            kind: "PremiumFeature",
-        })
-        .inc();
+    ctx.metrics.count_write("PremiumFeature");
     Ok(())
 }

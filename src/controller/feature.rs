@@ -614,12 +614,7 @@ async fn add_finalizer(
             e,
         )
     })?;
-    ctx.metrics
-        .object_writes
-        .get_or_create(&KindLabels {
-            kind: "PremiumFeature",
-        })
-        .inc();
+    ctx.metrics.count_write("PremiumFeature");
     Ok(())
 }
 

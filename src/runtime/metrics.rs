@@ -216,6 +216,11 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Counts one write of an object of `kind` (owned objects, finalizers, cascade deletes).
+    pub fn count_write(&self, kind: &'static str) {
+        self.object_writes.get_or_create(&KindLabels { kind }).inc();
+    }
+
     /// Sets the number of reconciles `controller` has queued and not yet started.
     pub fn set_queue_depth(&self, controller: &'static str, depth: usize) {
         self.queue_depth
