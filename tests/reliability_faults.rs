@@ -509,7 +509,9 @@ fn audit_writes(path: &std::path::Path, namespace: &str) -> anyhow::Result<Vec<W
 #[tokio::test]
 async fn a_paused_leader_writes_nothing_after_a_standby_took_over() -> anyhow::Result<()> {
     let n = if heavy() { 60 } else { 15 };
-    let lease = 6u64;
+    // Long enough that the leader keeps its Lease through convergence on a loaded 2-core
+    // machine (it steps down after two thirds of it without a renewal; 6 s was lost once).
+    let lease = 10u64;
     let cluster = OwnCluster::up(
         "leader",
         &[
@@ -550,6 +552,12 @@ async fn a_paused_leader_writes_nothing_after_a_standby_took_over() -> anyhow::R
     second.wait_serving(Duration::from_secs(30)).await?;
     apply_yaml(&client, ns.name(), &graph(n, 4, seed())).await?;
     converge(&client, ns.name(), n, Duration::from_secs(180)).await?;
+    anyhow::ensure!(
+        first.running() && first.metric("premium_leader")? == 1.0,
+        "the first instance lost its lease during convergence (a renewal later than {}s): {}",
+        lease * 2 / 3,
+        first.log_tail()
+    );
     assert_eq!(second.metric("premium_leader")?, 0.0, "two leaders");
     assert_eq!(second.writes()?, 0.0, "the standby wrote");
 
