@@ -234,14 +234,18 @@ fn rendered_rbac_is_least_privilege_in_both_modes() -> anyhow::Result<()> {
         .filter(|d| kind_of(d) == "RoleBinding")
         .filter_map(|d| d["metadata"]["namespace"].as_str())
         .collect();
-    assert_eq!(bound, ["apps", "web", "ops"], "one binding per namespace, plus the Lease's");
+    assert_eq!(
+        bound,
+        ["apps", "web", "ops"],
+        "one binding per namespace, plus the Lease's"
+    );
     let args = listed
         .iter()
         .find(|d| kind_of(d) == "Deployment")
         .map(|d| d["spec"]["template"]["spec"]["containers"][0]["args"].clone())
         .unwrap_or_default();
     let flags: Vec<&str> = args
-        .as_array()
+        .as_sequence()
         .into_iter()
         .flatten()
         .filter_map(|a| a.as_str())
@@ -250,10 +254,7 @@ fn rendered_rbac_is_least_privilege_in_both_modes() -> anyhow::Result<()> {
     assert_eq!(flags, ["--namespace=apps,web"]);
     let comma = template("t", "ops", &["--set", "watchNamespace=apps\\,web"])?;
     assert_eq!(
-        comma
-            .iter()
-            .filter(|d| kind_of(d) == "Role")
-            .count(),
+        comma.iter().filter(|d| kind_of(d) == "Role").count(),
         3,
         "a comma-separated string is a list too (two Roles and the Lease's)"
     );

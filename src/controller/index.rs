@@ -250,7 +250,8 @@ impl Index {
             wake.features.extend(self.splitting(old, &edges));
             // A dependency being deleted that lost a dependent: its deletion guard may let it
             // go now (`deletion.whileDependents: Block`).
-            wake.features.extend(self.released_while_deleting(old, &edges));
+            wake.features
+                .extend(self.released_while_deleting(old, &edges));
             self.relink(
                 &key,
                 previous.as_ref().map_or(&[][..], |p| p.edges.as_slice()),
@@ -631,9 +632,10 @@ mod tests {
         // Dropping a dependency that is not being deleted wakes nobody but the graph.
         let wake = idx.apply_feature(&feature("top", &[], "premium"));
         assert!(!wake.features.contains(&k("aika")), "{wake:?}");
-        catalog.metadata.deletion_timestamp = Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-        );
+        catalog.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
         idx.apply_feature(&catalog);
         let wake = idx.apply_feature(&feature("aika", &[], "premium"));
         assert!(wake.features.contains(&k("catalog")), "{wake:?}");

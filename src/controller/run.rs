@@ -415,7 +415,11 @@ mod tests {
         assert!(namespaces(&[]).is_empty());
         assert_eq!(namespaces(&["--namespace", "team-a"]), ["team-a"]);
         assert_eq!(
-            namespaces(&["--namespace", "team-a, team-b,,team-a", "--namespace=team-c"]),
+            namespaces(&[
+                "--namespace",
+                "team-a, team-b,,team-a",
+                "--namespace=team-c"
+            ]),
             ["team-a", "team-b", "team-c"]
         );
     }

@@ -49,7 +49,9 @@ impl<T: Clone> Union<T> {
             }
             Event::InitApply(o) => {
                 let name = (self.name)(&o);
-                self.pending[i].get_or_insert_with(BTreeMap::new).insert(name, o);
+                self.pending[i]
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name, o);
                 Vec::new()
             }
             Event::InitDone => {
@@ -169,10 +171,7 @@ mod tests {
         let mut u = Union::new(2, name);
         list(&mut u, 0, &[("a", 1), ("gone", 1)]);
         list(&mut u, 1, &[("c", 1)]);
-        assert_eq!(
-            shown(&u.handle(1, Event::Apply(("c", 2)))),
-            ["apply c=2"]
-        );
+        assert_eq!(shown(&u.handle(1, Event::Apply(("c", 2)))), ["apply c=2"]);
         // Watch 0 comes back without `gone` and with `a` changed; watch 1's latest `c` stays.
         assert_eq!(
             list(&mut u, 0, &[("a", 2)]),
