@@ -24,7 +24,7 @@ use kube::api::Api;
 use kube::config::{AuthInfo, Kubeconfig};
 use kube::runtime::conditions;
 use premium_operator::api::PremiumFeature;
-use support::operator::{apply_yaml, ensure_crds};
+use support::operator::{apply_yaml, delete_features, ensure_crds};
 use support::{DEFAULT_TIMEOUT, TestNamespace, kubeconfig_path, wait_for};
 
 const CHART: &str = "charts/premium-operator";
@@ -822,25 +822,7 @@ async fn converge_as_service_account(
         "the operator was refused something:\n{log}"
     );
     // Tear the features down while the operator (and its finalizer) still runs.
-    features
-        .delete_collection(&Default::default(), &Default::default())
-        .await?;
-    support::eventually(
-        "the examples to be torn down",
-        Duration::from_secs(60),
-        || {
-            let features = features.clone();
-            async move {
-                Ok(features
-                    .list(&Default::default())
-                    .await?
-                    .items
-                    .is_empty()
-                    .then_some(()))
-            }
-        },
-    )
-    .await?;
+    delete_features(&features).await?;
     drop(operator);
     Ok(kubeconfig)
 }
@@ -1041,29 +1023,7 @@ async fn service_account_rbac_is_enough_and_no_more_several_namespaces() -> anyh
 
     // Tear down while the operator (and its finalizer) still runs.
     for ns in [&b, &a] {
-        let features: Api<PremiumFeature> = ns.api();
-        features
-            .delete_collection(&Default::default(), &Default::default())
-            .await?;
-    }
-    for ns in [&a, &b] {
-        let features: Api<PremiumFeature> = ns.api();
-        support::eventually(
-            "the features to be torn down",
-            Duration::from_secs(60),
-            || {
-                let features = features.clone();
-                async move {
-                    Ok(features
-                        .list(&Default::default())
-                        .await?
-                        .items
-                        .is_empty()
-                        .then_some(()))
-                }
-            },
-        )
-        .await?;
+        delete_features(&ns.api()).await?;
     }
     drop(operator);
     run_ok(&tool("helm"), &["uninstall", &release, "--namespace", r])?;

@@ -289,14 +289,13 @@ pub async fn apply_yaml_labelled(
     Ok(())
 }
 
-/// Deletes every PremiumFeature of a namespace while the operator still runs (its finalizer
-/// tears them down), waits until they are gone, then deletes the namespace.
-pub async fn finish(ns: super::TestNamespace, operator: Operator) -> anyhow::Result<()> {
-    let api: Api<PremiumFeature> = ns.api();
+/// Deletes every PremiumFeature of `api`'s namespace and waits up to 60 s until they are gone
+/// (the operator's finalizer must tear them down, so it has to be running).
+pub async fn delete_features(api: &Api<PremiumFeature>) -> anyhow::Result<()> {
     api.delete_collection(&Default::default(), &Default::default())
         .await
         .context("deleting the test's features")?;
-    let outcome = super::eventually(
+    super::eventually(
         "the test's features to be torn down",
         Duration::from_secs(60),
         || {
@@ -311,8 +310,13 @@ pub async fn finish(ns: super::TestNamespace, operator: Operator) -> anyhow::Res
             }
         },
     )
-    .await;
-    if let Err(e) = outcome {
+    .await
+}
+
+/// Deletes every PremiumFeature of a namespace while the operator still runs (its finalizer
+/// tears them down), waits until they are gone, then deletes the namespace.
+pub async fn finish(ns: super::TestNamespace, operator: Operator) -> anyhow::Result<()> {
+    if let Err(e) = delete_features(&ns.api()).await {
         bail!("{e:#}; operator log:\n{}", operator.log_tail());
     }
     drop(operator);
