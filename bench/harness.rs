@@ -898,9 +898,10 @@ impl SameWritesClient<'_> {
 /// level order, per feature: the PremiumFeature, the operator's finalizer, the ConfigMap,
 /// Service and zero-replica Deployment and, below the top level, a status naming the
 /// dependencies it waits for. Then level by level: the Deployment scaled up, the HPA, a
-/// Starting status and its Event; once the level's Deployments are Available, a Ready status
-/// and its Event. Statuses come from the operator's status calculator and Events from its
-/// builder, so each request is the size the operator's is. This is the limit the convergence
+/// Starting status; once the level's Deployments are Available, a Ready status. Statuses come
+/// from the operator's status calculator, and an Event is sent wherever the operator's rule
+/// gives one (none on the way up to Ready) from its builder, so each request is the size the
+/// operator's is. This is the limit the convergence
 /// bar of docs/design.md names (a hand-written client that makes the same writes in the same
 /// order).
 pub async fn same_writes_baseline(

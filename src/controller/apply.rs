@@ -40,9 +40,10 @@ pub fn hash_of<T: Serialize>(value: &T) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The view of an owned object: the cached one, or, when the (label-filtered) cache has none,
-/// the live object's. A missing object may be someone else's, ours not seen yet, or ours with
-/// its labels removed (which took it out of the watch).
+/// The view of an owned object: the cached one; none, without asking the API server, when no
+/// object of the kind uses the name (neither of the kind's watches holds it: see
+/// [`OwnedStore`]); otherwise the live object's, read: someone else's, or ours with its
+/// feature label removed (which took it out of the labelled watch).
 pub async fn observe_owned<K>(
     ctx: &Context,
     store: &OwnedStore,
@@ -60,6 +61,26 @@ where
     if let Some(cached) = store.get(namespace, name) {
         return Ok(Some(cached));
     }
+    if !store.is_other(namespace, name) {
+        return Ok(None);
+    }
+    read_view::<K>(ctx, kind, namespace, name).await
+}
+
+/// The live object's view, read from the API server.
+async fn read_view<K>(
+    ctx: &Context,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<OwnedView>>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Signalled,
+{
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     Ok(api
         .get_opt(name)
@@ -222,7 +243,7 @@ where
         &desired_json,
         &hash,
         owned,
-        also_equal,
+        &also_equal,
     );
     let (removals, in_place) = match write {
         Write::Conflict => {
@@ -247,7 +268,31 @@ where
     ctx.echoes.remember(kind, &namespace, &name, expected);
     let removed = remove_strays(&target, &removals, &desired_json).await?;
     if !in_place {
-        return apply_desired(&target, &desired).await;
+        // A first write (no object seen) takes no field from anyone: an object created under
+        // this name since the watches last looked makes it conflict instead of being taken over.
+        let first = current.is_none();
+        return match apply_desired(&target, &desired, !first).await? {
+            Ok(applied) => Ok(applied),
+            Err(conflict) => {
+                let Some(live) = read_view::<K>(ctx, kind, &namespace, &name).await? else {
+                    // Gone again: the retry starts over.
+                    return Err(Error::kube(
+                        format!("applying {kind} {namespace}/{name}"),
+                        kube::Error::Api(conflict),
+                    ));
+                };
+                Box::pin(apply_over(
+                    ctx,
+                    Some(live),
+                    kind,
+                    desired,
+                    hash_input,
+                    owner_uid,
+                    also_equal,
+                ))
+                .await
+            }
+        };
     }
     // The removal put back nothing the operator owns (it holds the desired values).
     if !removed {
@@ -305,11 +350,13 @@ async fn remove_strays<K: OwnedKind>(
 }
 
 /// Server-side applies `desired` under the operator's field manager, then drops the record of
-/// its own update.
+/// its own update. Unless `force`, a field another writer holds with another value makes the
+/// apply conflict and nothing is written: the API server's answer comes back as `Err`.
 async fn apply_desired<K: OwnedKind>(
     target: &Target<'_, K>,
     desired: &K,
-) -> Result<Applied, Error> {
+    force: bool,
+) -> Result<Result<Applied, Box<kube::core::Status>>, Error> {
     let Target {
         ctx,
         kind,
@@ -317,19 +364,26 @@ async fn apply_desired<K: OwnedKind>(
         name,
         ..
     } = *target;
-    let params = PatchParams::apply(&ctx.settings.field_manager).force();
+    let mut params = PatchParams::apply(&ctx.settings.field_manager);
+    if force {
+        params = params.force();
+    }
     let applied = match target
         .api
         .patch(name, &params, &Patch::Apply(desired))
         .await
     {
         Ok(applied) => applied,
+        Err(kube::Error::Api(s)) if s.code == 409 && !force => {
+            target.forget_echo();
+            return Ok(Err(s));
+        }
         Err(kube::Error::Api(s)) if refused_for_its_content(&s) => {
             target.forget_echo();
-            return Ok(Applied::Refused(format!(
+            return Ok(Ok(Applied::Refused(format!(
                 "the API server refused the {kind} built from this feature: {}",
                 s.message
-            )));
+            ))));
         }
         Err(e) => {
             target.forget_echo();
@@ -341,7 +395,7 @@ async fn apply_desired<K: OwnedKind>(
     };
     count_write(ctx, kind);
     forget_own_update(ctx, &target.api, kind, &applied).await;
-    Ok(Applied::Written)
+    Ok(Ok(Applied::Written))
 }
 
 /// Removes the record of the operator's own update from `applied` (see

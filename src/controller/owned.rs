@@ -5,11 +5,12 @@
 //! nothing else: at 10,000 features, four owned objects each, a view is a few short strings
 //! where a trimmed typed copy was kilobytes (see README "Performance").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event, watcher};
@@ -27,12 +28,21 @@ use kube::core::DeserializeGuard;
 
 /// Namespace → name → view.
 type Views = HashMap<String, HashMap<String, Arc<OwnedView>>>;
+/// Namespace and name of objects of one kind that no feature's watch holds.
+type Names = HashSet<(String, String)>;
 
-/// The views of one owned kind, as last listed and watched.
+/// The views of one owned kind, as last listed and watched, and the names of the objects of
+/// that kind the views leave out (not labelled as a feature's).
+///
+/// The two watches split the kind between them, so a name in neither is a name nobody uses
+/// (as of the watches' last events): the first write of a new feature's object needs no read
+/// to make sure it takes nothing from anyone.
 #[derive(Clone)]
 pub struct OwnedStore {
     views: Arc<Mutex<Views>>,
     synced: tokio::sync::watch::Sender<bool>,
+    others: Arc<Mutex<Names>>,
+    others_synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for OwnedStore {
@@ -40,6 +50,8 @@ impl Default for OwnedStore {
         Self {
             views: Arc::default(),
             synced: tokio::sync::watch::Sender::new(false),
+            others: Arc::default(),
+            others_synced: tokio::sync::watch::Sender::new(false),
         }
     }
 }
@@ -58,9 +70,17 @@ impl OwnedStore {
         self.len() == 0
     }
 
-    /// Resolves once the first full list is in.
+    /// Whether an object of this kind with this name exists without a feature's label: someone
+    /// else's, or a feature's with its label removed by hand.
+    pub fn is_other(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.others).contains(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Resolves once the first full lists of both watches are in.
     pub async fn wait_until_ready(&self) {
         let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|synced| *synced).await;
+        let mut rx = self.others_synced.subscribe();
         let _ = rx.wait_for(|synced| *synced).await;
     }
 
@@ -200,6 +220,112 @@ fn seen_of<K: Signalled>(event: Event<K>) -> Event<Seen> {
     }
 }
 
+/// Keeps the names of one kind's objects that carry no feature label (see [`OwnedStore`]):
+/// a relist replaces the set once it is whole, so the old set serves until then.
+pub struct OthersFeed {
+    store: OwnedStore,
+    listed: Option<Names>,
+}
+
+impl OthersFeed {
+    pub fn new(store: OwnedStore) -> Self {
+        Self {
+            store,
+            listed: None,
+        }
+    }
+
+    pub fn handle(&mut self, event: Event<(String, String)>) {
+        match event {
+            Event::Init => self.listed = Some(Names::new()),
+            Event::InitApply(key) => match self.listed.as_mut() {
+                Some(listed) => {
+                    listed.insert(key);
+                }
+                None => {
+                    lock(&self.store.others).insert(key);
+                }
+            },
+            Event::InitDone => {
+                if let Some(listed) = self.listed.take() {
+                    *lock(&self.store.others) = listed;
+                    self.store.others_synced.send_replace(true);
+                }
+            }
+            Event::Apply(key) => {
+                lock(&self.store.others).insert(key);
+            }
+            Event::Delete(key) => {
+                lock(&self.store.others).remove(&key);
+            }
+        }
+    }
+}
+
+/// The namespace and name an object's metadata event is about.
+fn names_of<K: Resource>(event: Event<K>) -> Event<(String, String)> {
+    let key = |o: K| (o.namespace().unwrap_or_default(), o.name_any());
+    match event {
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(key(o)),
+        Event::InitDone => Event::InitDone,
+        Event::Apply(o) => Event::Apply(key(o)),
+        Event::Delete(o) => Event::Delete(key(o)),
+    }
+}
+
+/// Watches the metadata of the objects of one kind that the owned watch leaves out
+/// (`config` selects them) in each of `apis`' namespaces, keeping their names in `store`
+/// ([`OthersFeed`]). Metadata only: nothing of these objects but their names is read.
+fn watch_others<K>(
+    apis: &[Api<K>],
+    config: watcher::Config,
+    store: OwnedStore,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let kind = <K as k8s_openapi::Resource>::KIND;
+    let mut feed = OthersFeed::new(store);
+    let metadata: Vec<Api<PartialObjectMeta<K>>> = apis
+        .iter()
+        .map(|api| {
+            let client = api.clone().into_client();
+            match api.namespace() {
+                Some(namespace) => Api::namespaced(client, namespace),
+                None => Api::all(client),
+            }
+        })
+        .collect();
+    tokio::spawn(async move {
+        let streams = metadata
+            .into_iter()
+            .map(|api| {
+                watcher(api, config.clone())
+                    .default_backoff()
+                    .map_ok(names_of)
+                    .boxed()
+            })
+            .collect();
+        let mut stream = union(streams, |key: &(String, String)| key.1.clone());
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => feed.handle(event),
+                Err(e) => {
+                    warn!(error = %e, %kind, "watch of unlabelled objects failed; retrying with backoff")
+                }
+            }
+        }
+    })
+}
+
 /// Watches one owned kind into a new store on a task of its own (see [`Feed`]), and asks for
 /// a reconcile of the controlling feature on every event that changes what its reconcile reads
 /// ([`owner_to_wake`]): not for status fields that move no verdict, and not for the echo of
@@ -210,12 +336,12 @@ fn seen_of<K: Signalled>(event: Event<K>) -> Event<Seen> {
 /// goes through an unbounded channel, so a busy controller never holds the watch back.
 pub fn watch_owned<K>(
     apis: Vec<Api<K>>,
-    config: watcher::Config,
+    configs: (watcher::Config, watcher::Config),
     tx: mpsc::UnboundedSender<FeatureRef>,
     echoes: Arc<Echoes>,
-) -> (OwnedStore, tokio::task::JoinHandle<()>)
+) -> (OwnedStore, Vec<tokio::task::JoinHandle<()>>)
 where
-    K: Resource<DynamicType = ()>
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + k8s_openapi::Resource
         + Signalled
         + Clone
@@ -225,8 +351,10 @@ where
         + Sync
         + 'static,
 {
+    let (config, others_config) = configs;
     let store = OwnedStore::default();
     let kind = <K as k8s_openapi::Resource>::KIND;
+    let others = watch_others(&apis, others_config, store.clone());
     let mut feed = Feed::new(store.clone(), kind, echoes);
     let task = tokio::spawn(async move {
         let streams = apis
@@ -252,7 +380,7 @@ where
             }
         }
     });
-    (store, task)
+    (store, vec![task, others])
 }
 
 #[cfg(test)]
@@ -322,6 +450,54 @@ mod tests {
         assert!(store.get("ns", "a").is_some());
         // The echo was used up: the same change from someone else is news.
         assert_eq!(feed.handle(Event::Apply(seen("a", "h2"))), woken(&["a"]));
+    }
+
+    fn key(name: &str) -> (String, String) {
+        ("ns".to_string(), name.to_string())
+    }
+
+    #[tokio::test]
+    async fn the_names_of_others_follow_their_watch_and_a_relist_lands_whole() {
+        let store = OwnedStore::default();
+        let mut feed = OthersFeed::new(store.clone());
+        feed.handle(Event::Init);
+        feed.handle(Event::InitApply(key("theirs")));
+        assert!(!store.is_other("ns", "theirs"), "a list lands at its end");
+        feed.handle(Event::InitDone);
+        assert!(store.is_other("ns", "theirs"));
+        assert!(!store.is_other("other-ns", "theirs"));
+        feed.handle(Event::Apply(key("new")));
+        feed.handle(Event::Delete(key("theirs")));
+        assert!(store.is_other("ns", "new") && !store.is_other("ns", "theirs"));
+
+        // The watch broke; the relist no longer has "new": the old set serves until the end.
+        feed.handle(Event::Init);
+        feed.handle(Event::InitApply(key("later")));
+        assert!(store.is_other("ns", "new") && !store.is_other("ns", "later"));
+        feed.handle(Event::InitDone);
+        assert!(!store.is_other("ns", "new") && store.is_other("ns", "later"));
+    }
+
+    #[tokio::test]
+    async fn a_store_is_ready_once_both_of_its_watches_listed() {
+        let store = OwnedStore::default();
+        let mut views = Feed::new(store.clone(), "Service", Arc::default());
+        views.handle(Event::Init);
+        views.handle(Event::InitDone);
+        let waiting = store.clone();
+        let ready = tokio::spawn(async move { waiting.wait_until_ready().await });
+        tokio::task::yield_now().await;
+        assert!(
+            !ready.is_finished(),
+            "the names of others are not listed yet"
+        );
+        let mut others = OthersFeed::new(store.clone());
+        others.handle(Event::Init);
+        others.handle(Event::InitDone);
+        tokio::time::timeout(std::time::Duration::from_secs(5), ready)
+            .await
+            .expect("ready once both listed")
+            .expect("no panic");
     }
 
     #[test]

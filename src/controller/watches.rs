@@ -23,7 +23,7 @@ use super::context::{Context, lock};
 use super::echoes::Echoes;
 use super::owned::{self, OwnedStore};
 use super::union::{WatchStream, union};
-use crate::api::{FEATURE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, PremiumFeature, PremiumPolicy};
+use crate::api::{FEATURE_LABEL, PremiumFeature, PremiumPolicy};
 use crate::core::graph::FeatureKey;
 
 /// Longest wait for any answer from the API server (counted from each request write and each
@@ -89,9 +89,15 @@ pub fn selected_config(selector: &Option<String>) -> watcher::Config {
     }
 }
 
-/// The watch of owned objects: only those the operator labelled as a feature's.
-fn owned_config() -> watcher::Config {
-    watch_config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY},{FEATURE_LABEL}"))
+/// The watches of one owned kind: the objects labelled as a feature's (whoever set the label:
+/// one that is not the feature's is told apart by its controller reference), and the names of
+/// all the others. Between them they see every object of the kind, so a name neither has is
+/// free (see `owned::OwnedStore`).
+fn owned_configs() -> (watcher::Config, watcher::Config) {
+    (
+        watch_config().labels(FEATURE_LABEL),
+        watch_config().labels(&format!("!{FEATURE_LABEL}")),
+    )
 }
 
 /// The caches of the four owned kinds and the tasks that fill them.
@@ -113,25 +119,25 @@ pub fn watch_owned_kinds(
 ) -> OwnedWatches {
     let (deployments, deploy_task) = owned::watch_owned(
         apis::<Deployment>(client, namespaces),
-        owned_config(),
+        owned_configs(),
         feature_tx.clone(),
         echoes.clone(),
     );
     let (services, svc_task) = owned::watch_owned(
         apis::<Service>(client, namespaces),
-        owned_config(),
+        owned_configs(),
         feature_tx.clone(),
         echoes.clone(),
     );
     let (configmaps, cm_task) = owned::watch_owned(
         apis::<ConfigMap>(client, namespaces),
-        owned_config(),
+        owned_configs(),
         feature_tx.clone(),
         echoes.clone(),
     );
     let (hpas, hpa_task) = owned::watch_owned(
         apis::<HorizontalPodAutoscaler>(client, namespaces),
-        owned_config(),
+        owned_configs(),
         feature_tx.clone(),
         echoes.clone(),
     );
@@ -140,7 +146,10 @@ pub fn watch_owned_kinds(
         services,
         configmaps,
         hpas,
-        tasks: vec![deploy_task, svc_task, cm_task, hpa_task],
+        tasks: [deploy_task, svc_task, cm_task, hpa_task]
+            .into_iter()
+            .flatten()
+            .collect(),
     }
 }
 

@@ -524,23 +524,24 @@ pub fn hold(
     }
 }
 
-/// The Event of a phase change. A new feature that waits has none (its status says why);
-/// every later change has one, a Warning when the feature failed or degraded.
+/// The Event of a phase change someone may act on: a Warning when the feature fails or
+/// degrades, and a Normal one when it leaves that state (the trouble is over). The way to Ready
+/// (waiting, starting, ready) and suspension have none: the status tells them, and a start-up
+/// then costs no Event writes.
 pub fn phase_event(
     previous: Option<&PremiumFeatureStatus>,
     new: &PremiumFeatureStatus,
 ) -> Option<Note> {
     let old_phase = previous.and_then(|p| p.phase);
     let phase = new.phase?;
-    let first_wait =
-        old_phase.is_none() && matches!(phase, Phase::WaitingForDependencies | Phase::Pending);
-    if old_phase == Some(phase) || first_wait {
+    let trouble = |p: Phase| matches!(p, Phase::Failed | Phase::Degraded);
+    if old_phase == Some(phase) || !(trouble(phase) || old_phase.is_some_and(trouble)) {
         return None;
     }
     let ready = condition(&new.conditions, cond::READY);
     let stalled = condition(&new.conditions, cond::STALLED).filter(|c| c.status == "True");
     Some(Note {
-        warning: matches!(phase, Phase::Failed | Phase::Degraded),
+        warning: trouble(phase),
         reason: phase.as_str(),
         message: stalled
             .or(ready)

@@ -736,7 +736,7 @@ fn upstreams_follow_depends_on_once_each_with_the_ports_known() {
 }
 
 #[test]
-fn a_first_wait_has_no_event_and_every_later_phase_change_has_one() {
+fn only_trouble_and_its_end_have_events() {
     let mut w = World::new();
     w.dependencies.insert(key("catalog"), starting_dependency());
     let waiting = w.run().settled.status;
@@ -745,12 +745,31 @@ fn a_first_wait_has_no_event_and_every_later_phase_change_has_one() {
     w.dependencies.insert(key("catalog"), ready_dependency());
     w.previous = Some(waiting.clone());
     let starting = w.run().settled.status;
-    let event = phase_event(Some(&waiting), &starting).expect("Starting is announced");
-    assert_eq!((event.warning, event.reason), (false, "Starting"));
+    assert_eq!(starting.phase, Some(Phase::Starting));
+    assert_eq!(
+        phase_event(Some(&waiting), &starting),
+        None,
+        "the way up is the status's"
+    );
     let degraded = degraded_since(5);
     let event = phase_event(Some(&starting), &degraded).expect("Degraded is announced");
     assert!(event.warning);
     assert!(event.message.contains("lost availability"), "{event:?}");
+    assert_eq!(phase_event(Some(&degraded), &degraded), None);
+    let mut ready = starting.clone();
+    ready.phase = Some(Phase::Ready);
+    assert_eq!(phase_event(Some(&starting), &ready), None);
+    let event = phase_event(Some(&degraded), &ready).expect("the end of trouble is announced");
+    assert_eq!((event.warning, event.reason), (false, "Ready"));
+    let mut failed = degraded.clone();
+    failed.phase = Some(Phase::Failed);
+    let event = phase_event(Some(&degraded), &failed).expect("worse trouble is announced");
+    assert_eq!((event.warning, event.reason), (true, "Failed"));
+    let mut suspended = ready.clone();
+    suspended.phase = Some(Phase::Suspended);
+    assert_eq!(phase_event(Some(&ready), &suspended), None);
+    let event = phase_event(None, &failed).expect("a feature that fails at once is announced");
+    assert!(event.warning);
 }
 
 #[test]
