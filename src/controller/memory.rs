@@ -253,7 +253,7 @@ mod tests {
                 held: Some(HeldStatus {
                     generation: Some(1),
                     since: Instant::now(),
-                    started_at: t(1),
+                    started_at: Some(t(1)),
                 }),
                 written: Some((phase(Phase::Ready, reason::AVAILABLE), Instant::now())),
                 ready_since: Some(Instant::now()),

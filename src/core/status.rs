@@ -485,11 +485,20 @@ pub fn is_serving(status: Option<&PremiumFeatureStatus>) -> bool {
 /// serving, and the stale `observedGeneration` already tells kstatus readers such as kubectl
 /// wait, Flux and Argo CD that the change is in progress. At 1,000 features changed at once
 /// the cluster's rollouts take a minute and more, and a fixed hold wrote every step twice.
+///
+/// A feature still waiting whose list of culprits only shrank (a dependency turned Ready, the
+/// others not yet) is held back [`SHRINK_HOLD`] as well: on a wide graph the dependencies of
+/// one feature turn Ready within seconds of one another, and each would cost a write that the
+/// next one makes stale. The verdict (phase and the conditions' type, status and reason) is
+/// the same, and no name is added, so what the written status says stays true, only longer.
 pub fn status_hold(
     previous: Option<&PremiumFeatureStatus>,
     new: &PremiumFeatureStatus,
     startup_timeout: std::time::Duration,
 ) -> Option<std::time::Duration> {
+    if previous.is_some_and(|p| only_fewer_culprits(p, new)) {
+        return Some(SHRINK_HOLD);
+    }
     if new.phase != Some(Phase::Starting) || previous.and_then(|p| p.phase) == Some(Phase::Starting)
     {
         return None;
@@ -499,6 +508,30 @@ pub fn status_hold(
         Some(reason::ROLLING_UPDATE) => Some(startup_timeout),
         _ => None,
     }
+}
+
+/// Longest a shrinking `blockedBy` waits before it is written (see [`status_hold`]).
+pub const SHRINK_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `new` says what `previous` said (same generation, phase, and conditions by type,
+/// status and reason) with culprits only taken out of `blockedBy`, some still left.
+fn only_fewer_culprits(previous: &PremiumFeatureStatus, new: &PremiumFeatureStatus) -> bool {
+    let verdict = |s: &PremiumFeatureStatus| {
+        let mut v: Vec<(String, String, String)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect();
+        v.sort();
+        (s.observed_generation, s.phase, v)
+    };
+    let culprit = |b: &BlockedBy| (b.name.clone(), b.reason.clone());
+    let before: Vec<_> = previous.blocked_by.iter().map(culprit).collect();
+    new.phase == Some(Phase::WaitingForDependencies)
+        && !new.blocked_by.is_empty()
+        && new.blocked_by.len() < previous.blocked_by.len()
+        && new.blocked_by.iter().all(|b| before.contains(&culprit(b)))
+        && verdict(previous) == verdict(new)
 }
 
 /// Whether a status says the feature is Ready for its current generation.
@@ -811,6 +844,65 @@ mod tests {
             status_hold(Some(&ready), &failed, std::time::Duration::from_secs(60)),
             None
         );
+    }
+
+    fn blocked(names: &[(&str, &str)]) -> Vec<BlockedBy> {
+        names
+            .iter()
+            .map(|(name, r)| BlockedBy {
+                name: (*name).into(),
+                reason: (*r).into(),
+                message: format!("{name} is not Ready"),
+            })
+            .collect()
+    }
+
+    fn waiting_on(
+        previous: Option<&PremiumFeatureStatus>,
+        b: Vec<BlockedBy>,
+    ) -> PremiumFeatureStatus {
+        feature_status(
+            previous,
+            &Observation {
+                generation: Some(1),
+                blocked_by: b,
+                ..Default::default()
+            },
+            &t(1),
+        )
+    }
+
+    #[test]
+    fn a_waiting_feature_holds_a_shorter_blocked_by_but_nothing_else() {
+        let timeout = std::time::Duration::from_secs(60);
+        let not_ready = reason::DEPENDENCY_NOT_READY;
+        let three = waiting_on(
+            None,
+            blocked(&[("a", not_ready), ("b", not_ready), ("c", not_ready)]),
+        );
+        assert_eq!(three.phase, Some(Phase::WaitingForDependencies));
+        // A dependency turned Ready, two still wait: held.
+        let two = waiting_on(Some(&three), blocked(&[("a", not_ready), ("c", not_ready)]));
+        assert_eq!(status_hold(Some(&three), &two, timeout), Some(SHRINK_HOLD));
+        // No status yet: the first wait is written at once.
+        assert_eq!(status_hold(None, &two, timeout), None);
+        // A culprit added, or one whose reason changed, is news.
+        let more = waiting_on(
+            Some(&two),
+            blocked(&[("a", not_ready), ("c", not_ready), ("d", not_ready)]),
+        );
+        assert_eq!(status_hold(Some(&two), &more, timeout), None);
+        let other = waiting_on(Some(&two), blocked(&[("a", reason::DEPENDENCY_NOT_FOUND)]));
+        assert_eq!(status_hold(Some(&two), &other, timeout), None);
+        // The same list is no change at all; none left is a new phase.
+        assert_eq!(status_hold(Some(&two), &two, timeout), None);
+        let none = waiting_on(Some(&two), Vec::new());
+        assert_ne!(none.phase, Some(Phase::WaitingForDependencies));
+        assert!(!only_fewer_culprits(&two, &none));
+        // Another verdict riding along (a new generation) is written at once.
+        let mut newer = two.clone();
+        newer.observed_generation = Some(2);
+        assert_eq!(status_hold(Some(&three), &newer, timeout), None);
     }
 
     #[test]

@@ -115,13 +115,15 @@ pub struct BudgetShare {
     pub waiting: Option<String>,
 }
 
-/// A transitional status not written yet: for which generation, and since when (the start-up
-/// clock of that generation runs from there, since no status has recorded its start).
+/// A transitional status not written yet: for which generation, and since when. For a
+/// start-up step, also when the start began (the start-up clock of that generation runs from
+/// there, since no status has recorded it); `None` for a waiting feature's shrinking
+/// `blockedBy`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldStatus {
     pub generation: Option<i64>,
     pub since: Instant,
-    pub started_at: Time,
+    pub started_at: Option<Time>,
 }
 
 /// What this instance remembers of the feature that the decision reads.
@@ -406,7 +408,7 @@ pub fn settle(inputs: &Inputs<'_>, decision: &Decision, applied: &ApplyOutcome) 
     // While a rolling update's status is held back, its start is remembered instead.
     let held_start = (inputs.recalled.held.as_ref())
         .filter(|h| scaled && h.generation == generation)
-        .map(|h| h.started_at.clone());
+        .and_then(|h| h.started_at.clone());
     let started_at =
         held_start.or_else(|| plan::started_at(inputs.previous, generation, scaled, inputs.now));
     let (timed_out, deadline_in) = if health.as_ref().is_some_and(DeploymentHealth::is_ready) {
@@ -486,8 +488,9 @@ pub struct Hold {
     pub held: Option<HeldStatus>,
 }
 
-/// Holds back a status that only says a start-up or rollout is under way
-/// ([`status::status_hold`]), counted from when this generation's hold began.
+/// Holds back a status that only says a start-up or rollout is under way, or that a waiting
+/// feature waits for fewer dependencies ([`status::status_hold`]), counted from when this
+/// generation's hold of that kind began.
 pub fn hold(
     previous: Option<&PremiumFeatureStatus>,
     new: &PremiumFeatureStatus,
@@ -502,12 +505,17 @@ pub fn hold(
             held: None,
         };
     };
+    let starting = new.phase == Some(Phase::Starting);
     let entry = match held {
-        Some(h) if h.generation == new.observed_generation => h.clone(),
+        Some(h)
+            if h.generation == new.observed_generation && h.started_at.is_some() == starting =>
+        {
+            h.clone()
+        }
         _ => HeldStatus {
             generation: new.observed_generation,
             since: now,
-            started_at: new.started_at.clone().unwrap_or_else(|| clock.clone()),
+            started_at: starting.then(|| new.started_at.clone().unwrap_or_else(|| clock.clone())),
         },
     };
     let waited = now.saturating_duration_since(entry.since);

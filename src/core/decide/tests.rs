@@ -796,6 +796,46 @@ fn the_hold_of_a_start_counts_from_its_first_pass() {
     );
 }
 
+/// A waiting feature's shrinking `blockedBy` is held too, but its hold is no start: the start
+/// that follows is held on a clock of its own and keeps its own start time.
+#[test]
+fn a_held_shrink_lends_no_start_time_to_the_start_that_follows() {
+    let mut w = World::new();
+    w.feature.spec.depends_on.push(crate::api::Dependency {
+        name: "search".into(),
+        ..Default::default()
+    });
+    w.dependencies.insert(key("catalog"), starting_dependency());
+    w.dependencies.insert(key("search"), starting_dependency());
+    let mut both = w.run().settled.status;
+    both.blocked_by.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(both.phase, Some(Phase::WaitingForDependencies));
+    assert_eq!(both.blocked_by.len(), 2, "{both:?}");
+    w.dependencies.insert(key("catalog"), ready_dependency());
+    w.previous = Some(both.clone());
+    let one = w.run().settled.status;
+    assert_eq!(one.blocked_by.len(), 1, "{one:?}");
+    let at = std::time::Instant::now();
+    let shrink = hold(Some(&both), &one, TIMEOUT, None, at, &t(10));
+    assert_eq!(shrink.wait, Some(crate::core::status::SHRINK_HOLD));
+    let held = shrink.held.expect("the shrink is remembered");
+    assert_eq!(held.started_at, None);
+
+    w.dependencies.insert(key("search"), ready_dependency());
+    let starting = w.run().settled.status;
+    assert_eq!(starting.phase, Some(Phase::Starting));
+    let later = at + Duration::from_secs(3);
+    let start = hold(Some(&both), &starting, TIMEOUT, Some(&held), later, &t(13));
+    assert_eq!(
+        start.wait,
+        Some(Duration::from_secs(5)),
+        "a hold of its own"
+    );
+    let entry = start.held.expect("the start is remembered");
+    assert_eq!(entry.since, later);
+    assert!(entry.started_at.is_some());
+}
+
 /// Teardown order: dependents being deleted go first, only those permitted to depend on the
 /// feature, only outside its cycle, and only for a bounded time.
 #[test]
