@@ -28,7 +28,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use kube::runtime::wait::Condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -71,6 +73,9 @@ pub struct Options {
     /// Longest wait for any one phase (convergence, change, teardown).
     pub timeout: Duration,
     pub baseline: bool,
+    /// Install the chart's finalizer policy for the operator's and the same-writes client's
+    /// namespaces (see [`FinalizerPolicy`]); off: the operator adds its finalizer itself.
+    pub finalizer_at_admission: bool,
 }
 
 impl Options {
@@ -81,6 +86,7 @@ impl Options {
             steady_window: Duration::from_secs(60),
             timeout: Duration::from_secs(60 + size as u64 / 2),
             baseline: true,
+            finalizer_at_admission: true,
         }
     }
 }
@@ -209,6 +215,11 @@ pub struct Results {
     /// Events included (see [`same_writes_baseline`]), and its requests per feature.
     pub same_writes_baseline_seconds: Option<f64>,
     pub same_writes_baseline_requests_per_feature: Option<f64>,
+    /// Whether the chart's finalizer policy gave new features the finalizer at create (for
+    /// the operator's run and the same-writes client), so neither wrote it.
+    pub finalizer_at_admission: bool,
+    /// The operator's writes of PremiumFeature objects (its finalizer) until convergence.
+    pub finalizer_writes: u64,
     pub convergence_seconds: f64,
     pub ratio_to_baseline: Option<f64>,
     pub ratio_to_gated_baseline: Option<f64>,
@@ -316,6 +327,11 @@ impl Scrape {
 
     pub fn feature_reconciles(&self) -> f64 {
         self.get("premium_reconciles_total{controller=\"feature\"}")
+    }
+
+    /// Writes of the PremiumFeature object itself (the finalizer).
+    pub fn feature_object_writes(&self) -> f64 {
+        self.get("premium_object_writes_total{kind=\"PremiumFeature\"}")
     }
 
     pub fn feature_status_writes(&self) -> f64 {
@@ -596,6 +612,121 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The spec of the chart's MutatingAdmissionPolicy that gives a new PremiumFeature the
+/// operator's finalizer as it is created (one request of the operator's less per feature).
+const FINALIZER_POLICY: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/charts/premium-operator/files/teardown-finalizer-policy.yaml"
+));
+
+fn admission_api(client: &Client, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(&gvk, plural),
+    )
+}
+
+/// The chart's finalizer policy (charts/premium-operator/files/teardown-finalizer-policy.yaml,
+/// the same file the chart renders), bound to one namespace while a run lasts, so a run
+/// measures what the chart installs. [`FinalizerPolicy::remove`] takes it away again.
+pub struct FinalizerPolicy {
+    client: Client,
+    name: String,
+}
+
+impl FinalizerPolicy {
+    /// Installs the policy for `namespace` and waits until the API server applies it (a
+    /// dry-run create comes back with the finalizer).
+    pub async fn install(client: &Client, namespace: &str) -> anyhow::Result<Self> {
+        let name = format!("premium-bench-finalizer-{namespace}");
+        let spec: serde_json::Value = serde_yaml::from_str(FINALIZER_POLICY)
+            .context("charts/premium-operator/files/teardown-finalizer-policy.yaml")?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let policy = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        let binding = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "matchResources": {"namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": namespace},
+                }},
+            },
+        });
+        let installed = Self {
+            client: client.clone(),
+            name: name.clone(),
+        };
+        installed
+            .policies()
+            .patch(&name, &params, &Patch::Apply(&policy))
+            .await
+            .context(
+                "installing the finalizer policy (MutatingAdmissionPolicy, Kubernetes 1.36)",
+            )?;
+        installed
+            .bindings()
+            .patch(&name, &params, &Patch::Apply(&binding))
+            .await?;
+        let features: Api<PremiumFeature> = Api::namespaced(client.clone(), namespace);
+        let probe = feature(
+            &Node {
+                name: "finalizer-probe".into(),
+                deps: Vec::new(),
+            },
+            namespace,
+        );
+        let dry_run = kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let created = features.create(&dry_run, &probe).await?;
+            if created.finalizers().iter().any(|f| f == FINALIZER) {
+                return Ok(installed);
+            }
+            if Instant::now() > deadline {
+                bail!("the finalizer policy {name} did not take effect within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn policies(&self) -> Api<DynamicObject> {
+        admission_api(
+            &self.client,
+            "MutatingAdmissionPolicy",
+            "mutatingadmissionpolicies",
+        )
+    }
+
+    fn bindings(&self) -> Api<DynamicObject> {
+        admission_api(
+            &self.client,
+            "MutatingAdmissionPolicyBinding",
+            "mutatingadmissionpolicybindings",
+        )
+    }
+
+    pub async fn remove(self) -> anyhow::Result<()> {
+        self.bindings()
+            .delete(&self.name, &DeleteParams::default())
+            .await?;
+        self.policies()
+            .delete(&self.name, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+}
+
 /// The baseline: the same objects, applied level by level by a plain client. Returns the time
 /// from its first write until the last level's Deployments are Available, and the CPU time the
 /// machine's processes used meanwhile.
@@ -804,19 +935,23 @@ impl SameWritesClient<'_> {
             .features
             .patch(&node.name, &self.params, &Patch::Apply(f))
             .await?;
-        let finalizer = serde_json::json!({
-            "metadata": {
-                "finalizers": [FINALIZER],
-                "resourceVersion": created.resource_version(),
-            }
-        });
-        self.features
-            .patch(
-                &node.name,
-                &PatchParams::default(),
-                &Patch::Merge(&finalizer),
-            )
-            .await?;
+        // As the operator does: only when the finalizer policy did not add it at create.
+        if !created.finalizers().iter().any(|f| f == FINALIZER) {
+            let finalizer = serde_json::json!({
+                "metadata": {
+                    "finalizers": [FINALIZER],
+                    "resourceVersion": created.resource_version(),
+                }
+            });
+            self.features
+                .patch(
+                    &node.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&finalizer),
+                )
+                .await?;
+            self.sent(1);
+        }
         let mut plan = plan.clone();
         plan.replicas = 0;
         plan.autoscale = false;
@@ -831,7 +966,7 @@ impl SameWritesClient<'_> {
         Api::<Deployment>::namespaced(self.client.clone(), &self.namespace)
             .patch(&deploy.name_any(), &self.params, &Patch::Apply(&deploy))
             .await?;
-        self.sent(4);
+        self.sent(3);
         self.written
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -907,9 +1042,15 @@ impl SameWritesClient<'_> {
 pub async fn same_writes_baseline(
     client: &Client,
     levels: &[Vec<Node>],
+    finalizer_at_admission: bool,
 ) -> anyhow::Result<SameWrites> {
     let ns = TestNamespace::new(client, "bench-same").await?;
     let namespace = ns.name().to_string();
+    let policy_installed = if finalizer_at_admission {
+        Some(FinalizerPolicy::install(client, &namespace).await?)
+    } else {
+        None
+    };
     let n: usize = levels.iter().map(Vec::len).sum();
     let deployments: Api<Deployment> = ns.api();
     let (available, watch) = record_first(deployments, |d: &Deployment| {
@@ -981,6 +1122,9 @@ pub async fn same_writes_baseline(
     .buffer_unordered(IN_FLIGHT)
     .try_collect::<Vec<_>>()
     .await;
+    if let Some(policy) = policy_installed {
+        policy.remove().await?;
+    }
     ns.delete().await?;
     outcome?;
     cleared.context("removing the finalizers of the same-writes baseline")?;
@@ -1134,7 +1278,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Results> {
             .context("gated baseline")?;
         r.gated_baseline_seconds = Some(g.as_secs_f64());
         r.gated_baseline_cpu_seconds = cpu;
-        let same = same_writes_baseline(&client, &levels)
+        let same = same_writes_baseline(&client, &levels, opts.finalizer_at_admission)
             .await
             .context("same-writes baseline")?;
         r.same_writes_baseline_seconds = Some(same.elapsed.as_secs_f64());
@@ -1151,11 +1295,20 @@ pub async fn run(opts: &Options) -> anyhow::Result<Results> {
     let ns = TestNamespace::new(&client, "bench").await?;
     let namespace = ns.name().to_string();
     let features: Api<PremiumFeature> = ns.api();
+    let policy = if opts.finalizer_at_admission {
+        Some(FinalizerPolicy::install(&client, &namespace).await?)
+    } else {
+        None
+    };
+    r.finalizer_at_admission = opts.finalizer_at_admission;
     let mut op = start_operator(&namespace).await?;
     let outcome = measure(&client, &ns, &levels, opts, &mut op, &mut r).await;
     // Teardown runs whatever happened, with the operator (maybe the restarted one) still up.
     let teardown = teardown(&features, &op, opts.timeout).await;
     drop(op);
+    if let Some(policy) = policy {
+        policy.remove().await?;
+    }
     ns.delete().await?;
     outcome?;
     // The figures stand even if the clean-up failed (the namespace is deleted either way).
@@ -1237,6 +1390,7 @@ async fn measure(
     r.writes_per_feature = (r.object_writes + r.status_writes) as f64 / n as f64;
     r.status_writes_per_feature =
         (m1.feature_status_writes() - m0.feature_status_writes()) / n as f64;
+    r.finalizer_writes = (m1.feature_object_writes() - m0.feature_object_writes()) as u64;
     r.reconciles_per_feature = (m1.feature_reconciles() - m0.feature_reconciles()) / n as f64;
 
     // Dependency hop: the last dependency Ready → the dependent's Deployment scaled up.
@@ -1449,6 +1603,14 @@ pub fn table(results: &[Results]) -> String {
     };
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
     row("features", &|r| r.size.to_string());
+    row("finalizer added by / operator's writes of it", &|r| {
+        let by = if r.finalizer_at_admission {
+            "admission policy"
+        } else {
+            "operator"
+        };
+        format!("{by} / {}", r.finalizer_writes)
+    });
     row("baseline (s)", &|r| opt(r.baseline_seconds, 2));
     row("operator convergence (s)", &|r| {
         format!("{:.2}", r.convergence_seconds)

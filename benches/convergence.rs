@@ -21,7 +21,7 @@ use std::time::Duration;
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
-        "error: {msg}\nusage: convergence [--sizes 100,1000] [--large] [--steady-seconds 60] [--seed 42] [--no-baseline]"
+        "error: {msg}\nusage: convergence [--sizes 100,1000] [--large] [--steady-seconds 60] [--seed 42] [--no-baseline] [--finalizer-by-operator]"
     );
     ExitCode::from(2)
 }
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
     let mut steady = 60u64;
     let mut seed = 42u64;
     let mut baseline = true;
+    let mut finalizer_at_admission = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
             "--bench" => {}
             "--large" => sizes.push(10_000),
             "--no-baseline" => baseline = false,
+            "--finalizer-by-operator" => finalizer_at_admission = false,
             "--sizes" => match args.next().map(|s| {
                 s.split(',')
                     .map(|x| x.trim().parse::<usize>())
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         opts.seed = seed;
         opts.steady_window = Duration::from_secs(steady);
         opts.baseline = baseline;
+        opts.finalizer_at_admission = finalizer_at_admission;
         eprintln!("[bench] N={size}: running");
         match runtime.block_on(harness::run(&opts)) {
             Ok(r) => {

@@ -20,10 +20,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::config::{AuthInfo, Kubeconfig};
 use kube::runtime::conditions;
 use premium_operator::api::PremiumFeature;
+use premium_operator::controller::FINALIZER;
 use support::operator::{apply_yaml, delete_features, ensure_crds};
 use support::{DEFAULT_TIMEOUT, TestNamespace, kubeconfig_path, wait_for};
 
@@ -418,6 +420,10 @@ async fn install_upgrade_uninstall_under_restricted_pod_security() -> anyhow::Re
             // cluster other tests have applied them already, and an earlier run's release kept
             // them (crds.keep): this release adopts them as a user upgrading would.
             "--take-ownership",
+            // The finalizer policy would match every namespace of this shared cluster, and no
+            // operator runs here (KWOK pods); the upgrade below scopes it to this namespace.
+            "--set",
+            "finalizerAtAdmission=false",
         ],
         None,
         None,
@@ -771,6 +777,11 @@ async fn converge_as_service_account(
         "--set",
         "crds.enabled=false",
     ];
+    // In ClusterRole mode the finalizer policy would match every namespace of this shared
+    // cluster, the other tests' included, while only the test's namespace has an operator.
+    if !values.iter().any(|v| v.starts_with("watchNamespace=")) {
+        args.extend_from_slice(&["--set", "finalizerAtAdmission=false"]);
+    }
     args.extend_from_slice(values);
     run_ok(&helm, &args)?;
     let fullname = format!("{release}-premium-operator");
@@ -980,6 +991,40 @@ async fn service_account_rbac_is_enough_and_no_more_several_namespaces() -> anyh
     .collect();
     assert_can_i(&kubeconfig, &allowed, &denied);
 
+    // The chart's finalizer policy gives a new feature the operator's finalizer as it is
+    // created, in the watched namespaces only (nobody would remove it elsewhere).
+    let finalized_at_create = |ns: &TestNamespace| {
+        let features: Api<PremiumFeature> = ns.api();
+        async move {
+            let yaml = support::operator::feature_yaml("finalizer-probe", &[], "");
+            // One document: without the `---` that ends it.
+            let probe: PremiumFeature =
+                serde_yaml::from_str(yaml.trim_end().trim_end_matches("---"))?;
+            let dry_run = kube::api::PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            let created = features.create(&dry_run, &probe).await?;
+            anyhow::Ok(created.finalizers().iter().any(|f| f == FINALIZER))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !finalized_at_create(&a).await? {
+        ensure!(
+            Instant::now() < deadline,
+            "a new feature in {na} did not get the finalizer at create within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(
+        finalized_at_create(&b).await?,
+        "the finalizer policy missed {nb}"
+    );
+    ensure!(
+        !finalized_at_create(&c).await?,
+        "the finalizer policy matched {nc}, which no operator watches"
+    );
+
     // catalog in a, granted to b; a caller of it in b; a bystander in c.
     let grant = format!(
         "apiVersion: premium.dev/v1alpha1\nkind: PremiumPolicy\nmetadata: {{name: expose-catalog}}\nspec:\n  selector: {{matchLabels: {{tier: premium}}}}\n  exposeTo: {{namespaces: [{nb}]}}\n---\n"
@@ -1029,6 +1074,79 @@ async fn service_account_rbac_is_enough_and_no_more_several_namespaces() -> anyh
     run_ok(&tool("helm"), &["uninstall", &release, "--namespace", r])?;
     for ns in [a, b, c, release_ns] {
         ns.delete().await?;
+    }
+    Ok(())
+}
+
+/// The finalizer policy is rendered where the API server serves MutatingAdmissionPolicy v1,
+/// matches the watched namespaces (all without `watchNamespace`), adds exactly the operator's
+/// finalizer, and is left out with a `selector` (whose features it could not tell apart) or
+/// when turned off.
+#[test]
+fn finalizer_policy_matches_what_the_operator_watches() -> anyhow::Result<()> {
+    const SERVED: &str = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy";
+    let policy_docs = |args: &[&str]| -> anyhow::Result<Vec<serde_yaml::Value>> {
+        Ok(template("t", "ops", args)?
+            .into_iter()
+            .filter(|d| kind_of(d).starts_with("MutatingAdmissionPolicy"))
+            .collect())
+    };
+    let all = policy_docs(&["--api-versions", SERVED])?;
+    let kinds: Vec<&str> = all.iter().map(kind_of).collect();
+    assert_eq!(
+        kinds,
+        ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
+    );
+    let (policy, binding) = (&all[0], &all[1]);
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert!(
+        binding["spec"]["matchResources"].is_null(),
+        "every namespace: {binding:?}"
+    );
+    let spec = &policy["spec"];
+    assert_eq!(spec["failurePolicy"].as_str(), Some("Ignore"));
+    assert_eq!(
+        spec["matchConstraints"]["resourceRules"][0]["operations"],
+        serde_yaml::Value::Sequence(vec!["CREATE".into()])
+    );
+    let expression = spec["mutations"][0]["jsonPatch"]["expression"]
+        .as_str()
+        .unwrap_or_default();
+    let quoted = format!("\"{FINALIZER}\"");
+    assert_eq!(
+        expression.matches(&quoted).count(),
+        2,
+        "both patches add {FINALIZER}: {expression}"
+    );
+
+    let scoped = policy_docs(&[
+        "--api-versions",
+        SERVED,
+        "--set",
+        "watchNamespace={apps,web}",
+    ])?;
+    let selector = &scoped[1]["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(
+        selector["key"].as_str(),
+        Some("kubernetes.io/metadata.name")
+    );
+    assert_eq!(selector["operator"].as_str(), Some("In"));
+    assert_eq!(
+        selector["values"],
+        serde_yaml::Value::Sequence(vec!["apps".into(), "web".into()])
+    );
+
+    for args in [
+        &["--set", "watchNamespace=apps"][..],
+        &["--api-versions", SERVED, "--set", "selector=shard=a"],
+        &[
+            "--api-versions",
+            SERVED,
+            "--set",
+            "finalizerAtAdmission=false",
+        ],
+    ] {
+        assert!(policy_docs(args)?.is_empty(), "rendered with {args:?}");
     }
     Ok(())
 }
