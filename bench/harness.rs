@@ -268,6 +268,13 @@ pub struct Results {
     pub restart_writes: u64,
     pub restart_reconciles_per_feature: f64,
     pub restart_settle_seconds: f64,
+    /// The fresh operator's API requests by verb from its start until it settled, its peak
+    /// RSS, and against them the list-and-watch cost alone: how long one client takes to list
+    /// every kind the operator watches in the namespace (PremiumFeatures, PremiumPolicies and
+    /// the four owned kinds), once.
+    pub restart_api_requests: BTreeMap<String, u64>,
+    pub restart_rss_peak_mib: f64,
+    pub restart_list_seconds: f64,
     pub rss_peak_mib: f64,
     pub rss_steady_mib: f64,
     /// CPU seconds (user + system) each process used while each run converged, by process:
@@ -1513,8 +1520,39 @@ async fn measure(
     let m = Scrape::take(op)?;
     r.restart_writes = m.writes() as u64;
     r.restart_reconciles_per_feature = m.feature_reconciles() / n as f64;
-    let _ = client;
+    r.restart_api_requests = m
+        .by_verb()
+        .into_iter()
+        .map(|(verb, v)| (verb, v as u64))
+        .collect();
+    r.restart_rss_peak_mib = rss_mib(op.pid()).1;
+    r.restart_list_seconds = list_everything(client, &namespace).await?.as_secs_f64();
     Ok(())
+}
+
+/// How long one list of every kind the operator watches in `namespace` takes.
+async fn list_everything(client: &Client, namespace: &str) -> anyhow::Result<Duration> {
+    let lp = ListParams::default();
+    let started = Instant::now();
+    Api::<PremiumFeature>::namespaced(client.clone(), namespace)
+        .list(&lp)
+        .await?;
+    Api::<PremiumPolicy>::namespaced(client.clone(), namespace)
+        .list(&lp)
+        .await?;
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .list(&lp)
+        .await?;
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .list(&lp)
+        .await?;
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .list(&lp)
+        .await?;
+    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), namespace)
+        .list(&lp)
+        .await?;
+    Ok(started.elapsed())
 }
 
 /// Applies one PremiumFeature per node, [`IN_FLIGHT`] at a time.
@@ -1704,6 +1742,19 @@ pub fn table(results: &[Results]) -> String {
         format!(
             "{}, {:.2}, {:.1}s",
             r.restart_writes, r.restart_reconciles_per_feature, r.restart_settle_seconds
+        )
+    });
+    row("restart: requests, RSS peak; one list of all", &|r| {
+        let requests: Vec<String> = r
+            .restart_api_requests
+            .iter()
+            .map(|(verb, c)| format!("{verb}={c}"))
+            .collect();
+        format!(
+            "{}, {:.1} MiB; {:.2}s",
+            requests.join(" "),
+            r.restart_rss_peak_mib,
+            r.restart_list_seconds
         )
     });
     row("RSS peak / steady (MiB)", &|r| {

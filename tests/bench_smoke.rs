@@ -64,6 +64,15 @@ async fn bench_harness_at_twenty_features() -> anyhow::Result<()> {
     assert_eq!(r.finalizer_writes, 0, "finalizer writes: {r:?}");
     assert_eq!(r.steady_writes, 0, "writes in a steady state: {r:?}");
     assert_eq!(r.restart_writes, 0, "writes after a restart: {r:?}");
+    // The restart's cost is measured: its lists and watches, its memory, a plain list's time.
+    assert!(
+        r.restart_api_requests.get("list").is_some_and(|l| *l > 0),
+        "{r:?}"
+    );
+    assert!(
+        r.restart_rss_peak_mib > 0.0 && r.restart_list_seconds > 0.0,
+        "{r:?}"
+    );
     assert!(r.rss_peak_mib > 0.0 && r.rss_steady_mib > 0.0, "{r:?}");
     // CPU time is read for the control plane (its pid files beside the kubeconfig, as
     // hack/cluster-up.sh writes them) and the operator, in both kinds of run.
