@@ -248,7 +248,9 @@ async fn optional_dependency_is_skipped_after_the_startup_timeout() -> anyhow::R
         feature_yaml(
             "aika",
             &["catalog", "skill-exchange?"],
-            "  startupTimeout: 4s",
+            // Longer than the 5 s a shorter blockedBy may wait to be written, so the wait for
+            // skill-exchange alone shows before the timeout ends it.
+            "  startupTimeout: 12s",
         ),
     ]
     .concat();
