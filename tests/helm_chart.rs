@@ -390,6 +390,9 @@ async fn install_upgrade_uninstall_under_restricted_pod_security() -> anyhow::Re
                 "apply",
                 "--dry-run=server",
                 "--server-side",
+                // A release of an earlier run on this cluster kept the CRDs (crds.keep) with
+                // its labels: a dry run may take them over.
+                "--force-conflicts",
                 "--field-manager=helm-test",
                 "-f",
                 "-",
