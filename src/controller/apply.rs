@@ -52,11 +52,7 @@ pub async fn observe_owned<K>(
     name: &str,
 ) -> Result<Option<Arc<OwnedView>>, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Signalled,
+    K: OwnedKind,
 {
     if let Some(cached) = store.get(namespace, name) {
         return Ok(Some(cached));
@@ -75,11 +71,7 @@ async fn read_view<K>(
     name: &str,
 ) -> Result<Option<Arc<OwnedView>>, Error>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Signalled,
+    K: OwnedKind,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     Ok(api

@@ -210,13 +210,19 @@ impl Feed {
 
 /// An event of a typed object as the event of its view; the object itself is dropped here.
 fn seen_of<K: Signalled>(event: Event<K>) -> Event<Seen> {
-    let seen = |o: K| (o.namespace().unwrap_or_default(), o.name_any(), o.view());
+    map_event(event, |o| {
+        (o.namespace().unwrap_or_default(), o.name_any(), o.view())
+    })
+}
+
+/// `event` with its object turned into `f` of it.
+fn map_event<A, B>(event: Event<A>, f: impl FnOnce(A) -> B) -> Event<B> {
     match event {
         Event::Init => Event::Init,
-        Event::InitApply(o) => Event::InitApply(seen(o)),
+        Event::InitApply(o) => Event::InitApply(f(o)),
         Event::InitDone => Event::InitDone,
-        Event::Apply(o) => Event::Apply(seen(o)),
-        Event::Delete(o) => Event::Delete(seen(o)),
+        Event::Apply(o) => Event::Apply(f(o)),
+        Event::Delete(o) => Event::Delete(f(o)),
     }
 }
 
@@ -264,14 +270,7 @@ impl OthersFeed {
 
 /// The namespace and name an object's metadata event is about.
 fn names_of<K: Resource>(event: Event<K>) -> Event<(String, String)> {
-    let key = |o: K| (o.namespace().unwrap_or_default(), o.name_any());
-    match event {
-        Event::Init => Event::Init,
-        Event::InitApply(o) => Event::InitApply(key(o)),
-        Event::InitDone => Event::InitDone,
-        Event::Apply(o) => Event::Apply(key(o)),
-        Event::Delete(o) => Event::Delete(key(o)),
-    }
+    map_event(event, |o| (o.namespace().unwrap_or_default(), o.name_any()))
 }
 
 /// Watches the metadata of the objects of one kind that the owned watch leaves out
