@@ -231,3 +231,103 @@ async fn dependents_are_torn_down_before_their_dependencies() -> anyhow::Result<
     );
     finish(ns, operator).await
 }
+
+/// The operator's context with empty caches: as if the watches had not yet seen anything.
+fn blind_context(client: &kube::Client) -> premium_operator::controller::context::Context {
+    use premium_operator::controller::context::{Context, Settings, Stores};
+    use premium_operator::core::build::EventSource;
+    let (features, _) = kube::runtime::reflector::store();
+    let (policies, _) = kube::runtime::reflector::store();
+    let (feature_tx, _) = tokio::sync::mpsc::unbounded_channel();
+    let (policy_tx, _) = tokio::sync::mpsc::unbounded_channel();
+    Context::new(
+        client.clone(),
+        Stores {
+            features,
+            policies,
+            deployments: Default::default(),
+            services: Default::default(),
+            configmaps: Default::default(),
+            hpas: Default::default(),
+        },
+        Default::default(),
+        feature_tx,
+        policy_tx,
+        Default::default(),
+        EventSource {
+            controller: "premium-operator".into(),
+            instance: "test".into(),
+        },
+        Settings {
+            sidecar_image: "envoy".into(),
+            field_manager: "premium-operator".into(),
+            teardown_wait: Duration::from_secs(60),
+        },
+    )
+}
+
+/// A first write goes out unforced and without a read (the watches said the name was free).
+/// When an object was created under that name in the meantime, the API server's conflict
+/// makes the operator read it and decide again: someone else's is left as it was; its own
+/// (written before, not yet seen by its cache) is written again.
+#[tokio::test]
+async fn a_first_write_that_meets_a_new_object_reads_it_and_decides_again() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use premium_operator::controller::apply::{Applied, apply_over};
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "first-write").await?;
+    let configmaps: Api<ConfigMap> = ns.api();
+    let ctx = blind_context(&client);
+    let desired = |name: &str| -> anyhow::Result<ConfigMap> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "namespace": ns.name(),
+                "labels": {"app.kubernetes.io/managed-by": "premium-operator"},
+            },
+            "data": {"envoy.yaml": "ours"},
+        }))?)
+    };
+    let apply = |name: &'static str| {
+        let ctx = &ctx;
+        let d = desired(name);
+        async move {
+            let d = d?;
+            anyhow::Ok(apply_over(ctx, None, "ConfigMap", d.clone(), &d, "uid", |_| true).await?)
+        }
+    };
+
+    // Someone else's, created since the watches looked, holding a key the operator writes.
+    let theirs: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "theirs"},
+        "data": {"envoy.yaml": "theirs"},
+    }))?;
+    configmaps.create(&PostParams::default(), &theirs).await?;
+    let outcome = apply("theirs").await?;
+    assert!(
+        matches!(outcome, Applied::Conflict(_)),
+        "someone else's object: {outcome:?}"
+    );
+    let after = configmaps.get("theirs").await?;
+    assert_eq!(
+        after
+            .data
+            .and_then(|d| d.get("envoy.yaml").cloned())
+            .as_deref(),
+        Some("theirs")
+    );
+    assert!(after.metadata.labels.is_none(), "{:?}", after.metadata);
+
+    // A free name is written; written again with the cache still blind, it is the operator's
+    // own object, so no conflict stops it.
+    assert!(matches!(apply("free").await?, Applied::Written));
+    assert!(matches!(apply("free").await?, Applied::Written));
+    let ours = configmaps.get("free").await?;
+    assert_eq!(
+        ours.data
+            .and_then(|d| d.get("envoy.yaml").cloned())
+            .as_deref(),
+        Some("ours")
+    );
+    ns.delete().await
+}

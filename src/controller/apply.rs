@@ -220,30 +220,78 @@ pub async fn apply_over<K>(
 where
     K: OwnedKind,
 {
+    let conflict = match apply_once(
+        ctx,
+        current.as_deref(),
+        kind,
+        &mut desired,
+        hash_input,
+        owner_uid,
+        &also_equal,
+    )
+    .await?
+    {
+        Ok(applied) => return Ok(applied),
+        Err(conflict) => conflict,
+    };
+    // A first write met an object created under this name since the watches last looked:
+    // decided again over what is there (someone else's is left alone).
+    let (name, namespace) = (desired.name_any(), desired.namespace().unwrap_or_default());
+    let gone_again = |conflict| {
+        Error::kube(
+            format!("applying {kind} {namespace}/{name}"),
+            kube::Error::Api(conflict),
+        )
+    };
+    let Some(live) = read_view::<K>(ctx, kind, &namespace, &name).await? else {
+        // Gone again: the retry starts over.
+        return Err(gone_again(conflict));
+    };
+    apply_once(
+        ctx,
+        Some(&live),
+        kind,
+        &mut desired,
+        hash_input,
+        owner_uid,
+        &also_equal,
+    )
+    .await?
+    .map_err(gone_again)
+}
+
+/// One pass of [`apply_over`]. A first write (no object seen) is not forced, so it takes no
+/// field from anyone: an object created since makes it conflict, and the API server's answer
+/// comes back as `Err` for the caller to read the object and decide again.
+async fn apply_once<K>(
+    ctx: &Context,
+    current: Option<&OwnedView>,
+    kind: &'static str,
+    desired: &mut K,
+    hash_input: &impl Serialize,
+    owner_uid: &str,
+    also_equal: &impl Fn(&OwnedView) -> bool,
+) -> Result<Result<Applied, Box<kube::core::Status>>, Error>
+where
+    K: OwnedKind,
+{
     let name = desired.name_any();
     let namespace = desired.namespace().unwrap_or_default();
     let hash = hash_of(hash_input);
     desired
         .annotations_mut()
         .insert(APPLIED_HASH_ANNOTATION.to_string(), hash.clone());
-    let desired_json = serde_json::to_value(&desired)
+    let desired_json = serde_json::to_value(&*desired)
         .map_err(|e| Error::Invalid(format!("{kind} {namespace}/{name} as JSON: {e}")))?;
     let owned = drift::desired_owned_hash(&desired_json, &K::DRIFT);
-    let write = what_to_write(
-        current.as_deref(),
-        owner_uid,
-        &desired_json,
-        &hash,
-        owned,
-        &also_equal,
-    );
+    let write = what_to_write(current, owner_uid, &desired_json, &hash, owned, also_equal);
     let (removals, in_place) = match write {
         Write::Conflict => {
-            return Ok(Applied::Conflict(format!(
+            return Ok(Ok(Applied::Conflict(format!(
                 "{kind} {namespace}/{name} already exists and is not owned by this PremiumFeature; rename the feature or remove that {kind}"
-            )));
+            ))));
         }
-        Write::Unchanged => return Ok(Applied::Unchanged),
+        Write::Unchanged => return Ok(Ok(Applied::Unchanged)),
         Write::Send { removals, in_place } => (removals, in_place),
     };
     let target = Target {
@@ -260,38 +308,14 @@ where
     ctx.echoes.remember(kind, &namespace, &name, expected);
     let removed = remove_strays(&target, &removals, &desired_json).await?;
     if !in_place {
-        // A first write (no object seen) takes no field from anyone: an object created under
-        // this name since the watches last looked makes it conflict instead of being taken over.
-        let first = current.is_none();
-        return match apply_desired(&target, &desired, !first).await? {
-            Ok(applied) => Ok(applied),
-            Err(conflict) => {
-                let Some(live) = read_view::<K>(ctx, kind, &namespace, &name).await? else {
-                    // Gone again: the retry starts over.
-                    return Err(Error::kube(
-                        format!("applying {kind} {namespace}/{name}"),
-                        kube::Error::Api(conflict),
-                    ));
-                };
-                Box::pin(apply_over(
-                    ctx,
-                    Some(live),
-                    kind,
-                    desired,
-                    hash_input,
-                    owner_uid,
-                    also_equal,
-                ))
-                .await
-            }
-        };
+        return apply_desired(&target, &*desired, current.is_some()).await;
     }
     // The removal put back nothing the operator owns (it holds the desired values).
     if !removed {
         target.forget_echo();
-        return Ok(Applied::Unchanged);
+        return Ok(Ok(Applied::Unchanged));
     }
-    Ok(Applied::Written)
+    Ok(Ok(Applied::Written))
 }
 
 /// Removes what others added where only the operator writes; whether anything was sent. Done
