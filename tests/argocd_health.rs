@@ -433,7 +433,7 @@ async fn health_of_live_objects() -> anyhow::Result<()> {
         anyhow::bail!("{e:#}\noperator log:\n{}", operator.log_tail());
     }
     let policies: Api<PremiumPolicy> = ns.api();
-    support::eventually(
+    let outcome = support::eventually(
         "the policy to be Healthy for Argo CD",
         Duration::from_secs(30),
         || {
@@ -446,6 +446,15 @@ async fn health_of_live_objects() -> anyhow::Result<()> {
             }
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = outcome {
+        let policy = policies.get("defaults").await?;
+        anyhow::bail!(
+            "{e:#}\npolicy: generation {:?}, status {:?}\noperator log:\n{}",
+            policy.metadata.generation,
+            policy.status,
+            operator.log_tail()
+        );
+    }
     finish(ns, operator).await
 }
