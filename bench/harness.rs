@@ -248,6 +248,11 @@ pub struct Results {
     pub queue_wait_p99_ms: Option<f64>,
     pub reconcile_p50_ms: Option<f64>,
     pub reconcile_p99_ms: Option<f64>,
+    /// The operator's PATCH requests, from sending until the response
+    /// (`premium_api_request_duration_seconds{verb="patch"}`): a hop contains at least one,
+    /// so their p99 is the floor under the hop's on this machine.
+    pub api_patch_p50_ms: Option<f64>,
+    pub api_patch_p99_ms: Option<f64>,
     /// Where the rest of a level's time goes: the dependent's Deployment scaled up → its
     /// Deployment Available (the cluster's own rollout), and Available → the feature Ready
     /// (the operator noticing and writing status). p50 / p99 over all features.
@@ -1190,10 +1195,9 @@ fn plan_for(f: &PremiumFeature, namespace: &str, pol: &PremiumPolicy) -> Feature
     decide(&inputs, |_| None).plan
 }
 
-/// Fails at once, saying what to run, when the cluster's nodes cannot hold every pod the run
-/// starts (each feature at its minimum replicas; KWOK pods report no metrics, so no HPA scales
-/// further): pods left Pending would stall the run until its timeout.
-async fn check_room(client: &Client, levels: &[Vec<Node>]) -> anyhow::Result<()> {
+/// What the pods of `levels` request at their minimum replicas, by resource (`pods`, `cpu`,
+/// `memory`, in units and bytes).
+fn room_needed(levels: &[Vec<Node>]) -> BTreeMap<&'static str, f64> {
     let n: usize = levels.iter().map(Vec::len).sum();
     let namespace = "room-check";
     let pol = policy(n, namespace);
@@ -1218,6 +1222,11 @@ async fn check_room(client: &Client, levels: &[Vec<Node>]) -> anyhow::Result<()>
             }
         }
     }
+    need
+}
+
+/// What the cluster's nodes can hold, by resource.
+async fn room_allocatable(client: &Client) -> anyhow::Result<BTreeMap<&'static str, f64>> {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let mut room: BTreeMap<&str, f64> = BTreeMap::new();
     for node in nodes.list(&ListParams::default()).await?.items {
@@ -1229,30 +1238,120 @@ async fn check_room(client: &Client, levels: &[Vec<Node>]) -> anyhow::Result<()>
                 .unwrap_or(0.0);
         }
     }
-    let short: Vec<String> = need
+    Ok(room)
+}
+
+/// The fake node the bench adds when the cluster's nodes are too small for a size.
+const ROOM_NODE: &str = "kwok-bench-room";
+
+/// Makes sure the cluster's nodes can hold the pods of every feature at its minimum replicas
+/// (the policy's budget lets them scale no further): pods left Pending would stall the run
+/// until its timeout. When they cannot, the bench adds (or grows) one more KWOK node with the
+/// room that is short, plus a tenth, and waits for KWOK to mark it Ready. The node stays for
+/// later runs; `hack/cluster-down.sh` removes it with the cluster.
+async fn make_room(client: &Client, levels: &[Vec<Node>]) -> anyhow::Result<()> {
+    let need = room_needed(levels);
+    let room = room_allocatable(client).await?;
+    let short: BTreeMap<&str, f64> = need
+        .iter()
+        .map(|(r, want)| (*r, want - room.get(r).copied().unwrap_or(0.0)))
+        .filter(|(_, missing)| *missing > 0.0)
+        .collect();
+    if short.is_empty() {
+        return Ok(());
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    // Growing an existing room node: its own allocatable is part of `room`.
+    let current = match nodes.get_opt(ROOM_NODE).await? {
+        Some(n) => n.status.and_then(|s| s.allocatable).unwrap_or_default(),
+        None => Default::default(),
+    };
+    let size = |resource: &str, unit: f64| {
+        let have = current
+            .get(resource)
+            .and_then(|q| quantity_value(&q.0))
+            .unwrap_or(0.0);
+        let missing = short.get(resource).copied().unwrap_or(0.0);
+        ((have + missing * 1.1) / unit).ceil().max(1.0)
+    };
+    let (pods, cpu, memory) = (
+        size("pods", 1.0),
+        size("cpu", 1.0),
+        size("memory", 1024f64.powi(3)),
+    );
+    let allocatable = serde_json::json!({
+        "pods": format!("{pods}"), "cpu": format!("{cpu}"), "memory": format!("{memory}Gi"),
+    });
+    eprintln!(
+        "[bench] the nodes are short of {short:?}: node {ROOM_NODE} gets pods={pods} cpu={cpu} \
+         memory={memory}Gi (kept after the run)"
+    );
+    let node = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": ROOM_NODE,
+            // As hack/cluster-up.sh makes its nodes: KWOK manages nodes with this annotation.
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/hostname": ROOM_NODE,
+                "kubernetes.io/os": "linux",
+                "node-role.kubernetes.io/agent": "",
+                "type": "kwok",
+            },
+        },
+        "status": {"allocatable": allocatable, "capacity": allocatable},
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    nodes
+        .patch(ROOM_NODE, &params, &Patch::Apply(&node))
+        .await
+        .with_context(|| format!("creating node {ROOM_NODE}"))?;
+    // The status of an existing node is only written through its subresource.
+    nodes
+        .patch_status(ROOM_NODE, &params, &Patch::Apply(&node))
+        .await
+        .with_context(|| format!("sizing node {ROOM_NODE}"))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = nodes.get(ROOM_NODE).await?;
+        let ready = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let tainted = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| !t.is_empty());
+        if ready && !tainted {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {ROOM_NODE} is not Ready and untainted after 120 s (is KWOK running? \
+                 see target/cluster/logs/kwok.log); or start a cluster with room: \
+                 `hack/cluster-down.sh && PREMIUM_NODE_PODS={pods} PREMIUM_NODE_CPU={cpu} \
+                 PREMIUM_NODE_MEMORY={memory}Gi hack/cluster-up.sh`"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let room = room_allocatable(client).await?;
+    let still: Vec<String> = need
         .iter()
         .filter(|(r, want)| room.get(*r).copied().unwrap_or(0.0) < **want)
         .map(|(r, want)| {
             format!(
                 "{r}: {want:.0} needed, {:.0} allocatable",
-                room.get(r).copied().unwrap_or(0.0)
+                room.get(*r).copied().unwrap_or(0.0)
             )
         })
         .collect();
-    if !short.is_empty() {
-        bail!(
-            "the cluster's nodes cannot hold the pods of {n} features at their minimum replicas ({}); \
-             start a cluster with room, e.g. `hack/cluster-down.sh && PREMIUM_NODE_PODS={} \
-             PREMIUM_NODE_CPU={} PREMIUM_NODE_MEMORY={}Gi hack/cluster-up.sh`",
-            short.join("; "),
-            (need.get("pods").copied().unwrap_or(0.0) * 1.1).ceil(),
-            (need.get("cpu").copied().unwrap_or(0.0) * 1.1)
-                .ceil()
-                .max(128.0),
-            (need.get("memory").copied().unwrap_or(0.0) * 1.1 / 1024f64.powi(3))
-                .ceil()
-                .max(512.0),
-        );
+    if !still.is_empty() {
+        bail!("node {ROOM_NODE} did not make room: {}", still.join("; "));
     }
     Ok(())
 }
@@ -1263,7 +1362,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Results> {
     let client = crate::support::client().await;
     ensure_crds(&client).await?;
     let levels = workload(opts.size, opts.seed);
-    check_room(&client, &levels).await?;
+    make_room(&client, &levels).await?;
     let n = levels.iter().map(Vec::len).sum::<usize>();
     let mut r = Results {
         size: n,
@@ -1439,6 +1538,12 @@ async fn measure(
         );
         r.reconcile_p50_ms = ms(m1.series_quantile_since(&m0, run, feature, 0.50));
         r.reconcile_p99_ms = ms(m1.series_quantile_since(&m0, run, feature, 0.99));
+        let (api, patch) = (
+            "premium_api_request_duration_seconds",
+            Some("verb=\"patch\""),
+        );
+        r.api_patch_p50_ms = ms(m1.series_quantile_since(&m0, api, patch, 0.50));
+        r.api_patch_p99_ms = ms(m1.series_quantile_since(&m0, api, patch, 0.99));
         let available = available.lock().unwrap_or_else(|e| e.into_inner());
         let between = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
             let mut v: Vec<f64> = levels
@@ -1715,6 +1820,13 @@ pub fn table(results: &[Results]) -> String {
             opt(r.operator_hop_p50_ms, 0),
             opt(r.operator_hop_p99_ms, 0),
             r.operator_hop_samples
+        )
+    });
+    row("API patch p50 / p99 (ms)", &|r| {
+        format!(
+            "{} / {}",
+            opt(r.api_patch_p50_ms, 0),
+            opt(r.api_patch_p99_ms, 0)
         )
     });
     row("rollout / report p50, p99 (ms)", &|r| {

@@ -4,10 +4,8 @@
 # mode, runs sizes 100 and 1000 and writes target/bench/results.json.
 #
 #   hack/bench.sh                      sizes 100 and 1000
-#   hack/bench.sh --large              also 10,000 (needs a node with room for 10,000 pods; on a
-#                                      fresh cluster: PREMIUM_NODE_PODS=21000 PREMIUM_NODE_CPU=4000
-#                                      PREMIUM_NODE_MEMORY=8Ti hack/cluster-up.sh; the bench checks
-#                                      the nodes' room first and says what to run)
+#   hack/bench.sh --large              also 10,000 (when the nodes are too small, the bench adds a
+#                                      KWOK node, kwok-bench-room, with the room that is short)
 #   hack/bench.sh --sizes 100 --steady-seconds 10
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

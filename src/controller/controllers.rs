@@ -253,7 +253,7 @@ fn policy_controller(
 }
 
 /// Background tasks that end with their owner.
-struct AbortOnDrop(Vec<JoinHandle<()>>);
+pub(super) struct AbortOnDrop(pub(super) Vec<JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

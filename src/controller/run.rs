@@ -16,10 +16,11 @@ use kube::runtime::reflector::{self, Store};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::controllers::run_controllers;
+use super::controllers::{AbortOnDrop, run_controllers};
 use super::watches::API_READ_TIMEOUT;
 use crate::api::{Phase, PremiumFeature};
 use crate::core::build::DEFAULT_SIDECAR_IMAGE;
+use crate::runtime::heap::{Trim, spawn_trim};
 use crate::runtime::http::{HttpState, serve};
 use crate::runtime::leader::{Election, GatedExecutor, LeaderConfig, WriteGate};
 use crate::runtime::metrics::{Metrics, PhaseLabels, request_counter};
@@ -96,7 +97,10 @@ impl RunArgs {
 }
 
 /// Entry point of `premium-operator run`.
-pub fn main(args: RunArgs) -> ExitCode {
+///
+/// `trim` hands freed heap back to the operating system (see [`crate::runtime::heap`]); the
+/// binary passes glibc's, other callers may pass none.
+pub fn main(args: RunArgs, trim: Option<Trim>) -> ExitCode {
     telemetry::init(args.log_format != "text");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -111,7 +115,7 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, trim)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "operator stopped");
@@ -122,8 +126,12 @@ pub fn main(args: RunArgs) -> ExitCode {
 
 /// Runs the operator until SIGTERM (graceful) or until leadership is lost (exit, so a
 /// supervisor restarts it as a standby).
-pub async fn run(args: RunArgs) -> Result<(), String> {
+pub async fn run(args: RunArgs, trim: Option<Trim>) -> Result<(), String> {
     let metrics = Arc::new(Metrics::default());
+    let _trim = trim.map(|trim| {
+        let metrics = metrics.clone();
+        AbortOnDrop(vec![spawn_trim(trim, move || metrics.reconciles_started())])
+    });
     let (client, election) = connect(&args, &metrics).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let stop = Stop::default();

@@ -58,6 +58,13 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+/// One API request's Kubernetes verb, for its latency (the status code would multiply the
+/// histogram's series for little: the counter above has it).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
@@ -76,6 +83,7 @@ pub struct Metrics {
     pub startup_duration: Histogram,
     pub recoveries: Counter,
     pub api_requests: Family<RequestLabels, Counter>,
+    pub api_request_duration: Family<VerbLabels, Histogram>,
     pub object_writes: Family<KindLabels, Counter>,
     pub status_writes: Family<KindLabels, Counter>,
     pub leader: Gauge,
@@ -111,6 +119,7 @@ impl Default for Metrics {
             startup_duration: Histogram::new(wait_buckets()),
             recoveries: Counter::default(),
             api_requests: Family::default(),
+            api_request_duration: Family::new_with_constructor(|| Histogram::new(hop_buckets())),
             object_writes: Family::default(),
             status_writes: Family::default(),
             leader: Gauge::default(),
@@ -188,6 +197,11 @@ impl Metrics {
             self.api_requests.clone(),
         );
         registry.register(
+            "api_request_duration_seconds",
+            "Time from sending a request to the Kubernetes API until its response headers came back, by verb (for a watch: until the stream opened)",
+            self.api_request_duration.clone(),
+        );
+        registry.register(
             "object_writes",
             "Owned objects applied or deleted, by kind",
             self.object_writes.clone(),
@@ -216,6 +230,18 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Reconciles started so far, by every controller.
+    pub fn reconciles_started(&self) -> u64 {
+        ["feature", "policy"]
+            .into_iter()
+            .map(|controller| {
+                self.reconciles
+                    .get_or_create(&ControllerLabels { controller })
+                    .get()
+            })
+            .sum()
+    }
+
     /// Counts one write of an object of `kind` (owned objects, finalizers, cascade deletes).
     pub fn count_write(&self, kind: &'static str) {
         self.object_writes.get_or_create(&KindLabels { kind }).inc();
@@ -326,9 +352,14 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let verb = verb_of(req.method(), req.uri());
         let metrics = self.metrics.clone();
+        let sent = std::time::Instant::now();
         let response = self.inner.call(req);
         Box::pin(async move {
             let result = response.await;
+            metrics
+                .api_request_duration
+                .get_or_create(&VerbLabels { verb })
+                .observe(sent.elapsed().as_secs_f64());
             let labels = RequestLabels {
                 verb,
                 code: code_of(&result),
@@ -416,6 +447,8 @@ mod tests {
             "premium_api_requests_total{verb=\"get\",code=\"200\"} 2",
             "premium_api_requests_total{verb=\"get\",code=\"404\"} 1",
             "premium_api_requests_total{verb=\"patch\",code=\"<error>\"} 1",
+            "premium_api_request_duration_seconds_count{verb=\"get\"} 3",
+            "premium_api_request_duration_seconds_count{verb=\"patch\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -483,6 +516,9 @@ mod tests {
                 code: "200".into(),
             })
             .inc();
+        m.api_request_duration
+            .get_or_create(&VerbLabels { verb: "get" })
+            .observe(0.01);
         m.object_writes
             .get_or_create(&KindLabels { kind: "Deployment" })
             .inc();
