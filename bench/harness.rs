@@ -63,6 +63,11 @@ const TIER: &str = "bench";
 /// Requests the bench itself keeps in flight when it creates or changes objects.
 const IN_FLIGHT: usize = 16;
 
+/// From this size on, only the gated baseline (the one the convergence bars compare with) runs
+/// beside the operator unless asked for all: the plain and the same-writes baselines would add
+/// about an hour at 10,000 on the bench machine.
+pub const GATED_ONLY_FROM: usize = 5_000;
+
 /// What to run for one size.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -73,6 +78,8 @@ pub struct Options {
     /// Longest wait for any one phase (convergence, change, teardown).
     pub timeout: Duration,
     pub baseline: bool,
+    /// With `baseline`: the plain and same-writes baselines too, not only the gated one.
+    pub every_baseline: bool,
     /// Install the chart's finalizer policy for the operator's and the same-writes client's
     /// namespaces (see [`FinalizerPolicy`]); off: the operator adds its finalizer itself.
     pub finalizer_at_admission: bool,
@@ -86,6 +93,7 @@ impl Options {
             steady_window: Duration::from_secs(60),
             timeout: Duration::from_secs(60 + size as u64 / 2),
             baseline: true,
+            every_baseline: size < GATED_ONLY_FROM,
             finalizer_at_admission: true,
         }
     }
@@ -1373,17 +1381,23 @@ pub async fn run(opts: &Options) -> anyhow::Result<Results> {
         ..Default::default()
     };
 
-    if opts.baseline {
+    if opts.baseline && opts.every_baseline {
         let (b, cpu) = baseline(&client, &levels, false)
             .await
             .context("baseline")?;
         r.baseline_seconds = Some(b.as_secs_f64());
         r.baseline_cpu_seconds = cpu;
+        eprintln!("[bench N={n}] baseline: {:.2}s", b.as_secs_f64());
+    }
+    if opts.baseline {
         let (g, cpu) = baseline(&client, &levels, true)
             .await
             .context("gated baseline")?;
         r.gated_baseline_seconds = Some(g.as_secs_f64());
         r.gated_baseline_cpu_seconds = cpu;
+        eprintln!("[bench N={n}] gated baseline: {:.2}s", g.as_secs_f64());
+    }
+    if opts.baseline && opts.every_baseline {
         let same = same_writes_baseline(&client, &levels, opts.finalizer_at_admission)
             .await
             .context("same-writes baseline")?;
@@ -1394,8 +1408,6 @@ pub async fn run(opts: &Options) -> anyhow::Result<Results> {
             "[bench N={n}] same-writes baseline: {:.2}s",
             same.elapsed.as_secs_f64()
         );
-        eprintln!("[bench N={n}] gated baseline: {:.2}s", g.as_secs_f64());
-        eprintln!("[bench N={n}] baseline: {:.2}s", b.as_secs_f64());
     }
 
     let ns = TestNamespace::new(&client, "bench").await?;

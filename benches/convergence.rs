@@ -4,10 +4,12 @@
 //!
 //! Arguments (after `cargo bench --bench convergence --`):
 //!   --sizes 100,1000     sizes to run (default 100,1000)
-//!   --large              also run 10,000
+//!   --large              also run 10,000 (with the gated baseline only, see --all-baselines)
 //!   --steady-seconds S   steady-state window (default 60)
 //!   --seed N             workload seed (default 42)
-//!   --no-baseline        skip the baseline (the ratio is then missing)
+//!   --no-baseline        skip the baselines (the ratios are then missing)
+//!   --all-baselines      run all three baselines at every size (from 5,000 features on,
+//!                        only the gated one runs otherwise)
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
-        "error: {msg}\nusage: convergence [--sizes 100,1000] [--large] [--steady-seconds 60] [--seed 42] [--no-baseline] [--finalizer-by-operator]"
+        "error: {msg}\nusage: convergence [--sizes 100,1000] [--large] [--steady-seconds 60] [--seed 42] [--no-baseline] [--all-baselines] [--finalizer-by-operator]"
     );
     ExitCode::from(2)
 }
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let mut steady = 60u64;
     let mut seed = 42u64;
     let mut baseline = true;
+    let mut all_baselines = false;
     let mut finalizer_at_admission = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
             "--bench" => {}
             "--large" => sizes.push(10_000),
             "--no-baseline" => baseline = false,
+            "--all-baselines" => all_baselines = true,
             "--finalizer-by-operator" => finalizer_at_admission = false,
             "--sizes" => match args.next().map(|s| {
                 s.split(',')
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         opts.seed = seed;
         opts.steady_window = Duration::from_secs(steady);
         opts.baseline = baseline;
+        opts.every_baseline |= all_baselines;
         opts.finalizer_at_admission = finalizer_at_admission;
         eprintln!("[bench] N={size}: running");
         match runtime.block_on(harness::run(&opts)) {

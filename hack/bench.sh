@@ -5,7 +5,8 @@
 #
 #   hack/bench.sh                      sizes 100 and 1000
 #   hack/bench.sh --large              also 10,000 (when the nodes are too small, the bench adds a
-#                                      KWOK node, kwok-bench-room, with the room that is short)
+#                                      KWOK node, kwok-bench-room, with the room that is short;
+#                                      at 10,000 only the gated baseline runs: --all-baselines)
 #   hack/bench.sh --sizes 100 --steady-seconds 10
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
