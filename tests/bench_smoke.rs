@@ -46,6 +46,12 @@ async fn bench_harness_at_twenty_features() -> anyhow::Result<()> {
     // Every scale-up was queued by an event (a dependency turning Ready).
     assert!(r.queue_wait_p99_ms.is_some(), "{r:?}");
     assert!(r.reconcile_p99_ms.is_some_and(|p| p > 0.0), "{r:?}");
+    // The operator timed its own writes (the floor under the hop).
+    assert!(r.api_patch_p50_ms.is_some_and(|p| p > 0.0), "{r:?}");
+    assert!(
+        r.api_patch_p99_ms >= r.api_patch_p50_ms,
+        "patch p99 below its p50: {r:?}"
+    );
     assert!(
         r.api_requests.get("patch").copied().unwrap_or(0) > 0,
         "{r:?}"
