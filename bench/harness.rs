@@ -1321,32 +1321,32 @@ async fn make_room(client: &Client, levels: &[Vec<Node>]) -> anyhow::Result<()> 
         .patch_status(ROOM_NODE, &params, &Patch::Apply(&node))
         .await
         .with_context(|| format!("sizing node {ROOM_NODE}"))?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = nodes.get(ROOM_NODE).await?;
-        let ready = n
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let tainted = n
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .is_some_and(|t| !t.is_empty());
-        if ready && !tainted {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "node {ROOM_NODE} is not Ready and untainted after 120 s (is KWOK running? \
-                 see target/cluster/logs/kwok.log); or start a cluster with room: \
-                 `hack/cluster-down.sh && PREMIUM_NODE_PODS={pods} PREMIUM_NODE_CPU={cpu} \
-                 PREMIUM_NODE_MEMORY={memory}Gi hack/cluster-up.sh`"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    crate::support::eventually(
+        &format!("node {ROOM_NODE} to be Ready and untainted"),
+        Duration::from_secs(120),
+        || async {
+            let n = nodes.get(ROOM_NODE).await?;
+            let ready = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let tainted = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| !t.is_empty());
+            Ok((ready && !tainted).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "is KWOK running? see target/cluster/logs/kwok.log; or start a cluster with room: \
+             `hack/cluster-down.sh && PREMIUM_NODE_PODS={pods} PREMIUM_NODE_CPU={cpu} \
+             PREMIUM_NODE_MEMORY={memory}Gi hack/cluster-up.sh`"
+        )
+    })?;
     let room = room_allocatable(client).await?;
     let still: Vec<String> = need
         .iter()
