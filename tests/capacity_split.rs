@@ -9,6 +9,10 @@
 //! template changed (the split reloads, it never rolls pods), and the ConfigMap writes the step
 //! cost are bounded; they are printed.
 //!
+//! A second case, on the shared cluster: many callers created at once are all counted in the
+//! split at the replicas they start with (a dependency woken by a caller's first pass must not
+//! count it from a cache the caller's new Deployment has not reached yet).
+//!
 //! Needs the local control plane tools (`make tools`). Runs in `make test`.
 
 mod support;
@@ -25,8 +29,8 @@ use kube::api::{Patch, PatchParams};
 use premium_operator::api::{Phase, PremiumFeature};
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use support::cluster::{OwnCluster, report};
-use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, wait_phase};
-use support::{TestNamespace, eventually};
+use support::operator::{Operator, apply_yaml, ensure_crds, feature_yaml, finish, wait_phase};
+use support::{TestNamespace, client, eventually};
 
 const CALLERS: [(&str, u32); 3] = [("alpha", 1), ("beta", 1), ("gamma", 2)];
 const MAX_CONNECTIONS: u64 = 20;
@@ -234,4 +238,53 @@ async fn scaling_callers_resplits_the_capacity_without_rolling_pods() -> anyhow:
     ns.delete().await?;
     drop(cluster);
     Ok(())
+}
+
+/// Callers created together with their dependency: each one's first pass creates its
+/// Deployment and wakes the dependency, whose pass may run before that Deployment is in its
+/// cache. Every caller must still be counted at the replica it starts with, without any
+/// further change to wake the dependency.
+#[tokio::test]
+async fn callers_created_at_once_are_all_counted_at_their_first_replicas() -> anyhow::Result<()> {
+    const MANY: usize = 24;
+    let client = client().await;
+    ensure_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "capacity-many").await?;
+    let operator = Operator::start(Some(ns.name()), &[])?;
+    operator.wait_serving(Duration::from_secs(60)).await?;
+    let features: Api<PremiumFeature> = ns.api();
+    let mut yaml = feature_yaml(
+        "catalog",
+        &[],
+        "  capacity: {maxConnections: 240, maxRequests: 2400}",
+    );
+    let pool = "  pool: {minReplicas: 1, maxReplicas: 3}";
+    for i in 0..MANY {
+        yaml.push_str(&feature_yaml(&format!("caller-{i:02}"), &["catalog"], pool));
+    }
+    apply_yaml(&client, ns.name(), &yaml).await?;
+    let counted = eventually(
+        "catalog's split to count every caller at 1 replica",
+        Duration::from_secs(90),
+        || async {
+            let catalog = features.get("catalog").await?;
+            let callers = catalog
+                .status
+                .and_then(|s| s.capacity)
+                .map(|c| c.callers)
+                .unwrap_or_default();
+            let at_one = callers.iter().filter(|c| c.replicas == 1).count();
+            Ok((at_one == MANY).then_some(callers.len()))
+        },
+    )
+    .await;
+    let catalog = features.get("catalog").await?;
+    let counted = counted.with_context(|| {
+        format!(
+            "catalog's status.capacity: {:?}",
+            catalog.status.and_then(|s| s.capacity)
+        )
+    })?;
+    assert_eq!(counted, MANY, "callers in catalog's split");
+    finish(ns, operator).await
 }

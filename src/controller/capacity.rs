@@ -14,6 +14,7 @@ use kube::ResourceExt;
 
 use super::context::{Context, lock};
 use super::index::Wake;
+use super::memory::Counted;
 use crate::api::PremiumFeature;
 use crate::core::capacity::{self, Caller, CapacityInputs};
 use crate::core::decide::Decision;
@@ -58,7 +59,9 @@ fn inputs_of(ctx: &Context, f: &PremiumFeature, key: &FeatureKey) -> Option<Capa
 }
 
 /// A caller as the cache shows it: its weight, and the replicas that may be running (the
-/// larger of desired and ready, so a scale-down counts the pods until they are gone).
+/// larger of desired and ready, so a scale-down counts the pods until they are gone), but no
+/// fewer than its last pass asked for: that pass wakes the dependency right after its write,
+/// whose watch echo may not be in the cache yet (and wakes nobody when it comes).
 fn caller(ctx: &Context, key: &FeatureKey) -> Option<Caller> {
     let f = ctx.feature(key)?;
     let uid = f.uid()?;
@@ -72,10 +75,15 @@ fn caller(ctx: &Context, key: &FeatureKey) -> Option<Caller> {
             d.written.replicas.unwrap_or(0).max(ready)
         })
         .unwrap_or(0);
+    let planned = ctx
+        .memory
+        .read(key, |m| m.capacity_counted.map(|c| c.planned))
+        .flatten()
+        .unwrap_or(0);
     Some(Caller {
         key: key.clone(),
         weight: weight(&f),
-        replicas: u32::try_from(replicas).unwrap_or(0),
+        replicas: u32::try_from(replicas).unwrap_or(0).max(planned),
     })
 }
 
@@ -105,12 +113,17 @@ pub fn wake_on_change(
             .max()
             .unwrap_or(0);
         let planned = u32::try_from(decision.plan.replicas).unwrap_or(0);
-        (weight(feature), seen.max(planned))
+        Counted {
+            weight: weight(feature),
+            replicas: seen.max(planned),
+            planned,
+        }
     });
     let before = ctx
         .memory
         .update(key, |m| std::mem::replace(&mut m.capacity_counted, counted));
-    if before == counted || counted.is_none() {
+    let split_input = |c: Option<Counted>| c.map(|c| (c.weight, c.replicas));
+    if split_input(before) == split_input(counted) || counted.is_none() {
         return;
     }
     let mut wake = Wake::default();

@@ -35,9 +35,21 @@ pub struct FeatureMemory {
     pub queued_since: Option<Instant>,
     /// Recovery restarts done by this instance, until the cached status shows them.
     pub restarts: Vec<Time>,
-    /// The weight and replicas this caller last counted for in its dependencies' capacity
-    /// splits (see `controller::capacity`); `None` when none of them sets a capacity.
-    pub capacity_counted: Option<(u32, u32)>,
+    /// What this caller last counted for in its dependencies' capacity splits (see
+    /// `controller::capacity`); `None` when none of them sets a capacity.
+    pub capacity_counted: Option<Counted>,
+}
+
+/// A caller's part in its dependencies' capacity splits, as its last pass saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// Its `pool.weight`.
+    pub weight: u32,
+    /// The replicas it counts for: the most it may run (the cache's, or the planned ones).
+    pub replicas: u32,
+    /// The replicas that pass asked its Deployment for. The dependency counts the caller at no
+    /// fewer: the write may not have reached the dependency's cache when it wakes it.
+    pub planned: u32,
 }
 
 impl FeatureMemory {
@@ -260,7 +272,11 @@ mod tests {
                 hop_from: Some(Instant::now()),
                 queued_since: Some(Instant::now()),
                 restarts: vec![t(5)],
-                capacity_counted: Some((1, 3)),
+                capacity_counted: Some(Counted {
+                    weight: 1,
+                    replicas: 3,
+                    planned: 3,
+                }),
             }
         });
         assert_eq!(memory.recalled(&key()).restarts, vec![t(5)]);
