@@ -83,6 +83,9 @@ pub struct Options {
     /// Install the chart's finalizer policy for the operator's and the same-writes client's
     /// namespaces (see [`FinalizerPolicy`]); off: the operator adds its finalizer itself.
     pub finalizer_at_admission: bool,
+    /// Change every feature's spec once converged and measure the rollout; off saves most of
+    /// an hour at 10,000.
+    pub change: bool,
 }
 
 impl Options {
@@ -95,6 +98,7 @@ impl Options {
             baseline: true,
             every_baseline: size < GATED_ONLY_FROM,
             finalizer_at_admission: true,
+            change: true,
         }
     }
 }
@@ -272,11 +276,12 @@ pub struct Results {
     pub steady_writes: u64,
     /// Requests other than watches during the steady window (polling shows up here).
     pub steady_api_requests: u64,
-    /// A spec change to every feature (one env var): what it cost, per feature.
-    pub change_seconds: f64,
-    pub change_reconciles_per_feature: f64,
-    pub change_status_writes_per_feature: f64,
-    pub change_object_writes_per_feature: f64,
+    /// A spec change to every feature (one env var): what it cost, per feature; `None` when
+    /// the run skipped it (`--no-change`).
+    pub change_seconds: Option<f64>,
+    pub change_reconciles_per_feature: Option<f64>,
+    pub change_status_writes_per_feature: Option<f64>,
+    pub change_object_writes_per_feature: Option<f64>,
     /// A fresh operator over the converged namespace: what it wrote and how long it took.
     pub restart_writes: u64,
     pub restart_reconciles_per_feature: f64,
@@ -1421,6 +1426,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Results> {
     r.finalizer_at_admission = opts.finalizer_at_admission;
     let mut op = start_operator(&namespace).await?;
     let outcome = measure(&client, &ns, &levels, opts, &mut op, &mut r).await;
+    if outcome.is_ok() {
+        // Deleting a large namespace takes a while: the figures are out before it starts.
+        eprintln!("{}", table(std::slice::from_ref(&r)));
+    }
     // Teardown runs whatever happened, with the operator (maybe the restarted one) still up.
     let teardown = teardown(&features, &op, opts.timeout).await;
     drop(op);
@@ -1597,36 +1606,9 @@ async fn measure(
         r.steady_writes, opts.steady_window
     );
 
-    // One change to every feature: an env var (a new generation and a rollout each).
-    let (changed, changed_watch) = record_first(features.clone(), |f: &PremiumFeature| {
-        f.metadata.generation.unwrap_or(0) >= 2 && feature_ready(f)
-    });
-    let c0 = Scrape::take(op)?;
-    let started = Instant::now();
-    apply_features(&features, levels, |node| {
-        let mut f = feature(node, &namespace);
-        f.spec.env = vec![EnvVar {
-            name: "BENCH_CHANGE".into(),
-            value: Some("1".into()),
-            ..Default::default()
-        }];
-        f
-    })
-    .await
-    .context("changing the features")?;
-    let last = wait_count("changed features to be Ready", &changed, n, opts.timeout).await?;
-    r.change_seconds = last.duration_since(started).as_secs_f64();
-    changed_watch.abort();
-    settle(op, Duration::from_secs(2), opts.timeout).await?;
-    let c1 = Scrape::take(op)?;
-    r.change_reconciles_per_feature =
-        (c1.feature_reconciles() - c0.feature_reconciles()) / n as f64;
-    r.change_status_writes_per_feature =
-        (c1.feature_status_writes() - c0.feature_status_writes()) / n as f64;
-    r.change_object_writes_per_feature =
-        (c1.sum("premium_object_writes_total") - c0.sum("premium_object_writes_total")) / n as f64;
-    let (_, peak) = rss_mib(op.pid());
-    r.rss_peak_mib = r.rss_peak_mib.max(peak);
+    if opts.change {
+        change_every_feature(ns, levels, opts, op, r).await?;
+    }
 
     // Restart: a fresh operator over a converged namespace should find nothing to write.
     op.terminate(Duration::from_secs(30)).await?;
@@ -1648,6 +1630,51 @@ async fn measure(
 }
 
 /// How long one list of every kind the operator watches in `namespace` takes.
+/// One change to every converged feature (an env var: a new generation and a rollout each),
+/// until every feature is Ready at it: how long, and what it cost per feature.
+async fn change_every_feature(
+    ns: &TestNamespace,
+    levels: &[Vec<Node>],
+    opts: &Options,
+    op: &Operator,
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    let namespace = ns.name().to_string();
+    let n = r.size;
+    let features: Api<PremiumFeature> = ns.api();
+    let (changed, changed_watch) = record_first(features.clone(), |f: &PremiumFeature| {
+        f.metadata.generation.unwrap_or(0) >= 2 && feature_ready(f)
+    });
+    let c0 = Scrape::take(op)?;
+    let started = Instant::now();
+    apply_features(&features, levels, |node| {
+        let mut f = feature(node, &namespace);
+        f.spec.env = vec![EnvVar {
+            name: "BENCH_CHANGE".into(),
+            value: Some("1".into()),
+            ..Default::default()
+        }];
+        f
+    })
+    .await
+    .context("changing the features")?;
+    let last = wait_count("changed features to be Ready", &changed, n, opts.timeout).await?;
+    r.change_seconds = Some(last.duration_since(started).as_secs_f64());
+    changed_watch.abort();
+    settle(op, Duration::from_secs(2), opts.timeout).await?;
+    let c1 = Scrape::take(op)?;
+    r.change_reconciles_per_feature =
+        Some((c1.feature_reconciles() - c0.feature_reconciles()) / n as f64);
+    r.change_status_writes_per_feature =
+        Some((c1.feature_status_writes() - c0.feature_status_writes()) / n as f64);
+    r.change_object_writes_per_feature = Some(
+        (c1.sum("premium_object_writes_total") - c0.sum("premium_object_writes_total")) / n as f64,
+    );
+    let (_, peak) = rss_mib(op.pid());
+    r.rss_peak_mib = r.rss_peak_mib.max(peak);
+    Ok(())
+}
+
 async fn list_everything(client: &Client, namespace: &str) -> anyhow::Result<Duration> {
     let lp = ListParams::default();
     let started = Instant::now();
@@ -1853,14 +1880,16 @@ pub fn table(results: &[Results]) -> String {
             r.steady_writes, r.steady_api_requests, r.steady_window_seconds
         )
     });
-    row("change: s, reconciles/status/obj per f.", &|r| {
-        format!(
-            "{:.1}s, {:.2} / {:.2} / {:.2}",
-            r.change_seconds,
-            r.change_reconciles_per_feature,
-            r.change_status_writes_per_feature,
-            r.change_object_writes_per_feature
-        )
+    row("change: s, reconciles/status/obj per f.", &|r| match (
+        r.change_seconds,
+        r.change_reconciles_per_feature,
+        r.change_status_writes_per_feature,
+        r.change_object_writes_per_feature,
+    ) {
+        (Some(s), Some(rec), Some(st), Some(obj)) => {
+            format!("{s:.1}s, {rec:.2} / {st:.2} / {obj:.2}")
+        }
+        _ => "not run".into(),
     });
     row("restart: writes, reconciles/f, settle", &|r| {
         format!(

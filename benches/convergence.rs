@@ -10,6 +10,7 @@
 //!   --no-baseline        skip the baselines (the ratios are then missing)
 //!   --all-baselines      run all three baselines at every size (from 5,000 features on,
 //!                        only the gated one runs otherwise)
+//!   --no-change          skip the spec change to every feature (most of an hour at 10,000)
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
-        "error: {msg}\nusage: convergence [--sizes 100,1000] [--large] [--steady-seconds 60] [--seed 42] [--no-baseline] [--all-baselines] [--finalizer-by-operator]"
+        "error: {msg}\nusage: convergence [--sizes 100,1000] [--large] [--steady-seconds 60] [--seed 42] [--no-baseline] [--all-baselines] [--no-change] [--finalizer-by-operator]"
     );
     ExitCode::from(2)
 }
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
     let mut baseline = true;
     let mut all_baselines = false;
     let mut finalizer_at_admission = true;
+    let mut change = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
             "--no-baseline" => baseline = false,
             "--all-baselines" => all_baselines = true,
             "--finalizer-by-operator" => finalizer_at_admission = false,
+            "--no-change" => change = false,
             "--sizes" => match args.next().map(|s| {
                 s.split(',')
                     .map(|x| x.trim().parse::<usize>())
@@ -91,10 +94,11 @@ fn main() -> ExitCode {
         opts.baseline = baseline;
         opts.every_baseline |= all_baselines;
         opts.finalizer_at_admission = finalizer_at_admission;
+        opts.change = change;
         eprintln!("[bench] N={size}: running");
         match runtime.block_on(harness::run(&opts)) {
             Ok(r) => {
-                eprintln!("{}", harness::table(std::slice::from_ref(&r)));
+                // (harness::run printed this size's table before its clean-up.)
                 results.push(r);
                 // Written after every size, so a long run that is stopped keeps what it has.
                 if let Err(e) = write(&results) {

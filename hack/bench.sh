@@ -8,6 +8,7 @@
 #                                      KWOK node, kwok-bench-room, with the room that is short;
 #                                      at 10,000 only the gated baseline runs: --all-baselines)
 #   hack/bench.sh --sizes 100 --steady-seconds 10
+#   hack/bench.sh --sizes 10000 --no-change   10,000 without the spec change to every feature
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
