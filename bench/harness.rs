@@ -1209,8 +1209,10 @@ fn plan_for(f: &PremiumFeature, namespace: &str, pol: &PremiumPolicy) -> Feature
 }
 
 /// What the pods of `levels` request at their minimum replicas, by resource (`pods`, `cpu`,
-/// `memory`, in units and bytes).
-fn room_needed(levels: &[Vec<Node>]) -> BTreeMap<&'static str, f64> {
+/// `memory`, in units and bytes), counted as the scheduler counts a pod: its containers and
+/// its native sidecars (restartable init containers, Envoy here) together, or the largest other
+/// init container if that is more; a resource with a limit and no request requests its limit.
+pub fn room_needed(levels: &[Vec<Node>]) -> BTreeMap<&'static str, f64> {
     let n: usize = levels.iter().map(Vec::len).sum();
     let namespace = "room-check";
     let pol = policy(n, namespace);
@@ -1220,22 +1222,44 @@ fn room_needed(levels: &[Vec<Node>]) -> BTreeMap<&'static str, f64> {
         let plan = plan_for(&f, namespace, &pol);
         let pods = f64::from(plan.replicas.max(0));
         *need.entry("pods").or_default() += pods;
-        let containers = build::deployment(&f, &plan)
+        let Some(spec) = build::deployment(&f, &plan)
             .spec
             .and_then(|s| s.template.spec)
-            .map(|s| s.containers)
-            .unwrap_or_default();
-        for c in containers {
-            let requests = c.resources.and_then(|r| r.requests).unwrap_or_default();
-            for resource in ["cpu", "memory"] {
-                if let Some(q) = requests.get(resource) {
-                    *need.entry(resource).or_default() +=
-                        pods * quantity_value(&q.0).unwrap_or(0.0);
-                }
-            }
+        else {
+            continue;
+        };
+        let (sidecars, init): (Vec<_>, Vec<_>) = spec
+            .init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|c| c.restart_policy.as_deref() == Some("Always"));
+        for resource in ["cpu", "memory"] {
+            let running: f64 = spec
+                .containers
+                .iter()
+                .chain(&sidecars)
+                .map(|c| requested(c, resource))
+                .sum();
+            let first = init
+                .iter()
+                .map(|c| requested(c, resource))
+                .fold(0.0, f64::max);
+            *need.entry(resource).or_default() += pods * running.max(first);
         }
     }
     need
+}
+
+/// What one container requests of `resource` (its limit when it sets no request).
+fn requested(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> f64 {
+    let Some(r) = &c.resources else {
+        return 0.0;
+    };
+    [&r.requests, &r.limits]
+        .into_iter()
+        .find_map(|m| m.as_ref()?.get(resource))
+        .and_then(|q| quantity_value(&q.0))
+        .unwrap_or(0.0)
 }
 
 /// What the cluster's nodes can hold, by resource.
@@ -1259,9 +1283,10 @@ const ROOM_NODE: &str = "kwok-bench-room";
 
 /// Makes sure the cluster's nodes can hold the pods of every feature at its minimum replicas
 /// (the policy's budget lets them scale no further): pods left Pending would stall the run
-/// until its timeout. When they cannot, the bench adds (or grows) one more KWOK node with the
-/// room that is short, plus a tenth, and waits for KWOK to mark it Ready. The node stays for
-/// later runs; `hack/cluster-down.sh` removes it with the cluster.
+/// until its timeout. When they cannot, the bench adds (or grows) one more KWOK node that can
+/// hold every one of them by itself, plus a tenth (room summed over nodes can hide a node full
+/// by CPU while another has pods to spare), and waits for KWOK to mark it Ready. The node
+/// stays for later runs; `hack/cluster-down.sh` removes it with the cluster.
 async fn make_room(client: &Client, levels: &[Vec<Node>]) -> anyhow::Result<()> {
     let need = room_needed(levels);
     let room = room_allocatable(client).await?;
@@ -1284,8 +1309,8 @@ async fn make_room(client: &Client, levels: &[Vec<Node>]) -> anyhow::Result<()> 
             .get(resource)
             .and_then(|q| quantity_value(&q.0))
             .unwrap_or(0.0);
-        let missing = short.get(resource).copied().unwrap_or(0.0);
-        ((have + missing * 1.1) / unit).ceil().max(1.0)
+        let all = need.get(resource).copied().unwrap_or(0.0) * 1.1;
+        (have.max(all) / unit).ceil().max(1.0)
     };
     let (pods, cpu, memory) = (
         size("pods", 1.0),

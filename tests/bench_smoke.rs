@@ -121,6 +121,18 @@ fn workload_is_seeded_levelled_and_points_one_level_up() {
     }
 }
 
+/// The room a size needs counts every container the scheduler counts: at its minimum of one
+/// replica, each of the workload's pods requests Envoy's 50m CPU and 64Mi (a native sidecar,
+/// which the 10,000 run once left out: 7,400 pods Pending on a node full by CPU).
+#[test]
+fn room_needed_counts_the_sidecar_of_every_pod() {
+    let levels = harness::workload(100, 7);
+    let need = harness::room_needed(&levels);
+    assert_eq!(need["pods"], 100.0);
+    assert!(need["cpu"] > 100.0 * 0.05 - 1e-6, "{need:?}");
+    assert!(need["memory"] >= 100.0 * 64.0 * 1024.0 * 1024.0, "{need:?}");
+}
+
 #[test]
 fn histogram_quantiles_interpolate_inside_the_bucket() {
     let h = "h_bucket{le=\"0.1\"}";
