@@ -1654,7 +1654,6 @@ async fn measure(
     Ok(())
 }
 
-/// How long one list of every kind the operator watches in `namespace` takes.
 /// One change to every converged feature (an env var: a new generation and a rollout each),
 /// until every feature is Ready at it: how long, and what it cost per feature.
 async fn change_every_feature(
@@ -1700,6 +1699,7 @@ async fn change_every_feature(
     Ok(())
 }
 
+/// How long one list of every kind the operator watches in `namespace` takes.
 async fn list_everything(client: &Client, namespace: &str) -> anyhow::Result<Duration> {
     let lp = ListParams::default();
     let started = Instant::now();
